@@ -1,0 +1,146 @@
+"""The segmentation network (a segmentation-models-pytorch U-Net) and its on-disk model directory.
+
+A model directory holds `model.safetensors` (the state dict) and `model_card.json` (everything
+needed to rebuild and use the network: architecture, encoder, input normalization, tile size,
+threshold, scale, training data and metrics). Nothing is ever downloaded: encoders are built
+with `encoder_weights=None` and weights come only from model directories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # smp must never reach for a model hub
+
+import segmentation_models_pytorch as smp
+import torch
+from safetensors.torch import load_file, save_file
+
+from model import __version__
+from model.errors import AmsegError
+
+CARD_FORMAT = "amseg-model/1"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model_card.json"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "default"
+
+LIGHT_DECODER = (128, 64, 32, 16, 8)
+SMP_DEFAULT_DECODER = (256, 128, 64, 32, 16)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ModelCard:
+    """Everything about a trained model except its weights (stored as model_card.json)."""
+
+    encoder: str = "efficientnet-b0"
+    decoder_channels: tuple[int, ...] = LIGHT_DECODER
+    in_channels: int = 1
+    architecture: str = "Unet"
+    # Tiles arrive normalized to [0, 1] (percentile clip); the network sees (x - mean) / std,
+    # per input channel (gray is replicated for 3-channel networks).
+    input_mean: tuple[float, ...] = (0.5,)
+    input_std: tuple[float, ...] = (0.25,)
+    tile_size: int = 512
+    threshold: float = 0.5
+    mark_px: float | None = None  # typical mark diameter (px) the model works best at
+    matrix: str | None = None  # MALDI matrix the model was trained for (DHB, DAN)
+    data: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    amseg_version: str = __version__
+    format: str = CARD_FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        raw = json.loads(text)
+        if raw.get("format") != CARD_FORMAT:
+            raise AmsegError(f"unsupported model card format {raw.get('format')!r}")
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in raw.items() if k in known}
+        for key in ("decoder_channels", "input_mean", "input_std"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+def build_unet(
+    encoder: str = "efficientnet-b0",
+    decoder_channels: tuple[int, ...] = LIGHT_DECODER,
+    in_channels: int = 1,
+) -> torch.nn.Module:
+    """A randomly initialised U-Net with one logit channel; any smp encoder name works."""
+    try:
+        return smp.Unet(
+            encoder_name=encoder,
+            encoder_weights=None,
+            in_channels=in_channels,
+            classes=1,
+            decoder_channels=tuple(decoder_channels),
+            activation=None,
+        )
+    except (KeyError, ValueError) as error:
+        raise AmsegError(f"cannot build a U-Net with encoder {encoder!r}: {error}") from error
+
+
+def legacy_card() -> ModelCard:
+    """The old am-segmentation configuration: ResNeXt-50 encoder, smp decoder, 3-channel input."""
+    return ModelCard(
+        encoder="resnext50_32x4d",
+        decoder_channels=SMP_DEFAULT_DECODER,
+        in_channels=3,
+        input_mean=IMAGENET_MEAN,
+        input_std=IMAGENET_STD,
+    )
+
+
+def build_from_card(card: ModelCard) -> torch.nn.Module:
+    if card.architecture != "Unet":
+        raise AmsegError(f"unsupported architecture {card.architecture!r}")
+    return build_unet(card.encoder, card.decoder_channels, card.in_channels)
+
+
+def save_model(directory: str | os.PathLike, network: torch.nn.Module, card: ModelCard) -> Path:
+    """Write weights and card into `directory` (created); returns the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    tmp_weights = directory / f".{WEIGHTS_FILE}.tmp"
+    save_file(state, str(tmp_weights))
+    os.replace(tmp_weights, directory / WEIGHTS_FILE)
+    tmp_card = directory / f".{CARD_FILE}.tmp"
+    tmp_card.write_text(card.to_json())
+    os.replace(tmp_card, directory / CARD_FILE)
+    return directory
+
+
+def load_model(
+    directory: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, ModelCard]:
+    """Load a model directory (default: the model shipped with amseg) in eval mode."""
+    directory = Path(directory) if directory is not None else DEFAULT_MODEL_DIR
+    card_path, weights_path = directory / CARD_FILE, directory / WEIGHTS_FILE
+    if not card_path.is_file() or not weights_path.is_file():
+        raise AmsegError(
+            f"{directory}: not a model directory (needs {CARD_FILE} and {WEIGHTS_FILE})"
+        )
+    card = ModelCard.from_json(card_path.read_text())
+    network = build_from_card(card)
+    state = load_file(str(weights_path), device="cpu")
+    missing, unexpected = network.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise AmsegError(
+            f"{weights_path}: weights do not fit a {card.encoder} U-Net "
+            f"({len(missing)} missing, {len(unexpected)} unexpected tensors)"
+        )
+    network.to(device).eval()
+    return network, card
