@@ -59,7 +59,7 @@ def intensity_window(
     if image.size == 0:
         raise ValueError("cannot normalize an empty image")
     if image.dtype in (np.uint8, np.uint16):
-        counts = np.bincount(image.ravel(), minlength=np.iinfo(image.dtype).max + 1)
+        counts = value_histogram(image)
         low, high = _histogram_percentiles(counts, (low_percentile, high_percentile))
     else:
         finite = image[np.isfinite(image)] if image.dtype.kind == "f" else image
@@ -67,6 +67,16 @@ def intensity_window(
             return IntensityWindow(0.0, 0.0)
         low, high = np.percentile(finite, (low_percentile, high_percentile))
     return IntensityWindow(float(low), float(high))
+
+
+def value_histogram(image: np.ndarray, chunk_pixels: int = 1 << 22) -> np.ndarray:
+    """Count of every value of an 8/16-bit image, in chunks (bincount casts to int64)."""
+    flat = image.reshape(-1)
+    counts = np.zeros(np.iinfo(image.dtype).max + 1, dtype=np.int64)
+    for start in range(0, flat.size, chunk_pixels):
+        chunk = flat[start : start + chunk_pixels]
+        counts += np.bincount(chunk, minlength=counts.size)
+    return counts
 
 
 def _histogram_percentiles(counts: np.ndarray, percentiles: tuple[float, ...]) -> list[float]:

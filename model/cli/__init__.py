@@ -1,0 +1,17 @@
+"""Command-line interface `amseg`: thin wrappers around the `model` library."""
+
+from model.cli.app import app
+
+# Importing a command module registers its commands on `app`.
+from model.cli import synth as _synth  # noqa: F401  isort: skip
+from model.cli import register as _register  # noqa: F401  isort: skip
+from model.cli import segment as _segment  # noqa: F401  isort: skip
+from model.cli import demo as _demo  # noqa: F401  isort: skip
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,159 @@
+"""`amseg segment`: the whole dataset pipeline, group by group, in the old on-disk layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from model.cli.app import app
+from model.dataset import DatasetLayout
+from model.errors import AmsegError
+from model.pipeline import GridSpec, GroupReport, SegmentOptions, process_group
+from model.segmenters import ClassicalSegmenter, Segmenter
+
+console = Console(stderr=True, highlight=False)
+
+
+def load_segmenter(name: str) -> Segmenter:
+    """The segmenter chosen on the command line."""
+    if name == "classical":
+        return ClassicalSegmenter()
+    raise AmsegError(f"unknown segmenter {name!r}; available: classical")
+
+
+@app.command()
+def segment(
+    ds_path: Path = typer.Argument(
+        ..., help="Dataset directory with one image per group in source/<group>/."
+    ),
+    groups: list[str] | None = typer.Argument(
+        None, help="Groups to process (sub-folders of source/); default: all."
+    ),
+    rows: int | None = typer.Option(None, "--rows", min=1, help="Acquisition grid rows."),
+    cols: int | None = typer.Option(None, "--cols", min=1, help="Acquisition grid columns."),
+    no_register: bool = typer.Option(
+        False, "--no-register", help="Stop after the stitched mask; no grid ids."
+    ),
+    tile_size: int = typer.Option(512, "--tile-size", min=64, help="Tile edge in px."),
+    overlap: int = typer.Option(64, "--overlap", min=0, help="Minimum overlap of tiles in px."),
+    threshold: float | None = typer.Option(
+        None, "--threshold", min=0.0, max=1.0, help="Probability threshold (default: segmenter's)."
+    ),
+    low: float = typer.Option(1.0, "--low-percentile", help="Lower clip percentile."),
+    high: float = typer.Option(99.0, "--high-percentile", help="Upper clip percentile."),
+    segmenter_name: str = typer.Option(
+        "classical", "--segmenter", help="Segmentation method: classical."
+    ),
+    no_tiles: bool = typer.Option(
+        False, "--no-tiles", help="Do not write the per-tile PNGs under tiles/<group>/."
+    ),
+) -> None:
+    """Segment and register every group of a dataset.
+
+    Runs source → source_norm → tiles → tiles_stitched → am_coords. The final output is
+    am_coords/<group>/am_coordinates.png (uint16, id = row * cols + col + 1) with ams.csv,
+    qc.json and overlay.png beside it. A failing group is reported and the command exits 1.
+    """
+    if no_register and (rows or cols):
+        raise AmsegError("--no-register and --rows/--cols contradict each other; give one")
+    if not no_register and (rows is None or cols is None):
+        raise AmsegError("give the acquisition grid with --rows R --cols C, or pass --no-register")
+    if overlap > tile_size // 2:
+        raise AmsegError(
+            f"--overlap {overlap} must be at most half the tile size ({tile_size // 2})"
+        )
+    if not 0.0 <= low < high <= 100.0:
+        raise AmsegError(
+            "percentiles must satisfy 0 <= --low-percentile < --high-percentile <= 100"
+        )
+    grid = None if no_register else GridSpec(rows, cols)  # type: ignore[arg-type]
+    if grid is not None and grid.rows * grid.cols > 65535:
+        raise AmsegError(f"a {rows}x{cols} grid has more than 65535 marks, the uint16 id limit")
+
+    layout = DatasetLayout(ds_path)
+    selected = layout.select_groups(groups)
+    options = SegmentOptions(
+        tile_size=tile_size,
+        overlap=overlap,
+        threshold=threshold,
+        low_percentile=low,
+        high_percentile=high,
+    )
+    segmenter = load_segmenter(segmenter_name)
+    reports = run_groups(layout, selected, segmenter, options, grid, write_tiles=not no_tiles)
+    failed = [r for r in reports if not r.ok]
+    if failed:
+        console.print(f"[bold red]{len(failed)} of {len(reports)} group(s) failed[/]")
+        raise typer.Exit(1)
+
+
+def run_groups(
+    layout: DatasetLayout,
+    groups: list[str],
+    segmenter: Segmenter,
+    options: SegmentOptions,
+    grid: GridSpec | None,
+    *,
+    write_tiles: bool,
+) -> list[GroupReport]:
+    """Process groups one after another with progress bars; failures are reported, not raised."""
+    reports = []
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    with progress:
+        overall = progress.add_task("groups", total=len(groups))
+        for group in groups:
+            tiles_task = progress.add_task(f"{group}: tiles", total=None)
+
+            def on_stage(name: str, group: str = group, task: int = tiles_task) -> None:
+                progress.update(task, description=f"{group}: {name}")
+
+            try:
+                report = process_group(
+                    layout,
+                    group,
+                    segmenter,
+                    options,
+                    grid,
+                    write_tiles=write_tiles,
+                    on_stage=on_stage,
+                    on_tiles_planned=lambda n, task=tiles_task: progress.update(task, total=n),
+                    on_progress=lambda n, task=tiles_task: progress.advance(task, n),
+                )
+            except AmsegError as error:
+                report = GroupReport(group=group, ok=False, error=str(error))
+            except Exception as error:  # one broken group must not stop the others
+                report = GroupReport(
+                    group=group, ok=False, error=f"{type(error).__name__}: {error}"
+                )
+            progress.remove_task(tiles_task)
+            progress.advance(overall)
+            reports.append(report)
+            _print_report(report)
+    return reports
+
+
+def _print_report(report: GroupReport) -> None:
+    if not report.ok:
+        console.print(f"[red]✗ {report.group}[/]: {report.error}")
+        return
+    line = f"[green]✓ {report.group}[/]"
+    if report.qc is not None:
+        qc = report.qc
+        line += f": {qc.get('found')} of {qc.get('expected')} marks on the grid"
+        if qc.get("angle_deg") is not None:
+            line += f", angle {qc['angle_deg']:.2f}°"
+    console.print(line)
+    for warning in (report.qc or {}).get("warnings", []):
+        console.print(f"  [yellow]warning:[/] {warning}")
+    for name, path in report.outputs.items():
+        console.print(f"  {name}: {path}")

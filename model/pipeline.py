@@ -1,0 +1,232 @@
+"""Image → marks: normalize, tile, segment, stitch, (register); and the same per dataset group.
+
+`segment_image` is what the CLI, the dataset pipeline and the service worker all call; the
+dataset functions add the old on-disk layout around it (see `model.dataset`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from model.dataset import DatasetLayout
+from model.imageio import read_image, to_grayscale, write_png, write_tiff
+from model.normalize import (
+    DEFAULT_HIGH_PERCENTILE,
+    DEFAULT_LOW_PERCENTILE,
+    IntensityWindow,
+    intensity_window,
+    to_uint8,
+)
+from model.overlay import render_overlay
+from model.registration import register_marks, write_registration
+from model.segmenters import Segmenter
+from model.tiling import (
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE_SIZE,
+    Tile,
+    TileGrid,
+    plan_tiles,
+    predict_tiled,
+)
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """Knobs of the segmentation step (defaults work for typical slides)."""
+
+    tile_size: int = DEFAULT_TILE_SIZE
+    overlap: int = DEFAULT_OVERLAP
+    low_percentile: float = DEFAULT_LOW_PERCENTILE
+    high_percentile: float = DEFAULT_HIGH_PERCENTILE
+    threshold: float | None = None  # None: the segmenter's own threshold
+    batch_size: int = 8
+    min_mark_area: int = 12  # connected components smaller than this (px) are noise
+
+
+@dataclass
+class Segmentation:
+    """Result of `segment_image`, all at the input image's size."""
+
+    probabilities: np.ndarray  # float32 in [0, 1]
+    mask: np.ndarray  # bool
+    window: IntensityWindow
+    grid: TileGrid
+    threshold: float
+
+
+def segment_image(
+    image: np.ndarray,
+    segmenter: Segmenter,
+    options: SegmentOptions = SegmentOptions(),
+    *,
+    on_progress: Callable[[int], None] | None = None,
+    on_tile: Callable[[Tile, np.ndarray, np.ndarray], None] | None = None,
+) -> Segmentation:
+    """Segment marks in a gray or colour image of any bit depth and size.
+
+    Intensities are normalized per tile through the whole image's percentile window, so no
+    float copy of the image is made; probabilities are blended across tile overlaps and
+    thresholded once on the stitched map.
+    """
+    gray = to_grayscale(image)
+    window = intensity_window(gray, options.low_percentile, options.high_percentile)
+    grid = plan_tiles(gray.shape[0], gray.shape[1], options.tile_size, options.overlap)
+    probabilities = predict_tiled(
+        gray,
+        segmenter.predict_batch,
+        grid,
+        transform=window.apply,
+        batch_size=options.batch_size,
+        on_progress=on_progress,
+        on_tile=on_tile,
+    )
+    threshold = segmenter.threshold if options.threshold is None else options.threshold
+    mask = remove_small_components(probabilities > threshold, options.min_mark_area)
+    return Segmentation(probabilities, mask, window, grid, threshold)
+
+
+def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """Drop 8-connected components smaller than `min_area` pixels."""
+    if min_area <= 1 or not mask.any():
+        return mask
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(
+        mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
+    )
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
+    keep[0] = False
+    return keep[labels]
+
+
+def normalized_uint8(image: np.ndarray, window: IntensityWindow) -> np.ndarray:
+    """The gray image mapped through `window` to uint8, without a float copy for 8/16-bit data."""
+    gray = to_grayscale(image)
+    if gray.dtype in (np.uint8, np.uint16):
+        return to_uint8(window.lookup_table(gray.dtype))[gray]
+    return to_uint8(window.apply(gray))
+
+
+@dataclass
+class GroupReport:
+    """What happened to one dataset group."""
+
+    group: str
+    ok: bool
+    error: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    marks_found: int | None = None
+    qc: dict | None = None
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    rows: int
+    cols: int
+
+
+def process_group(
+    layout: DatasetLayout,
+    group: str,
+    segmenter: Segmenter,
+    options: SegmentOptions = SegmentOptions(),
+    grid: GridSpec | None = None,
+    *,
+    write_tiles: bool = True,
+    on_stage: Callable[[str], None] | None = None,
+    on_tiles_planned: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> GroupReport:
+    """Run source → source_norm → tiles → tiles_stitched → am_coords for one group.
+
+    Earlier outputs of the group are replaced. Registration runs when `grid` is given.
+    Errors propagate to the caller, which decides how to report them.
+    """
+
+    def stage(name: str) -> None:
+        if on_stage is not None:
+            on_stage(name)
+
+    stage("normalize")
+    source_path = layout.source_image(group)
+    image = read_image(source_path)
+    gray = to_grayscale(image)
+    window = intensity_window(gray, options.low_percentile, options.high_percentile)
+    norm_dir = _fresh_dir(layout.source_norm_dir(group))
+    normalized = normalized_uint8(gray, window)
+    write_tiff(norm_dir / "source.tiff", normalized)
+    (norm_dir / "normalization.json").write_text(
+        json.dumps(
+            {
+                "source": str(source_path.relative_to(layout.root)),
+                "dtype": str(gray.dtype),
+                "percentiles": [options.low_percentile, options.high_percentile],
+                "clip": [window.low, window.high],
+            },
+            indent=2,
+        )
+    )
+
+    stage("segment")
+    tiles_dir = _fresh_dir(layout.tiles_dir(group))
+    tile_plan = plan_tiles(gray.shape[0], gray.shape[1], options.tile_size, options.overlap)
+    if on_tiles_planned is not None:
+        on_tiles_planned(len(tile_plan))
+    threshold = segmenter.threshold if options.threshold is None else options.threshold
+    with ThreadPoolExecutor(max_workers=2) as writer:
+        pending = []
+
+        def save_tile(tile: Tile, pixels: np.ndarray, prediction: np.ndarray) -> None:
+            name = f"{tile.index:04d}.png"
+            pending.append(writer.submit(write_png, tiles_dir / "source" / name, to_uint8(pixels)))
+            tile_mask = (prediction > threshold).astype(np.uint8) * 255
+            pending.append(writer.submit(write_png, tiles_dir / "mask" / name, tile_mask))
+
+        segmentation = segment_image(
+            gray,
+            segmenter,
+            options,
+            on_progress=on_progress,
+            on_tile=save_tile if write_tiles else None,
+        )
+        for future in pending:
+            future.result()  # re-raise a failed write here
+    meta = segmentation.grid.to_dict() | {
+        "orig_image": {"h": gray.shape[0], "w": gray.shape[1]},
+        "segmenter": segmenter.name,
+        "threshold": segmentation.threshold,
+        "options": asdict(options),
+    }
+    (tiles_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+
+    stage("stitch")
+    stitched_dir = _fresh_dir(layout.stitched_dir(group))
+    mask_u8 = segmentation.mask.astype(np.uint8) * 255
+    write_tiff(stitched_dir / "mask.tiff", mask_u8)
+    write_png(stitched_dir / "overlay.png", render_overlay(normalized, segmentation.mask))
+    report = GroupReport(group=group, ok=True)
+    report.outputs["mask"] = str(stitched_dir / "mask.tiff")
+
+    if grid is not None:
+        stage("register")
+        registration = register_marks(segmentation.mask, grid.rows, grid.cols)
+        coords_dir = _fresh_dir(layout.am_coords_dir(group))
+        written = write_registration(coords_dir, registration, source=normalized)
+        report.outputs.update({name: str(path) for name, path in written.items()})
+        report.marks_found = len(registration.marks)
+        report.qc = registration.qc
+    return report
+
+
+def _fresh_dir(path: Path) -> Path:
+    """Empty `path` (stale tiles of an earlier run must not survive) and return it."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path

@@ -1,0 +1,73 @@
+"""`amseg segment` end to end: outputs, exit codes and one-line errors."""
+
+from typer.testing import CliRunner
+
+from model.cli import app
+from model.imageio import read_image, write_png
+from tests.model.scenes import disc_grid_scene, mark_id_accuracy
+
+runner = CliRunner()
+
+
+def _make_dataset(root, groups):
+    for name, image in groups.items():
+        folder = root / "source" / name
+        folder.mkdir(parents=True)
+        if isinstance(image, bytes):
+            (folder / "slide.png").write_bytes(image)
+        else:
+            write_png(folder / "slide.png", image)
+    return root
+
+
+def test_segment_dataset_end_to_end(tmp_path):
+    image, labels = disc_grid_scene(rows=4, cols=5, seed=3)
+    ds = _make_dataset(tmp_path / "ds", {"well1": image, "well2": image[:, ::-1].copy()})
+    result = runner.invoke(
+        app,
+        ["segment", str(ds), "--rows", "4", "--cols", "5", "--tile-size", "128", "--overlap", "32"],
+    )
+    assert result.exit_code == 0, result.output
+    for group in ("well1", "well2"):
+        assert (ds / "tiles_stitched" / group / "mask.tiff").is_file()
+        assert (ds / "am_coords" / group / "am_coordinates.png").is_file()
+    ids = read_image(ds / "am_coords" / "well1" / "am_coordinates.png")
+    assert mark_id_accuracy(ids, labels) == 1.0
+
+
+def test_one_bad_group_fails_the_command_but_not_the_others(tmp_path):
+    image, _ = disc_grid_scene(rows=3, cols=3, seed=4)
+    ds = _make_dataset(tmp_path / "ds", {"bad": b"not an image", "good": image})
+    result = runner.invoke(app, ["segment", str(ds), "--no-register", "--tile-size", "128"])
+    assert result.exit_code == 1
+    assert "bad" in result.output
+    assert "not a PNG, JPEG or TIFF" in result.output
+    assert (ds / "tiles_stitched" / "good" / "mask.tiff").is_file()
+
+
+def test_only_the_named_groups_run(tmp_path):
+    image, _ = disc_grid_scene(rows=3, cols=3, seed=5)
+    ds = _make_dataset(tmp_path / "ds", {"a": image, "b": image})
+    result = runner.invoke(app, ["segment", str(ds), "b", "--no-register", "--no-tiles"])
+    assert result.exit_code == 0, result.output
+    assert not (ds / "tiles_stitched" / "a").exists()
+    assert (ds / "tiles_stitched" / "b" / "mask.tiff").is_file()
+    assert not (ds / "tiles" / "b" / "source").exists()  # --no-tiles
+
+
+def test_usage_errors_are_one_line(tmp_path):
+    image, _ = disc_grid_scene(rows=3, cols=3)
+    ds = _make_dataset(tmp_path / "ds", {"a": image})
+    cases = [
+        (["segment", str(ds)], "--rows R --cols C"),
+        (["segment", str(ds), "--rows", "300", "--cols", "300"], "65535"),
+        (["segment", str(tmp_path / "missing"), "--no-register"], "no such dataset"),
+        (["segment", str(ds), "zzz", "--no-register"], "unknown group"),
+        (["segment", str(ds), "--no-register", "--overlap", "300"], "at most half"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "error: " in result.output
+        assert message in result.output, (args, result.output)
+        assert "Traceback" not in result.output

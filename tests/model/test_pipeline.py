@@ -1,0 +1,105 @@
+"""segment_image and the per-group dataset pipeline."""
+
+import json
+
+import numpy as np
+import pytest
+
+from model.dataset import DatasetLayout
+from model.errors import DatasetError
+from model.imageio import read_image, write_png, write_tiff
+from model.pipeline import GridSpec, SegmentOptions, process_group, segment_image
+from model.segmenters import ClassicalSegmenter
+from tests.model.scenes import dice, disc_grid_scene, mark_id_accuracy
+
+SMALL_TILES = SegmentOptions(tile_size=128, overlap=32)
+
+
+def test_classical_segmentation_finds_the_marks():
+    image, labels = disc_grid_scene()
+    result = segment_image(image, ClassicalSegmenter(), SMALL_TILES)
+    assert result.mask.shape == image.shape
+    assert result.probabilities.dtype == np.float32
+    assert result.probabilities.min() >= 0.0 and result.probabilities.max() <= 1.0
+    assert dice(result.mask, labels > 0) > 0.85
+
+
+def test_sixteen_bit_and_rgb_inputs_give_the_same_marks():
+    image, _ = disc_grid_scene(seed=1)
+    base = segment_image(image, ClassicalSegmenter(), SMALL_TILES).mask
+    twelve_bit = image.astype(np.uint16) * 16 + 7  # 12-bit camera range with an offset
+    rgb = np.repeat(image[..., None], 3, axis=2)
+    for variant in (twelve_bit, rgb):
+        assert dice(segment_image(variant, ClassicalSegmenter(), SMALL_TILES).mask, base) > 0.99
+
+
+def test_threshold_option_overrides_the_segmenter():
+    image, _ = disc_grid_scene(seed=2)
+    loose = segment_image(image, ClassicalSegmenter(), SegmentOptions(128, 32, threshold=0.1))
+    strict = segment_image(image, ClassicalSegmenter(), SegmentOptions(128, 32, threshold=0.9))
+    assert loose.threshold == 0.1
+    assert loose.mask.sum() > strict.mask.sum()
+
+
+def test_tiny_specks_are_removed():
+    image = np.full((200, 200), 50, np.uint8)
+    image[100, 100] = 255  # a single hot pixel is not a mark
+    result = segment_image(image, ClassicalSegmenter(), SegmentOptions(128, 32, min_mark_area=12))
+    assert not result.mask.any()
+
+
+def _dataset(tmp_path, image, group="g1", suffix=".png"):
+    folder = tmp_path / "ds" / "source" / group
+    folder.mkdir(parents=True)
+    (write_png if suffix == ".png" else write_tiff)(folder / f"slide{suffix}", image)
+    return DatasetLayout(tmp_path / "ds")
+
+
+def test_process_group_writes_the_whole_layout(tmp_path):
+    image, labels = disc_grid_scene(rows=5, cols=6, missing=((2, 3),))
+    image16 = image.astype(np.uint16) * 200
+    layout = _dataset(tmp_path, image16, suffix=".tiff")
+    stale = layout.tiles_dir("g1") / "source" / "9999.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+
+    report = process_group(layout, "g1", ClassicalSegmenter(), SMALL_TILES, GridSpec(5, 6))
+
+    assert report.ok
+    norm = read_image(layout.source_norm_dir("g1") / "source.tiff")
+    assert norm.dtype == np.uint8
+    assert norm.shape == image.shape
+    norm_info = json.loads((layout.source_norm_dir("g1") / "normalization.json").read_text())
+    assert norm_info["dtype"] == "uint16"
+    meta = json.loads((layout.tiles_dir("g1") / "meta.json").read_text())
+    n_tiles = meta["tile"]["rows"] * meta["tile"]["cols"]
+    assert len(list((layout.tiles_dir("g1") / "source").glob("*.png"))) == n_tiles
+    assert len(list((layout.tiles_dir("g1") / "mask").glob("*.png"))) == n_tiles
+    assert not stale.exists()
+    assert meta["orig_image"] == {"h": image.shape[0], "w": image.shape[1]}
+    mask = read_image(layout.stitched_dir("g1") / "mask.tiff")
+    assert set(np.unique(mask)) <= {0, 255}
+    assert dice(mask > 0, labels > 0) > 0.85
+
+    ids = read_image(layout.am_coords_dir("g1") / "am_coordinates.png")
+    assert ids.dtype == np.uint16
+    assert ids.shape == image.shape
+    assert mark_id_accuracy(ids, labels) == 1.0
+    assert 2 * 6 + 3 + 1 not in set(np.unique(ids))  # the missing mark's id stays unused
+    assert report.qc["missing_ids"] == [2 * 6 + 3 + 1]
+    for name in ("ams.csv", "qc.json", "overlay.png"):
+        assert (layout.am_coords_dir("g1") / name).is_file()
+
+
+def test_dataset_errors_are_clear(tmp_path):
+    with pytest.raises(DatasetError, match="no such dataset"):
+        DatasetLayout(tmp_path / "nope").groups()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no source/ folder"):
+        DatasetLayout(tmp_path / "empty").groups()
+    layout = _dataset(tmp_path, np.zeros((10, 10), np.uint8))
+    with pytest.raises(DatasetError, match="unknown group"):
+        layout.select_groups(["g2"])
+    (layout.root / "source" / "g3").mkdir()
+    with pytest.raises(DatasetError, match="no TIFF, PNG or JPEG"):
+        layout.source_image("g3")
