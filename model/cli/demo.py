@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
-import numpy as np
 import typer
 
 from model.cli.app import app
 from model.cli.segment import console, load_segmenter, run_groups
 from model.dataset import DatasetLayout
 from model.imageio import read_image
+from model.metrics import mark_id_accuracy
 from model.pipeline import GridSpec, SegmentOptions
-from model.synth import generate_slide, random_spec, write_dataset_layout
+from model.synth import SlideSpec, generate_slide, random_spec, write_dataset_layout
+
+
+def grid_inside(spec: SlideSpec, margin: float = 0.08) -> SlideSpec:
+    """The same slide with the whole (rotated) grid inside the image, centred.
+
+    Ids are only defined when the acquisition area is in the picture: a grid cut by the image
+    border leaves the registration nothing to anchor the first row and column on.
+    """
+    cos, sin = (
+        abs(math.cos(math.radians(spec.angle_deg))),
+        abs(math.sin(math.radians(spec.angle_deg))),
+    )
+    span_x = (spec.cols - 1) * spec.pitch_x * cos + (spec.rows - 1) * spec.pitch_y * sin
+    span_y = (spec.cols - 1) * spec.pitch_x * sin + (spec.rows - 1) * spec.pitch_y * cos
+    room_x = (1 - 2 * margin) * spec.width - spec.mark_size
+    room_y = (1 - 2 * margin) * spec.height - spec.mark_size
+    shrink = min(1.0, room_x / span_x, room_y / span_y)
+    pitch_x, pitch_y = spec.pitch_x * shrink, spec.pitch_y * shrink
+    mark_size = min(spec.mark_size, 0.6 * min(pitch_x, pitch_y))
+    return dataclasses.replace(
+        spec,
+        pitch_x=pitch_x,
+        pitch_y=pitch_y,
+        mark_size=mark_size,
+        origin_y=(spec.height - (spec.rows - 1) * pitch_y) / 2,
+        origin_x=(spec.width - (spec.cols - 1) * pitch_x) / 2,
+    )
 
 
 @app.command()
@@ -28,7 +57,9 @@ def demo(
     Needs no data of your own: a quick way to see what amseg writes and how well it works.
     """
     group = "demo_slide"
-    spec = random_spec(seed, height=size, width=size, rows=rows, cols=cols, bit_depth=16)
+    spec = grid_inside(
+        random_spec(seed, height=size, width=size, rows=rows, cols=cols, bit_depth=16)
+    )
     slide = generate_slide(spec, seed)
     write_dataset_layout(out, slide, group=group)
     console.print(
@@ -43,9 +74,7 @@ def demo(
     if not reports[0].ok:
         raise typer.Exit(1)
     labels = read_image(layout.am_coords_dir(group) / "am_coordinates.png")
-    truth = slide.labels
-    marked = truth > 0
-    agree = float(np.mean(labels[marked] == truth[marked])) if marked.any() else 0.0
+    accuracy = mark_id_accuracy(labels, slide.labels)
     console.print(
-        f"mark pixels with the right id: {agree:.1%} (ground truth in {out}/ground_truth/{group}/)"
+        f"marks with the right id: {accuracy:.1%} (ground truth in {out}/ground_truth/{group}/)"
     )

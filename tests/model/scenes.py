@@ -30,23 +30,3 @@ def disc_grid_scene(
     image = 60 + 12 * texture + rng.normal(0, 4, (height, width))
     image[labels > 0] += 90
     return np.clip(image, 0, 255).astype(np.uint8), labels
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two boolean masks (1.0 when both are empty)."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
-def mark_id_accuracy(predicted: np.ndarray, truth: np.ndarray) -> float:
-    """Fraction of ground-truth marks whose pixels carry, by majority, their own id."""
-    ids = np.unique(truth[truth > 0])
-    if ids.size == 0:
-        return 1.0
-    right = 0
-    for mark_id in ids:
-        found = predicted[truth == mark_id]
-        found = found[found > 0]
-        if found.size and np.bincount(found).argmax() == mark_id:
-            right += 1
-    return right / ids.size

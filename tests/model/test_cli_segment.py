@@ -4,7 +4,8 @@ from typer.testing import CliRunner
 
 from model.cli import app
 from model.imageio import read_image, write_png
-from tests.model.scenes import disc_grid_scene, mark_id_accuracy
+from model.metrics import mark_id_accuracy
+from tests.model.scenes import disc_grid_scene
 
 runner = CliRunner()
 

@@ -8,9 +8,10 @@ import pytest
 from model.dataset import DatasetLayout
 from model.errors import DatasetError
 from model.imageio import read_image, write_png, write_tiff
+from model.metrics import dice, mark_id_accuracy
 from model.pipeline import GridSpec, SegmentOptions, process_group, segment_image
 from model.segmenters import ClassicalSegmenter
-from tests.model.scenes import dice, disc_grid_scene, mark_id_accuracy
+from tests.model.scenes import disc_grid_scene
 
 SMALL_TILES = SegmentOptions(tile_size=128, overlap=32)
 
