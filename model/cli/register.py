@@ -1,0 +1,163 @@
+"""`amseg register`: number a mask's marks on the acquisition grid, per dataset group or file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from model.cli.app import app
+from model.errors import DatasetError
+from model.imageio import read_image, to_grayscale
+from model.registration import Registration, register_marks, write_registration
+
+MASK_NAMES = ("mask.tiff", "mask.tif", "mask.png")
+SOURCE_NAMES = ("source.tiff", "source.tif", "source.png")
+
+
+@app.command("register")
+def register_command(
+    rows: Annotated[int, typer.Option("--rows", "-r", min=1, help="Rows of the acquisition grid.")],
+    cols: Annotated[
+        int, typer.Option("--cols", "-c", min=1, help="Columns of the acquisition grid.")
+    ],
+    ds_path: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Dataset directory: masks from tiles_stitched/<group>/mask.tiff (or .png), "
+            "overlay background from source_norm/<group>/source.tiff, results in "
+            "am_coords/<group>/.",
+            show_default=False,
+        ),
+    ] = None,
+    groups: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Groups to register (default: every entry under tiles_stitched/).",
+            show_default=False,
+        ),
+    ] = None,
+    mask: Annotated[
+        Path | None,
+        typer.Option("--mask", "-m", help="Register a single mask image instead of a dataset."),
+    ] = None,
+    image: Annotated[
+        Path | None,
+        typer.Option("--image", "-i", help="With --mask: source image for the overlay."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="With --mask: output directory."),
+    ] = None,
+) -> None:
+    """Number ablation marks by their place on the ROWS x COLS grid (id = row*cols + col + 1).
+
+    Writes am_coordinates.png (16-bit ids), ams.csv, qc.json and overlay.png.
+
+    \b
+    Dataset:     amseg register DS_PATH [GROUPS...] --rows R --cols C
+    Single mask: amseg register --mask MASK.png --rows R --cols C -o OUT_DIR [--image SRC.png]
+
+    A group that fails is reported with its cause and the others still run; the exit status
+    is then 1.
+    """
+    console = Console(highlight=False)
+    if mask is not None:
+        if ds_path is not None or groups:
+            raise typer.BadParameter("give either DS_PATH or --mask, not both", param_hint="--mask")
+        if out is None:
+            raise typer.BadParameter("--mask needs an output directory", param_hint="--out")
+        registration, written = _register_files(mask, image, out, rows, cols)
+        _print_summary(console, mask.name, registration, written["labels"].parent)
+        return
+    if ds_path is None:
+        raise typer.BadParameter("give a dataset directory DS_PATH or --mask", param_hint="DS_PATH")
+    if image is not None or out is not None:
+        raise typer.BadParameter("--image and --out go with --mask", param_hint="--image/--out")
+
+    names = list(groups) if groups else _dataset_groups(ds_path)
+    failures: list[tuple[str, str]] = []
+    with Progress(
+        TextColumn("registering [bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("", total=len(names))
+        for name in names:
+            progress.update(task, description=escape(name))
+            try:
+                registration, out_dir = _register_group(ds_path, name, rows, cols)
+            except Exception as error:  # one bad group must not stop the others
+                failures.append((name, f"{type(error).__name__}: {error}"))
+                progress.console.print(f"[bold red]{escape(name)}: failed[/] {escape(str(error))}")
+            else:
+                _print_summary(progress.console, name, registration, out_dir)
+            progress.advance(task)
+    if failures:
+        console.print(f"[bold red]{len(failures)} of {len(names)} group(s) failed:[/]")
+        for name, cause in failures:
+            console.print(f"  {escape(name)}: {escape(cause)}")
+        raise typer.Exit(code=1)
+
+
+def _dataset_groups(ds_path: Path) -> list[str]:
+    stitched = ds_path / "tiles_stitched"
+    if not stitched.is_dir():
+        raise DatasetError(f"{ds_path}: no tiles_stitched/ directory, so no masks to register")
+    names = sorted(entry.name for entry in stitched.iterdir() if entry.is_dir())
+    if not names:
+        raise DatasetError(f"{stitched}: no groups (sub-directories) to register")
+    return names
+
+
+def _register_group(ds_path: Path, group: str, rows: int, cols: int) -> tuple[Registration, Path]:
+    group_dir = ds_path / "tiles_stitched" / group
+    mask_path = _first_existing(group_dir, MASK_NAMES)
+    if mask_path is None:
+        raise DatasetError(f"{group_dir}: no {' / '.join(MASK_NAMES)}")
+    source_path = _first_existing(ds_path / "source_norm" / group, SOURCE_NAMES)
+    out_dir = ds_path / "am_coords" / group
+    registration, _ = _register_files(mask_path, source_path, out_dir, rows, cols)
+    return registration, out_dir
+
+
+def _register_files(
+    mask_path: Path, image_path: Path | None, out_dir: Path, rows: int, cols: int
+) -> tuple[Registration, dict[str, Path]]:
+    registration = register_marks(_read_mask(mask_path), rows, cols)
+    source = to_grayscale(read_image(image_path)) if image_path is not None else None
+    return registration, write_registration(out_dir, registration, source=source)
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    """Foreground = above half the mask's maximum, so 0/1, 0/255 and soft masks all work."""
+    gray = to_grayscale(read_image(path))
+    return gray > float(gray.max()) / 2.0
+
+
+def _first_existing(directory: Path, names: tuple[str, ...]) -> Path | None:
+    for name in names:
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _print_summary(console: Console, name: str, registration: Registration, out_dir: Path) -> None:
+    qc = registration.qc
+    pitch_y, pitch_x = qc["pitch_px"]
+    console.print(
+        f"[bold]{escape(name)}[/]: {qc['found']}/{qc['expected']} marks, "
+        f"angle {qc['angle_deg']:+.2f}°, pitch {pitch_y:.1f} x {pitch_x:.1f} px, "
+        f"shear {qc['shear']:+.3f}, residual {qc['residual_rms_px']:.1f} px "
+        f"-> {escape(str(out_dir))}"
+    )
+    for warning in qc["warnings"]:
+        console.print(f"  [yellow]warning:[/] {escape(warning)}")

@@ -1,0 +1,118 @@
+"""`amseg register` end to end: the dataset layout and the single-mask form."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import model.cli.register  # noqa: F401  registers the command on the app
+from model.cli.app import app
+from model.errors import RegistrationError
+from model.imageio import read_image, write_png, write_tiff
+from model.registration import register_marks
+from tests.model.grid_masks import GridSpec, id_accuracy, make_grid_mask
+
+runner = CliRunner()
+OUTPUTS = ("am_coordinates.png", "ams.csv", "qc.json", "overlay.png")
+
+
+@pytest.fixture(scope="module")
+def grid():
+    return make_grid_mask(GridSpec(rows=6, cols=7, angle_deg=4, specks=10, seed=61))
+
+
+def _mask_u8(grid) -> np.ndarray:
+    return grid.mask.astype(np.uint8) * 255
+
+
+def test_single_mask_form(tmp_path: Path, grid) -> None:
+    mask_path = write_png(tmp_path / "mask.png", _mask_u8(grid))
+    source = (np.random.default_rng(0).random(grid.mask.shape) * 60000).astype(np.uint16)
+    image_path = write_png(tmp_path / "source.png", source)
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        [
+            *("register", "--mask", str(mask_path), "--rows", "6", "--cols", "7"),
+            *("-o", str(out), "--image", str(image_path)),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "42/42 marks" in result.output
+    for name in OUTPUTS:
+        assert (out / name).is_file()
+    labels = read_image(out / "am_coordinates.png")
+    assert id_accuracy(labels, grid.labels)["wrong_ids"] == []
+    assert json.loads((out / "qc.json").read_text())["found"] == 42
+
+
+def test_dataset_form_all_groups_and_a_failing_group(tmp_path: Path, grid) -> None:
+    ds = tmp_path / "ds"
+    write_png(ds / "tiles_stitched" / "a" / "mask.png", _mask_u8(grid))
+    write_tiff(ds / "tiles_stitched" / "b" / "mask.tiff", _mask_u8(grid))
+    write_tiff(ds / "source_norm" / "b" / "source.tiff", np.full(grid.mask.shape, 0.5, np.float32))
+    write_png(ds / "tiles_stitched" / "empty" / "mask.png", np.zeros((40, 40), np.uint8))
+    (ds / "tiles_stitched" / "nomask").mkdir()
+
+    result = runner.invoke(app, ["register", str(ds), "--rows", "6", "--cols", "7"])
+    assert result.exit_code == 1, result.output
+    for group in ("a", "b"):
+        for name in OUTPUTS:
+            assert (ds / "am_coords" / group / name).is_file(), (group, name)
+        labels = read_image(ds / "am_coords" / group / "am_coordinates.png")
+        assert id_accuracy(labels, grid.labels)["wrong_ids"] == []
+    assert "2 of 4 group(s) failed" in result.output
+    assert "empty" in result.output and "no foreground" in result.output
+    assert "nomask" in result.output and "no mask.tiff" in result.output
+    assert not (ds / "am_coords" / "empty").exists()
+
+
+def test_dataset_form_selected_group(tmp_path: Path, grid) -> None:
+    ds = tmp_path / "ds"
+    write_png(ds / "tiles_stitched" / "a" / "mask.png", _mask_u8(grid))
+    write_png(ds / "tiles_stitched" / "b" / "mask.png", np.zeros((40, 40), np.uint8))
+    result = runner.invoke(app, ["register", str(ds), "a", "--rows", "6", "--cols", "7"])
+    assert result.exit_code == 0, result.output
+    assert (ds / "am_coords" / "a" / "qc.json").is_file()
+    assert not (ds / "am_coords" / "b").exists()
+
+
+def test_single_mask_user_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    mask_path = write_png(tmp_path / "mask.png", np.zeros((30, 30), np.uint8))
+    result = runner.invoke(
+        app, ["register", "--mask", str(mask_path), "-r", "2", "-c", "2", "-o", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert "error: the mask has no foreground pixels" in result.output
+    with pytest.raises(RegistrationError):  # the library raises the same error
+        register_marks(np.zeros((30, 30), bool), 2, 2)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["register", "--rows", "2", "--cols", "2"],  # neither a dataset nor --mask
+        ["register", "ds", "--mask", "m.png", "-o", "out", "--rows", "2", "--cols", "2"],
+        ["register", "--mask", "m.png", "--rows", "2", "--cols", "2"],  # no -o
+        ["register", "ds", "--rows", "0", "--cols", "2"],
+    ],
+)
+def test_usage_errors(arguments: list[str]) -> None:
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 2
+
+
+def test_missing_dataset_layout(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["register", str(tmp_path), "--rows", "2", "--cols", "2"])
+    assert result.exit_code == 2
+    assert "no tiles_stitched/ directory" in result.output
+
+
+def test_help_mentions_both_forms() -> None:
+    result = runner.invoke(app, ["register", "--help"])
+    assert result.exit_code == 0
+    assert "--mask" in result.output and "DS_PATH" in result.output
