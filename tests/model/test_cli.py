@@ -1,0 +1,38 @@
+"""The installed `amseg` entry point, as a user runs it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+AMSEG = Path(sys.executable).with_name("amseg")
+
+
+@pytest.fixture(scope="module")
+def amseg() -> Path:
+    if not AMSEG.exists():
+        pytest.skip("the amseg console script is not installed in this environment")
+    return AMSEG
+
+
+def test_help_lists_every_command(amseg):
+    result = subprocess.run([amseg, "--help"], capture_output=True, text=True, check=True)
+    for command in ("segment", "register", "synth", "demo"):
+        assert command in result.stdout
+
+
+def test_user_error_is_one_line_without_traceback(amseg, tmp_path):
+    bad = tmp_path / "mask.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)  # a PNG signature, then nothing
+    result = subprocess.run(
+        [amseg, "register", "--mask", bad, "--rows", "3", "--cols", "3", "-o", tmp_path / "out"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert str(bad) in lines[0]
+    assert "Traceback" not in result.stderr
