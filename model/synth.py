@@ -105,6 +105,32 @@ class SlideSpec:
     # 16-bit output: significant bits (12..16) and dark offset as a fraction of full scale.
     signal_bits: int = 16
     dark_offset: float = 0.02
+    # Added for realism (defaults keep older specs meaningful). Per-mark spread of the
+    # outline around the slide's common shape; crescents mirrored (long arm on top).
+    shape_jitter: float = 0.1
+    mark_mirror: bool = False
+    # Edge softness of the marks (Gaussian sigma, px) on top of the optical blur.
+    edge_softness: float = 0.8
+    # Background structure beyond grain and clumps: 5-15 px mottling (bright crystal
+    # patches), worm-like fibrous ridges, and how dark the voids get.
+    patch_strength: float = 0.15
+    ridge_strength: float = 0.0
+    void_depth: float = 0.4
+    # Tone curve: black and white level of the output range; the highlights roll off
+    # softly into the white level (real sensors/exports rarely hit full scale).
+    black_level: float = 0.0
+    white_level: float = 1.0
+    # Double (displaced) marks: a second, fainter mark next to the node's own, same id.
+    # Nodes in `double_cols` mostly get one, others with `double_fraction`; the offset is
+    # a fraction of the pitch in the lattice frame direction `double_angle_deg`.
+    double_fraction: float = 0.0
+    double_cols: tuple[int, ...] = ()
+    double_offset: float = 0.4
+    double_angle_deg: float = 90.0
+    double_brightness: float = 0.6
+    double_scale: float = 0.8
+    # Share of the out-of-focus smudges placed next to a mark (partly merging with it).
+    smudge_near_marks: float = 0.3
 
 
 @dataclass
@@ -245,7 +271,6 @@ def random_spec(
     shape = str(rng.choice(SHAPES, p=[0.55, 0.12, 0.1, 0.1, 0.13]))
     polarity = "dark" if rng.random() < 0.15 else "bright"
     low_contrast = rng.random() < 0.25
-    contrast = rng.uniform(0.15, 0.4) if low_contrast else rng.uniform(0.5, 1.0)
     if bit_depth is None:
         bit_depth = 16 if rng.random() < 0.3 else 8
 
@@ -261,15 +286,51 @@ def random_spec(
         count = int(rng.integers(1, min(2, cols - 1) + 1))
         missing_cols = tuple(sorted(int(c) for c in rng.choice(cols, count, replace=False)))
 
-    # Opening direction: mostly right/down-right as in the real crops, sometimes anywhere.
-    if rng.random() < 0.6:
-        mark_angle = float(rng.uniform(-30.0, 60.0))
+    # Opening direction: mostly right (the long arm below), as in the real crops; sometimes
+    # anywhere (other stages and cameras).
+    if rng.random() < 0.8:
+        mark_angle = float(rng.normal(0.0, 12.0))
     else:
         mark_angle = float(rng.uniform(-180.0, 180.0))
-    # Grain size scales with magnification, i.e. with the mark size (real: ~30 px marks,
-    # 2-3 px grains).
-    grain = float(np.clip(drawn_size * rng.uniform(0.03, 0.065), 0.6, 4.0))
-    blur = float(np.clip(rng.uniform(0.3, 1.0) * math.sqrt(drawn_size / 25.0), 0.25, 2.0))
+
+    # Background style. "granular": fine crisp speckle on a dark matrix (source_small);
+    # "mottled": high-contrast fibrous texture with bright crystal patches as bright as the
+    # marks, which are then barely visible and often fragmented (tile_013); "smooth": a
+    # quieter matrix.
+    style = str(rng.choice(["granular", "mottled", "smooth"], p=[0.5, 0.35, 0.15]))
+    if style == "granular":
+        texture = rng.uniform(0.3, 0.5)
+        clump, patch, ridge = rng.uniform(0.15, 0.45), rng.uniform(0.15, 0.4), maybe(0.4, 0, 0.3)
+        level = rng.uniform(0.1, 0.24)
+    elif style == "mottled":
+        texture = rng.uniform(0.45, 0.7)
+        clump, patch, ridge = rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.1), rng.uniform(0.5, 1.0)
+        level = rng.uniform(0.33, 0.5)
+    else:
+        texture = rng.uniform(0.12, 0.35)
+        clump, patch, ridge = rng.uniform(0.2, 0.6), rng.uniform(0.1, 0.5), 0.0
+        level = rng.uniform(0.15, 0.4)
+    if low_contrast:
+        contrast = rng.uniform(0.15, 0.4)
+        level = rng.uniform(0.22, 0.4)  # faint marks on a mid-grey matrix, not a dark one
+    elif style == "mottled":
+        contrast = rng.uniform(0.85, 1.0)  # as bright as the brightest crystal patches
+    else:
+        contrast = rng.uniform(0.7, 1.0)
+    # Grain size scales with magnification, i.e. with the mark size (real: ~25 px marks,
+    # crisp 1-3 px speckle).
+    grain = float(np.clip(drawn_size * rng.uniform(0.028, 0.045), 0.5, 3.0))
+    blur = float(np.clip(rng.uniform(0.25, 0.6) * math.sqrt(drawn_size / 25.0), 0.2, 1.5))
+    edge = float(np.clip(rng.uniform(0.6, 1.2) * math.sqrt(drawn_size / 25.0), 0.3, 2.0))
+
+    double_cols: tuple[int, ...] = ()
+    double_fraction = 0.0
+    if rng.random() < 0.12 and cols > 1:
+        double_cols = (int(rng.integers(0, cols)),)
+    if rng.random() < 0.1:
+        double_fraction = float(rng.uniform(0.01, 0.08))
+    # Mostly displaced along the column (down or up), sometimes diagonally.
+    double_angle = float(rng.choice([90.0, -90.0]) + rng.normal(0.0, 20.0))
 
     values: dict[str, object] = {
         "height": int(height),
@@ -292,35 +353,52 @@ def random_spec(
         ),
         "missing_rows": missing_rows,
         "missing_cols": missing_cols,
-        "fragment_fraction": maybe(0.5, 0.0, 0.15),
+        "fragment_fraction": (
+            float(rng.uniform(0.1, 0.4)) if style == "mottled" else maybe(0.5, 0.0, 0.15)
+        ),
         "touching_fraction": maybe(0.4, 0.0, 0.08),
         "row_shift": maybe(0.4, 0.03, 0.25) * pitch_x,
         "row_spacing_jitter": maybe(0.5, 0.02, 0.12) * pitch_y,
         "jitter": float(rng.uniform(0.0, 0.04)) * pitch_x,
         "mark_angle_deg": mark_angle,
-        "mark_angle_jitter": float(rng.uniform(2.0, 10.0)),
-        "size_jitter": float(rng.uniform(0.03, 0.15)),
-        "brightness_jitter": float(rng.uniform(0.03, 0.15)),
-        "mark_opacity": float(rng.uniform(0.8, 1.0)),
-        "rim_strength": float(rng.uniform(-0.1, 0.3)),
-        "mark_texture": float(rng.uniform(0.02, 0.12)),
-        "background_level": float(rng.uniform(0.1, 0.35)),
+        "mark_angle_jitter": float(rng.uniform(1.5, 6.0)),
+        "size_jitter": float(rng.uniform(0.02, 0.1)),
+        "brightness_jitter": float(rng.uniform(0.02, 0.1)),
+        "mark_opacity": float(rng.uniform(0.85, 1.0)),
+        "rim_strength": float(rng.uniform(-0.05, 0.08)),
+        "mark_texture": float(rng.uniform(0.01, 0.06)),
+        "background_level": float(level),
         "grain_size": grain,
-        "texture_contrast": float(rng.uniform(0.25, 0.65)),
-        "clump_strength": float(rng.uniform(0.15, 0.7)),
-        "void_fraction": float(rng.uniform(0.0, 0.12)),
+        "texture_contrast": float(texture),
+        "clump_strength": float(clump),
+        "void_fraction": float(rng.uniform(0.01, 0.1)),
         "blur_sigma": blur,
-        "shot_noise": float(rng.uniform(0.01, 0.05)),
-        "read_noise": float(rng.uniform(0.002, 0.02)),
-        "gamma": float(rng.uniform(0.8, 1.25)),
-        "vignetting": float(rng.uniform(0.0, 0.35)),
-        "gradient": float(rng.uniform(0.0, 0.3)),
+        "shot_noise": float(rng.uniform(0.01, 0.04)),
+        "read_noise": float(rng.uniform(0.002, 0.015)),
+        "gamma": float(rng.uniform(0.85, 1.2)),
+        "vignetting": float(rng.uniform(0.0, 0.3)),
+        "gradient": float(rng.uniform(0.0, 0.25)),
         "gradient_angle_deg": float(rng.uniform(-180.0, 180.0)),
-        "dust_density": float(rng.uniform(0.0, 40.0)),
-        "fibre_density": float(rng.uniform(0.0, 4.0)),
-        "smudge_density": float(rng.uniform(0.0, 3.0)),
+        "dust_density": float(rng.uniform(5.0, 80.0)),
+        "fibre_density": float(rng.uniform(0.0, 6.0)),
+        "smudge_density": float(rng.uniform(0.5, 6.0)),
         "signal_bits": int(rng.choice([12, 14, 16])),
         "dark_offset": float(rng.uniform(0.0, 0.06)),
+        "shape_jitter": float(rng.uniform(0.04, 0.15)),
+        "mark_mirror": bool(rng.random() < 0.15),
+        "edge_softness": edge,
+        "patch_strength": float(patch),
+        "ridge_strength": float(ridge),
+        "void_depth": float(rng.uniform(0.2, 0.5)),
+        "black_level": float(rng.uniform(0.0, 0.06)),
+        "white_level": float(rng.uniform(0.86, 1.0)),
+        "double_fraction": double_fraction,
+        "double_cols": double_cols,
+        "double_offset": float(rng.uniform(0.3, 0.5)),
+        "double_angle_deg": double_angle,
+        "double_brightness": float(rng.uniform(0.4, 0.85)),
+        "double_scale": float(rng.uniform(0.6, 0.95)),
+        "smudge_near_marks": float(rng.uniform(0.1, 0.5)),
     }
     unknown = set(overrides) - {f.name for f in dataclasses.fields(SlideSpec)}
     if unknown:
@@ -378,37 +456,78 @@ def _tapered_band(centre: np.ndarray, widths: np.ndarray) -> np.ndarray:
     return np.concatenate([centre + normal * half, (centre - normal * half)[::-1]], axis=0)
 
 
+def _chaikin(points: np.ndarray, iterations: int) -> np.ndarray:
+    """Corner-cutting subdivision: a smooth (quadratic B-spline) curve through the control
+    polygon's end points; works on any number of columns (x, y, width...)."""
+    for _ in range(iterations):
+        q = 0.75 * points[:-1] + 0.25 * points[1:]
+        r = 0.25 * points[:-1] + 0.75 * points[1:]
+        inner = np.empty((2 * len(q), points.shape[1]))
+        inner[0::2], inner[1::2] = q, r
+        points = np.concatenate([points[:1], inner[1:-1], points[-1:]], axis=0)
+    return points
+
+
+def _stroke(
+    centre: np.ndarray, widths: np.ndarray, outer: np.ndarray | float = 0.5
+) -> list[np.ndarray]:
+    """A band of varying width around a curve, as one convex piece per curve segment.
+
+    `outer` is the share of the width on the left of the direction of travel (0.5 centres
+    the band on the curve). Every piece is the convex hull of the segment's four edge
+    points, so tight turns (where a single band polygon would cross itself on the inner
+    side) still fill solidly.
+    """
+    tangent = np.gradient(centre, axis=0)
+    tangent /= np.maximum(np.linalg.norm(tangent, axis=1, keepdims=True), 1e-9)
+    normal = np.stack([-tangent[:, 1], tangent[:, 0]], axis=1)
+    widths = np.maximum(widths, 0.0)
+    left = centre + normal * (widths * outer)[:, None]
+    right = centre - normal * (widths * (1.0 - np.asarray(outer)))[:, None]
+    quads = np.stack([left[:-1], left[1:], right[1:], right[:-1]], axis=1).astype(np.float32)
+    return [cv2.convexHull(quad).reshape(-1, 2).astype(np.float64) for quad in quads]
+
+
 def _crescent(size: float, u: np.ndarray) -> _MarkOutline:
-    """Thick curved "<" opening towards +x, like the real marks: a heavy rounded back, a
-    shorter upper arm with a blunt tip and a longer lower arm thinning into a tail."""
-    half_upper = math.radians(16 + 10 * u[0])
-    half_lower = math.radians(20 + 12 * u[1])
-    long_arm = 1.0
-    short_arm = 0.65 + 0.25 * u[2]
-    # Swoosh: the short arm's tip curls away from the opening, the long arm flattens
-    # towards the opening's axis as it thins into the tail.
-    curls = (0.1 + 0.15 * u[3], -(0.08 + 0.12 * u[8]))
-    n_arm = 14
-    t = np.linspace(0.0, 1.0, n_arm)
-    arms = []
-    for sign, half, length, curl in (
-        (-1.0, half_upper, short_arm, curls[0]),
-        (1.0, half_lower, long_arm, curls[1]),
-    ):
-        direction = np.array([math.cos(half), sign * math.sin(half)])
-        outward = np.array([-math.sin(half), sign * math.cos(half)])
-        sagitta = curl * length * t**2
-        arms.append(t[:, None] * length * direction + sagitta[:, None] * outward)
-    width_max = 0.25 + 0.09 * u[4]
-    tips = (0.4 + 0.25 * u[5], 0.1 + 0.12 * u[6])
-    power = 0.8 + 0.8 * u[7]
-    # Each arm is its own band (no self-intersection at the vertex); a disc rounds the back.
-    parts = []
-    for arm, tip in zip(arms, tips, strict=True):
-        widths = width_max * (tip + (1.0 - tip) * (1.0 - t**power))
-        parts.append(_tapered_band(arm, widths))
-    parts.append(_circle(0.7 * width_max, 20) - np.array([0.15 * width_max, 0.0]))
-    centreline = np.concatenate([arms[0][::-1], arms[1][1:]], axis=0)
+    """Curved "swoosh" opening towards +x, like the real marks: a thick rounded head at the
+    upper left, a flat-topped upper arm tapering to a horn that curls up slightly, a deep
+    rounded notch, and a longer, thinner lower arm running down-right into a tail."""
+    upper = 0.75 + 0.3 * u[0]  # reach of the upper arm right of the head
+    curl = 0.02 + 0.08 * u[1]
+    drop = 0.8 + 0.35 * u[2]  # vertical extent of the lower arm
+    run = 0.65 + 0.35 * u[3]  # horizontal extent of the lower arm
+    flatten = 0.12 * u[4]  # the tail bends towards the horizontal
+    bulge = 0.02 + 0.06 * u[5]  # the lower arm bows towards the outside
+    control = np.array(
+        [
+            [upper, -curl],
+            [0.55 * upper, 0.02],
+            [0.2 * upper, 0.05],
+            [0.0, 0.12],
+            [-0.04, 0.28],
+            [0.3 * run - bulge, 0.55 * drop],
+            [0.7 * run - 0.5 * bulge, drop - 0.15 * flatten],
+            [run + flatten, drop + 0.03],
+        ]
+    )
+    head = 0.28 + 0.1 * u[6]
+    lower = head * (0.5 + 0.25 * u[7])
+    tail_tip = 0.01 + 0.1 * u[8] ** 2  # mostly pointed, sometimes a blunt tail
+    widths = np.array(
+        [0.01, 0.45 * head, 0.85 * head, head, 0.8 * head, lower, 0.85 * lower, tail_tip]
+    )
+    # The head's extra thickness lies on the outside, which keeps the notch round.
+    outer = np.array([0.5, 0.6, 0.7, 0.75, 0.7, 0.55, 0.5, 0.5])
+    curve = _chaikin(np.column_stack([control, widths, outer]), 3)
+    centreline = curve[:, :2]
+    # Ragged edges: the width wobbles along the mark by ~10 % (a pixel or so).
+    wobble = np.random.default_rng(int(u[15] * 2**31)).normal(0.0, 1.0, len(curve))
+    wobble = np.convolve(wobble, np.array([0.25, 0.5, 0.25]), mode="same")
+    band = curve[:, 2] * (1.0 + 0.15 * wobble)
+    # Tips no thinner than ~1.2 px, so no stray pixels break off the rasterised horns.
+    extent = float((centreline.max(axis=0) - centreline.min(axis=0)).max()) + float(band.max())
+    band = np.maximum(band, 1.2 * extent / max(size, 1e-9))
+    parts = _stroke(centreline, band, curve[:, 3])
     return _scaled(_MarkOutline(parts, centreline), size)
 
 
@@ -471,18 +590,21 @@ def _blob(size: float, u: np.ndarray) -> _MarkOutline:
 _OUTLINES = {"crescent": _crescent, "chevron": _chevron, "ellipse": _ellipse, "blob": _blob}
 
 
+def _mirrored(outline: _MarkOutline) -> _MarkOutline:
+    """The outline flipped top to bottom (a crescent with its long arm on top)."""
+    flip = np.array([1.0, -1.0])
+    return _MarkOutline([p * flip for p in outline.parts], outline.centreline * flip)
+
+
 def _place(outline: _MarkOutline, angle_rad: float, y: float, x: float) -> _MarkOutline:
-    """Rotate a local outline about its bounding-box centre and move that centre to (y, x)."""
+    """Rotate a local outline and centre its (rotated) bounding box on (y, x)."""
     every = np.concatenate(outline.parts, axis=0)
-    centre = (every.min(axis=0) + every.max(axis=0)) / 2.0
     cos_a, sin_a = math.cos(angle_rad), math.sin(angle_rad)
     rotation = np.array([[cos_a, sin_a], [-sin_a, cos_a]])  # row-vector form of R(angle)
-    offset = np.array([x, y])
-
-    def move(points: np.ndarray) -> np.ndarray:
-        return (points - centre) @ rotation + offset
-
-    return _MarkOutline([move(p) for p in outline.parts], move(outline.centreline))
+    turned = every @ rotation
+    offset = np.array([x, y]) - (turned.min(axis=0) + turned.max(axis=0)) / 2.0
+    parts = np.split(turned + offset, np.cumsum([len(p) for p in outline.parts[:-1]]))
+    return _MarkOutline(parts, outline.centreline @ rotation + offset)
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,21 +628,23 @@ def _draw_mark(
     outline: _MarkOutline,
     mark_id: int,
     cuts: list[tuple[np.ndarray, np.ndarray, float]],
-) -> None:
+) -> tuple[int, int, np.ndarray] | None:
     """Fill the mark's polygons into `labels` as `mark_id`, minus the fragment cuts.
 
     Work happens in a canvas the size of the mark's bounding box so the cost does not
-    depend on the slide size.
+    depend on the slide size; returns (y0, x0, filled canvas) or None when off-image.
     """
     height, width = labels.shape
     x_min, y_min, x_max, y_max = _bbox(outline, 2.0)
     x0, y0 = max(math.floor(x_min), 0), max(math.floor(y_min), 0)
     x1, y1 = min(math.ceil(x_max) + 1, width), min(math.ceil(y_max) + 1, height)
     if x1 <= x0 or y1 <= y0:
-        return
+        return None
     canvas = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    for part in outline.parts:
-        cv2.fillPoly(canvas, [_fixed_point(part, x0, y0)], 1, cv2.LINE_8, _SUBPIXEL_BITS)
+    # One call per part: a single fillPoly call would XOR overlapping parts.
+    every = _fixed_point(np.concatenate(outline.parts, axis=0), x0, y0)
+    for part in np.split(every, np.cumsum([len(p) for p in outline.parts[:-1]])):
+        cv2.fillPoly(canvas, [part], 1, cv2.LINE_8, _SUBPIXEL_BITS)
     for point, direction, gap in cuts:
         reach = direction * 1e3  # far beyond the mark: the gap crosses it completely
         start = _fixed_point((point - reach)[None], x0, y0)[0, 0]
@@ -535,8 +659,9 @@ def _draw_mark(
             cv2.LINE_8,
             _SUBPIXEL_BITS,
         )
-    view = labels[y0:y1, x0:x1]
-    view[canvas > 0] = mark_id
+    filled = canvas > 0
+    labels[y0:y1, x0:x1][filled] = mark_id
+    return y0, x0, filled
 
 
 def _draw_bridge(
@@ -599,8 +724,14 @@ def _closest_points(a: _MarkOutline, b: _MarkOutline) -> tuple[np.ndarray, np.nd
     return pa[i], pb[j]
 
 
-def _render_labels(spec: SlideSpec, nodes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """uint16 label image of all marks (ids row*cols+col+1)."""
+_Dimmed = list[tuple[np.ndarray, np.ndarray, int, float]]
+
+
+def _render_labels(
+    spec: SlideSpec, nodes: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, _Dimmed]:
+    """uint16 label image of all marks (ids row*cols+col+1), and the pixels of the fainter
+    double marks as (ys, xs, id, opacity factor)."""
     rows, cols = spec.rows, spec.cols
     count = rows * cols
     labels = np.zeros((spec.height, spec.width), np.uint16)
@@ -622,12 +753,31 @@ def _render_labels(spec: SlideSpec, nodes: np.ndarray, rng: np.random.Generator)
         shape_index = rng.choice(len(_MIXED_SHAPES), size=count, p=_MIXED_WEIGHTS)
     else:
         shape_index = np.full(count, _MIXED_SHAPES.index(spec.shape))
-    shape_params = rng.random((count, 12))
+    # One common outline per slide (real marks of a slide look alike), varied per mark.
+    base_params = rng.random(16)
+    shape_params = base_params + rng.normal(0.0, 1.0, (count, 16)) * spec.shape_jitter
+    shape_params = np.clip(shape_params, 0.0, 1.0)
     fragmented = rng.random(count) < spec.fragment_fraction
     cut_params = rng.random((count, 5))
     touching = rng.random(count) < spec.touching_fraction
     touch_down = rng.random(count) < 0.3
     bridge_width = rng.uniform(0.12, 0.3, count)
+    doubled = rng.random(count) < spec.double_fraction
+    if spec.double_cols:
+        doubled |= np.isin(grid_cols, np.asarray(spec.double_cols)) & (rng.random(count) < 0.85)
+    else:
+        rng.random(count)  # keep the stream independent of the columns
+    double_theta = math.radians(spec.double_angle_deg + spec.angle_deg)
+    double_theta = double_theta + rng.normal(0.0, 0.1, count)
+    double_pitch = (
+        abs(math.cos(math.radians(spec.double_angle_deg))) * spec.pitch_x
+        + abs(math.sin(math.radians(spec.double_angle_deg))) * spec.pitch_y
+    )
+    double_distance = spec.double_offset * double_pitch * (1.0 + rng.normal(0.0, 0.08, count))
+    double_shift = np.stack(
+        [np.sin(double_theta) * double_distance, np.cos(double_theta) * double_distance], axis=1
+    )
+    double_turn = rng.normal(0.0, 0.05, count)
 
     reach = 1.2 * sizes + 2.0
     visible = (
@@ -641,9 +791,33 @@ def _render_labels(spec: SlideSpec, nodes: np.ndarray, rng: np.random.Generator)
     for index in drawn:
         make = _OUTLINES[_MIXED_SHAPES[shape_index[index]]]
         local = make(float(sizes[index]), shape_params[index])
+        if spec.mark_mirror:
+            local = _mirrored(local)
         outlines[int(index)] = _place(
             local, float(angles[index]), float(nodes[index, 0]), float(nodes[index, 1])
         )
+
+    # Double marks first: the node's own mark and its neighbours keep their pixels.
+    dimmed: _Dimmed = []
+    shifted = nodes + double_shift
+    double_visible = (
+        (shifted[:, 0] + reach >= 0)
+        & (shifted[:, 0] - reach < spec.height)
+        & (shifted[:, 1] + reach >= 0)
+        & (shifted[:, 1] - reach < spec.width)
+    )
+    for index in np.flatnonzero(wanted & doubled & double_visible):
+        make = _OUTLINES[_MIXED_SHAPES[shape_index[index]]]
+        local = make(float(sizes[index] * spec.double_scale), shape_params[index])
+        if spec.mark_mirror:
+            local = _mirrored(local)
+        y, x = shifted[index]
+        outline = _place(local, float(angles[index] + double_turn[index]), float(y), float(x))
+        drawn_at = _draw_mark(labels, outline, int(index) + 1, [])
+        if drawn_at is not None:
+            y0, x0, canvas = drawn_at
+            ys, xs = np.nonzero(canvas)
+            dimmed.append((ys + y0, xs + x0, int(index) + 1, spec.double_brightness))
 
     # Bridges first: the marks drawn afterwards keep their own pixels.
     for index in drawn[touching[drawn]]:
@@ -670,7 +844,7 @@ def _render_labels(spec: SlideSpec, nodes: np.ndarray, rng: np.random.Generator)
             else []
         )
         _draw_mark(labels, outline, int(index) + 1, cuts)
-    return labels
+    return labels, dimmed
 
 
 # --------------------------------------------------------------------------------------------
@@ -715,26 +889,43 @@ def _illumination(spec: SlideSpec, rng: np.random.Generator) -> np.ndarray:
 
 
 def _background(spec: SlideSpec, rng: np.random.Generator, fine: np.ndarray) -> np.ndarray:
-    """Granular matrix-crystal texture: log-normal mix of grain, clump and patch scales,
-    with dark voids (holes in the matrix layer)."""
+    """Matrix-crystal texture: log-normal mix of crisp grain, clumps, 5-15 px mottling and
+    worm-like fibrous ridges, with dark voids (holes in the matrix layer)."""
     shape = (spec.height, spec.width)
     grain = spec.grain_size
-    weights = (0.8, spec.clump_strength, 0.4 * spec.clump_strength)
-    field = weights[0] * fine
-    field += weights[1] * _smooth_noise(rng, shape, grain * 2.5)
-    field += weights[2] * _smooth_noise(rng, shape, grain * 8.0)
-    field *= 1.0 / math.sqrt(sum(w * w for w in weights))
-    k = spec.texture_contrast
-    background = np.exp(k * field - k * k / 2.0)
-    # Real grains rarely outshine the marks: compress the brightest tail.
-    np.minimum(background, np.float32(3.0), out=background)
-    if spec.void_fraction > 0:
-        voids = _smooth_noise(rng, shape, grain * 3.0)
+    field = fine.copy()
+    weights = [1.0]
+    if spec.clump_strength > 0:
+        field += spec.clump_strength * _smooth_noise(rng, shape, grain * 2.5)
+        weights.append(spec.clump_strength)
+    if spec.patch_strength > 0:
+        field += spec.patch_strength * _smooth_noise(rng, shape, grain * 6.0)
+        weights.append(spec.patch_strength)
+    if spec.ridge_strength > 0:
+        # Bright where a smooth field crosses zero: thin, curly, connected fibres.
+        ridge = np.abs(_smooth_noise(rng, shape, grain * 2.8))
+        ridge -= np.float32(0.798)  # mean of |N(0, 1)|
+        ridge *= np.float32(-spec.ridge_strength / 0.603)  # unit std, bright ridges
+        field += ridge
+        weights.append(spec.ridge_strength)
+    field *= np.float32(1.0 / math.sqrt(sum(w * w for w in weights)))
+    k = np.float32(spec.texture_contrast)
+    field *= k
+    field -= k * k / 2
+    background = np.exp(field, out=field)
+    np.minimum(background, np.float32(8.0), out=background)
+    if spec.void_fraction > 0 and spec.void_depth > 0:
+        voids = _smooth_noise(rng, shape, grain * 2.0)
         threshold = float(_normal_quantile(1.0 - spec.void_fraction))
-        # Soft step: 0 in the matrix, ~1 inside a void.
-        depth = np.clip((voids - threshold) * 1.2, 0.0, 1.0)
-        background *= 1.0 - 0.45 * depth
-    background *= spec.background_level
+        # Soft step: 0 in the matrix, ~1 in the middle of a void.
+        voids -= np.float32(threshold)
+        np.clip(voids, 0.0, 1.0, out=voids)
+        voids *= np.float32(-spec.void_depth)
+        voids += np.float32(1.0)
+        background *= voids
+    background *= np.float32(spec.background_level)
+    # The brightest crystals saturate just below the marks' level (flat bright patches).
+    np.minimum(background, np.float32(0.95), out=background)
     return background
 
 
@@ -744,41 +935,65 @@ def _normal_quantile(p: float) -> float:
 
 
 def _marks_layer(
-    spec: SlideSpec, labels: np.ndarray, fine: np.ndarray, rng: np.random.Generator
+    spec: SlideSpec,
+    labels: np.ndarray,
+    dimmed: _Dimmed,
+    fine: np.ndarray,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mark intensity and opacity per pixel: a per-mark level, brighter/darker rim, soft
-    first pixel, internal texture."""
+    """Premultiplied mark intensity and opacity per pixel: flat, near-saturated marks with
+    a per-mark level, a faint rim or edge falloff, a little texture, a soft edge."""
     count = spec.rows * spec.cols
     background = spec.background_level
-    top = rng.uniform(0.85, 1.1)  # above 1 saturates, as in many real images
+    top = rng.uniform(1.1, 1.6)  # into the shoulder: flat, nearly saturated marks
     level = background + spec.contrast * (top - background)
     per_mark = level * np.exp(rng.normal(0.0, spec.brightness_jitter, count + 1))
     per_mark = per_mark.astype(np.float32)
-    opacity = np.clip(rng.normal(spec.mark_opacity, 0.05, count + 1), 0.5, 1.0)
+    opacity = np.clip(rng.normal(spec.mark_opacity, 0.04, count + 1), 0.5, 1.0)
     opacity = opacity.astype(np.float32)
     opacity[0] = 0.0
     inside = (labels > 0).astype(np.uint8)
     depth = cv2.distanceTransform(inside, cv2.DIST_L2, 3)
-    # Distance 1 = first inside pixel: half-lit edge; a rim peak ~2 px inside.
-    profile = 1.0 - 0.3 * np.exp(-(depth - 1.0) / 0.8)
+    # Distance 1 = first inside pixel: slightly darker edge, an optional rim ~2 px inside.
+    profile = 1.0 - 0.12 * np.exp(-(depth - 1.0) / 0.8)
     profile += spec.rim_strength * np.exp(-(((depth - 2.0) / 1.5) ** 2))
+    del depth
     profile *= 1.0 + spec.mark_texture * fine
-    intensity = per_mark[labels] * profile
     alpha = opacity[labels]
-    return intensity, alpha
+    for ys, xs, mark_id, factor in dimmed:
+        own = labels[ys, xs] == mark_id
+        alpha[ys[own], xs[own]] *= np.float32(factor)
+    premultiplied = per_mark[labels]
+    premultiplied *= profile
+    premultiplied *= alpha
+    del profile
+    if spec.edge_softness > 0:
+        # Blurring the premultiplied layer and its opacity alike gives a soft edge that
+        # spills a pixel or two into the background, as a defocused bright mark does.
+        sigma = spec.edge_softness
+        premultiplied = cv2.GaussianBlur(premultiplied, (0, 0), sigma)
+        alpha = cv2.GaussianBlur(alpha, (0, 0), sigma)
+    return premultiplied, alpha
 
 
-def _draw_debris(spec: SlideSpec, image: np.ndarray, rng: np.random.Generator) -> None:
-    """Dust specks, fibres and out-of-focus smudges painted over everything (not marks)."""
+def _draw_debris(
+    spec: SlideSpec,
+    image: np.ndarray,
+    rng: np.random.Generator,
+    nodes: np.ndarray,
+    present: np.ndarray,
+) -> None:
+    """Dust specks, fibres and out-of-focus smudges painted over everything (not marks);
+    some smudges sit next to a mark and partly merge with it."""
     height, width = image.shape
     megapixels = height * width / 1e6
     level = spec.background_level
     scale = spec.mark_size / 25.0
 
     for _ in range(rng.poisson(spec.dust_density * megapixels)):
-        radius = max(0.6, rng.gamma(2.0, 0.8) * scale)
+        radius = max(0.6, rng.gamma(2.0, 0.7) * scale)
         y, x = rng.uniform(0, height), rng.uniform(0, width)
-        value = level * rng.uniform(0.05, 0.4) if rng.random() < 0.6 else rng.uniform(0.5, 1.0)
+        value = level * rng.uniform(0.05, 0.4) if rng.random() < 0.6 else rng.uniform(0.5, 1.1)
         box = math.ceil(radius) + 2
         x0, y0 = int(x) - box, int(y) - box
         canvas = np.zeros((2 * box + 1, 2 * box + 1), np.float32)
@@ -801,18 +1016,32 @@ def _draw_debris(spec: SlideSpec, image: np.ndarray, rng: np.random.Generator) -
         value = level * rng.uniform(0.1, 0.5) if rng.random() < 0.5 else rng.uniform(0.4, 0.9)
         _paint_clipped(image, canvas, int(x0), int(y0), value, rng.uniform(0.3, 0.8))
 
+    shown = np.flatnonzero(present)
     for _ in range(rng.poisson(spec.smudge_density * megapixels)):
-        radius = rng.uniform(6.0, 30.0) * max(scale, 0.4)
-        y, x = rng.uniform(0, height), rng.uniform(0, width)
-        box = int(3 * radius) + 2
+        near = rng.random() < spec.smudge_near_marks and len(shown) > 0
+        if near:
+            # Out of focus and bright, half a mark away from a mark's centre.
+            radius = rng.uniform(0.25, 0.6) * spec.mark_size
+            node = nodes[shown[int(rng.integers(0, len(shown)))]]
+            turn = rng.uniform(0, 2 * math.pi)
+            distance = rng.uniform(0.3, 0.8) * spec.mark_size
+            y = node[0] + distance * math.sin(turn)
+            x = node[1] + distance * math.cos(turn)
+            value = rng.uniform(0.6, 1.0)
+            strength = rng.uniform(0.4, 0.85)
+        else:
+            radius = rng.uniform(0.25, 1.2) * spec.mark_size
+            y, x = rng.uniform(0, height), rng.uniform(0, width)
+            value = rng.uniform(0.45, 0.95) if rng.random() < 0.7 else level * 0.3
+            strength = rng.uniform(0.2, 0.7)
+        box = int(2.5 * radius) + 2
         x0, y0 = int(x) - box, int(y) - box
         canvas = np.zeros((2 * box + 1, 2 * box + 1), np.float32)
         axes = (int(radius * 16), int(radius * rng.uniform(0.4, 1.0) * 16))
         centre = (int((x - x0) * 16), int((y - y0) * 16))
         cv2.ellipse(canvas, centre, axes, rng.uniform(0, 180), 0, 360, 1.0, -1, cv2.LINE_AA, 4)
-        canvas = cv2.GaussianBlur(canvas, (0, 0), radius * 0.5)
-        value = rng.uniform(0.4, 0.9) if rng.random() < 0.7 else level * 0.3
-        _paint_clipped(image, canvas, x0, y0, value, rng.uniform(0.2, 0.6))
+        canvas = cv2.GaussianBlur(canvas, (0, 0), radius * rng.uniform(0.3, 0.6))
+        _paint_clipped(image, canvas, x0, y0, value, strength)
 
 
 def _paint_clipped(
@@ -831,10 +1060,33 @@ def _paint_clipped(
     view += weight * (np.float32(value) - view)
 
 
+_SHOULDER = 0.8
+"""Where the highlights start to roll off towards the white level."""
+
+
+def _shoulder(image: np.ndarray) -> np.ndarray:
+    """Soft saturation in place: linear up to the shoulder, then tanh towards 1."""
+    np.maximum(image, 0.0, out=image)
+    excess = image - np.float32(_SHOULDER)
+    np.maximum(excess, 0.0, out=excess)
+    image -= excess
+    room = np.float32(1.0 - _SHOULDER)
+    excess /= room
+    np.tanh(excess, out=excess)
+    excess *= room
+    image += excess
+    return image
+
+
 def _quantise(spec: SlideSpec, image: np.ndarray) -> np.ndarray:
-    np.clip(image, 0.0, 1.0, out=image)
+    _shoulder(image)
     if spec.gamma != 1.0:
         np.power(image, np.float32(spec.gamma), out=image)
+    black, white = spec.black_level, spec.white_level
+    if (black, white) != (0.0, 1.0):
+        image *= np.float32(white - black)
+        image += np.float32(black)
+    np.clip(image, 0.0, 1.0, out=image)
     if spec.bit_depth == 8:
         return np.rint(image * 255.0).astype(np.uint8)
     full = float((1 << spec.signal_bits) - 1)
@@ -847,7 +1099,7 @@ def generate_slide(spec: SlideSpec, seed: int) -> SyntheticSlide:
     _validate_spec(spec)
     rng = np.random.default_rng([seed, 0x5EED])
     nodes = _lattice_nodes(spec, rng)
-    labels = _render_labels(spec, nodes, rng)
+    labels, dimmed = _render_labels(spec, nodes, rng)
     mask = labels > 0
     present = np.zeros(spec.rows * spec.cols, bool)
     ids = np.unique(labels)
@@ -857,14 +1109,20 @@ def generate_slide(spec: SlideSpec, seed: int) -> SyntheticSlide:
     # The finest grain field is shared by the background and the inside of the marks.
     fine = _smooth_noise(rng, shape, spec.grain_size)
     image = _background(spec, rng, fine)
-    intensity, alpha = _marks_layer(spec, labels, fine, rng)
+    premultiplied, alpha = _marks_layer(spec, labels, dimmed, fine, rng)
     del fine
-    image += alpha * (intensity - image)
-    del intensity, alpha
-    _draw_debris(spec, image, rng)
+    alpha -= np.float32(1.0)
+    image *= -alpha  # image * (1 - alpha) + premultiplied
+    image += premultiplied
+    del premultiplied, alpha
+    _draw_debris(spec, image, rng, nodes, present)
     image *= _illumination(spec, rng)
+    dark_scale = rng.uniform(0.6, 0.85)
     if spec.polarity == "dark":
+        # Dark marks on a lighter matrix: invert, keeping the matrix off the white level.
+        _shoulder(image)
         np.subtract(np.float32(1.0), image, out=image)
+        image *= np.float32(dark_scale)
     if spec.blur_sigma > 0:
         image = cv2.GaussianBlur(image, (0, 0), spec.blur_sigma, borderType=cv2.BORDER_REFLECT)
     variance = np.maximum(image, 0.0) * np.float32(spec.shot_noise**2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -44,6 +45,8 @@ def plain_spec(**changes: object) -> SlideSpec:
         row_spacing_jitter=0.0,
         jitter=0.0,
         size_jitter=0.05,
+        double_fraction=0.0,
+        double_cols=(),
     )
     regular.update(changes)
     return dataclasses.replace(spec, **regular)
@@ -267,3 +270,46 @@ def test_training_layout_tiles_cover_the_slide(tmp_path) -> None:
     assert np.array_equal(mask == 255, slide.mask[:512, :512])
     with pytest.raises(AmsegError):
         write_training_layout(tmp_path, slide, split="test", dataset="syn", group="s0")
+
+
+def test_double_marks_share_the_id_of_their_node() -> None:
+    spec = plain_spec(double_cols=(1,), double_offset=0.4, double_angle_deg=90.0, mark_size=20)
+    slide = generate_slide(spec, 3)
+    doubled = [mark_id for mark_id in range(1, 17) if (mark_id - 1) % 4 == 1]
+    pieces = [ndimage.label(slide.labels == mark_id)[1] for mark_id in doubled]
+    assert sum(count >= 2 for count in pieces) >= 2
+    # Most nodes of the column get a second mark about 0.4 pitch (24 px) below the node.
+    below = [
+        np.nonzero(slide.labels == mark_id)[0].max() > slide.nodes[mark_id - 1, 0] + 20
+        for mark_id in doubled
+    ]
+    assert sum(below) >= 2
+    others = [ndimage.label(slide.labels == mark_id)[1] for mark_id in (1, 3, 4)]
+    assert all(count == 1 for count in others)
+
+
+def test_crescents_are_concave_and_alike() -> None:
+    slide = generate_slide(plain_spec(shape="crescent", mark_size=40, shape_jitter=0.05), 2)
+    ratios = []
+    for mark_id in range(1, 17):
+        piece = (slide.labels == mark_id).astype(np.uint8)
+        contours, _ = cv2.findContours(piece, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        hull = cv2.convexHull(np.concatenate(contours))
+        ratios.append(piece.sum() / max(cv2.contourArea(hull), 1.0))
+    assert max(ratios) < 0.75  # a deep notch, not a filled blob
+    assert max(ratios) - min(ratios) < 0.2  # marks of one slide look alike
+
+
+def test_bright_marks_roll_off_below_full_scale() -> None:
+    slide = generate_slide(plain_spec(white_level=0.9, contrast=1.0), 4)
+    assert int(slide.image.max()) <= round(0.9 * 255)
+    inner = ndimage.binary_erosion(slide.mask, iterations=2)
+    assert np.median(slide.image[inner]) > 0.75 * 255 * 0.9
+
+
+def test_random_specs_cover_background_styles() -> None:
+    specs = [random_spec(seed, height=64, width=64) for seed in range(60)]
+    mottled = [s for s in specs if s.ridge_strength >= 0.5 and s.patch_strength >= 0.6]
+    dark = [s for s in specs if s.polarity == "dark"]
+    assert len(mottled) >= 8 and len(dark) >= 3
+    assert any(s.double_cols or s.double_fraction > 0 for s in specs)
