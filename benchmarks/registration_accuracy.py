@@ -54,14 +54,25 @@ def generated_case(index: int, seed: int) -> tuple[str, np.ndarray, np.ndarray, 
 
 
 def synth_case(index: int, seed: int) -> tuple[str, np.ndarray, np.ndarray, int, int]:
-    """A slide from model.synth (another module's generator, realistic shapes and debris)."""
+    """A realistic slide from model.synth's ground truth: the grid inside the image, 5 % of the
+    marks missing and one interior row and column left out (ids must not shift)."""
     from model import synth
 
     case_seed = seed * 1000 + index
     rng = np.random.default_rng(case_seed)
     rows, cols = int(rng.integers(12, 41)), int(rng.integers(12, 41))
-    # With rows/cols given the grid is sized to span the image (sometimes a little beyond).
-    spec = synth.random_spec(case_seed, height=1536, width=1536, rows=rows, cols=cols)
+    spec = synth.random_spec(
+        case_seed,
+        height=1536,
+        width=1536,
+        rows=rows,
+        cols=cols,
+        angle_deg=float(rng.uniform(-10.0, 10.0)),
+        missing_fraction=0.05,
+        missing_rows=(int(rng.integers(1, rows - 1)),),
+        missing_cols=(int(rng.integers(1, cols - 1)),),
+    )
+    spec = synth.fit_grid_inside(spec)
     slide = synth.generate_slide(spec, case_seed)
     label = f"{spec.rows}x{spec.cols} {spec.angle_deg:+5.1f}° {spec.shape}"
     return label, slide.mask, slide.labels, spec.rows, spec.cols

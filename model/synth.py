@@ -1094,6 +1094,40 @@ def _quantise(spec: SlideSpec, image: np.ndarray) -> np.ndarray:
     return np.rint(offset + image * (full - offset)).astype(np.uint16)
 
 
+def fit_grid_inside(spec: SlideSpec, margin: float = 0.08) -> SlideSpec:
+    """The same slide with the whole (rotated, sheared, shifted) grid inside the image, centred.
+
+    Ids are only defined when the acquisition area is in the picture: a grid cut by the image
+    border leaves the registration nothing to anchor the first row and column on. The grid is
+    shrunk (pitch, offsets and mark size together) only when it does not fit.
+    """
+
+    def extent(candidate: SlideSpec) -> tuple[np.ndarray, np.ndarray]:
+        # Jitter-free node positions (fixed generator): their bounding box in (y, x).
+        nodes = _lattice_nodes(dataclasses.replace(candidate, jitter=0.0), np.random.default_rng(0))
+        return nodes.min(axis=0), nodes.max(axis=0)
+
+    low, high = extent(spec)
+    reach = 0.5 * spec.mark_size + 3.0 * spec.jitter  # a mark's own size and wobble
+    room = (1.0 - 2.0 * margin) * np.array([spec.height, spec.width]) - 2.0 * reach
+    shrink = float(min(1.0, *(room / np.maximum(high - low, 1e-9))))
+    scaled = dataclasses.replace(
+        spec,
+        pitch_x=spec.pitch_x * shrink,
+        pitch_y=spec.pitch_y * shrink,
+        row_shift=spec.row_shift * shrink,
+        row_spacing_jitter=spec.row_spacing_jitter * shrink,
+        jitter=spec.jitter * shrink,
+        mark_size=max(8.0, spec.mark_size * shrink),
+    )
+    low, high = extent(scaled)
+    centre = np.array([spec.height, spec.width]) / 2.0
+    shift = centre - (low + high) / 2.0
+    return dataclasses.replace(
+        scaled, origin_y=scaled.origin_y + shift[0], origin_x=scaled.origin_x + shift[1]
+    )
+
+
 def generate_slide(spec: SlideSpec, seed: int) -> SyntheticSlide:
     """Render the slide described by `spec`; identical arrays for the same (spec, seed)."""
     _validate_spec(spec)

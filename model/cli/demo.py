@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from pathlib import Path
 
 import typer
@@ -14,34 +12,7 @@ from model.dataset import DatasetLayout
 from model.imageio import read_image
 from model.metrics import mark_id_accuracy
 from model.pipeline import GridSpec, SegmentOptions
-from model.synth import SlideSpec, generate_slide, random_spec, write_dataset_layout
-
-
-def grid_inside(spec: SlideSpec, margin: float = 0.08) -> SlideSpec:
-    """The same slide with the whole (rotated) grid inside the image, centred.
-
-    Ids are only defined when the acquisition area is in the picture: a grid cut by the image
-    border leaves the registration nothing to anchor the first row and column on.
-    """
-    cos, sin = (
-        abs(math.cos(math.radians(spec.angle_deg))),
-        abs(math.sin(math.radians(spec.angle_deg))),
-    )
-    span_x = (spec.cols - 1) * spec.pitch_x * cos + (spec.rows - 1) * spec.pitch_y * sin
-    span_y = (spec.cols - 1) * spec.pitch_x * sin + (spec.rows - 1) * spec.pitch_y * cos
-    room_x = (1 - 2 * margin) * spec.width - spec.mark_size
-    room_y = (1 - 2 * margin) * spec.height - spec.mark_size
-    shrink = min(1.0, room_x / span_x, room_y / span_y)
-    pitch_x, pitch_y = spec.pitch_x * shrink, spec.pitch_y * shrink
-    mark_size = min(spec.mark_size, 0.6 * min(pitch_x, pitch_y))
-    return dataclasses.replace(
-        spec,
-        pitch_x=pitch_x,
-        pitch_y=pitch_y,
-        mark_size=mark_size,
-        origin_y=(spec.height - (spec.rows - 1) * pitch_y) / 2,
-        origin_x=(spec.width - (spec.cols - 1) * pitch_x) / 2,
-    )
+from model.synth import fit_grid_inside, generate_slide, random_spec, write_dataset_layout
 
 
 @app.command()
@@ -57,7 +28,7 @@ def demo(
     Needs no data of your own: a quick way to see what amseg writes and how well it works.
     """
     group = "demo_slide"
-    spec = grid_inside(
+    spec = fit_grid_inside(
         random_spec(seed, height=size, width=size, rows=rows, cols=cols, bit_depth=16)
     )
     slide = generate_slide(spec, seed)

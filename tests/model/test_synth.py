@@ -16,6 +16,7 @@ from model.imageio import read_image
 from model.synth import (
     SlideSpec,
     SyntheticSlide,
+    fit_grid_inside,
     generate_slide,
     random_spec,
     write_dataset_layout,
@@ -313,3 +314,13 @@ def test_random_specs_cover_background_styles() -> None:
     dark = [s for s in specs if s.polarity == "dark"]
     assert len(mottled) >= 8 and len(dark) >= 3
     assert any(s.double_cols or s.double_fraction > 0 for s in specs)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fit_grid_inside_puts_every_node_in_the_image(seed):
+    spec = fit_grid_inside(random_spec(seed, height=800, width=700, rows=15, cols=12))
+    slide = generate_slide(spec, seed)
+    y, x = slide.nodes[:, 0], slide.nodes[:, 1]
+    assert y.min() > 0.05 * spec.height and y.max() < 0.95 * spec.height
+    assert x.min() > 0.05 * spec.width and x.max() < 0.95 * spec.width
+    assert slide.present.sum() > 0.5 * spec.rows * spec.cols
