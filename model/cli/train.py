@@ -1,0 +1,123 @@
+"""`amseg train`: train or fine-tune the mark segmentation U-Net on a training-data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from model.cli.app import app
+from model.errors import AmsegError
+
+console = Console(stderr=True, highlight=False)
+
+
+@app.command()
+def train(
+    data: Path = typer.Argument(
+        ...,
+        help=(
+            "Training data: DATA/train/<dataset>/<group>/source/*.png|tif with masks of the same "
+            "name in .../<group>/mask/ (0/255 or 0/1; a missing mask is all background); "
+            "DATA/valid/ alike (without it, 10 % of the training images are held out)."
+        ),
+    ),
+    matrix: str = typer.Option(
+        ...,
+        "--matrix",
+        help=(
+            "MALDI matrix of the data: DHB or DAN. Recorded in the model card, and picks the "
+            "model to fine-tune from: model/weights/<matrix>/ if shipped, else the default "
+            "model model/weights/default/ if shipped, else random initialisation. "
+            "--init-from and --from-scratch override this choice."
+        ),
+    ),
+    encoder: str | None = typer.Option(
+        None,
+        "--encoder",
+        help="smp encoder name (default: the base model's, else efficientnet-b0).",
+    ),
+    decoder: str | None = typer.Option(
+        None,
+        "--decoder",
+        help="Decoder width: light (128,64,32,16,8) or standard (256,128,64,32,16).",
+    ),
+    in_channels: int | None = typer.Option(
+        None, "--in-channels", help="Network input channels: 1 (gray) or 3 (gray replicated)."
+    ),
+    legacy: bool = typer.Option(
+        False,
+        "--legacy",
+        help="The old configuration: ResNeXt-50 32x4d, standard decoder, 3 channels, ImageNet "
+        "mean/std.",
+    ),
+    epochs: int = typer.Option(30, "--epochs", min=1, help="Training epochs."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Crops per step."),
+    tile_size: int = typer.Option(
+        256, "--tile-size", min=32, help="Training crop edge in px (multiple of 32)."
+    ),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0, help="Peak learning rate (AdamW, cosine)."),
+    crops_per_epoch: int | None = typer.Option(
+        None,
+        "--crops-per-epoch",
+        min=1,
+        help="Crops per epoch (default: training area / crop area, at least one per image, "
+        "at most 1024).",
+    ),
+    out: Path = typer.Option(
+        Path("model-out"), "--out", "-o", help="Output model directory (also holds checkpoint.pt)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted run from OUT/checkpoint.pt."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same weights on CPU)."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu or cuda."),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="CPU threads for torch (default: every core). Use fewer when other jobs share "
+        "the cores: oversubscribed threads slow training down sharply.",
+    ),
+    init_from: Path | None = typer.Option(
+        None, "--init-from", help="Fine-tune from this model directory."
+    ),
+    from_scratch: bool = typer.Option(
+        False, "--from-scratch", help="Random initialisation even when a shipped model exists."
+    ),
+) -> None:
+    """Train the ablation-mark U-Net and write a model directory.
+
+    OUT gets model.safetensors (the epoch with the best validation Dice over the whole run),
+    model_card.json, training_curves.png, history.json and checkpoint.pt (for --resume). The
+    validation Dice and object F1 use the same probability threshold as prediction.
+    """
+    from model.training import RichReporter, TrainConfig, summary_line, train_model
+
+    if matrix.upper() not in ("DHB", "DAN"):
+        raise AmsegError(f"--matrix must be DHB or DAN, got {matrix!r}")
+    if in_channels is not None and in_channels not in (1, 3):
+        raise AmsegError(f"--in-channels must be 1 or 3, got {in_channels}")
+    config = TrainConfig(
+        data=data,
+        out=out,
+        matrix=matrix.upper(),
+        encoder=encoder,
+        decoder=decoder,
+        in_channels=in_channels,
+        legacy=legacy,
+        init_from=init_from,
+        from_scratch=from_scratch,
+        epochs=epochs,
+        batch_size=batch_size,
+        tile_size=tile_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        resume=resume,
+        crops_per_epoch=crops_per_epoch,
+        threads=threads,
+    )
+    result = train_model(config, on_event=RichReporter(console))
+    console.print(f"[bold green]done:[/] {summary_line(result)}", soft_wrap=True)

@@ -1,0 +1,308 @@
+"""Training loop: all parameters learn, seeded and resumable runs, metrics at the card threshold."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from model.errors import AmsegError
+from model.imageio import write_png
+from model.network import ModelCard, build_unet, legacy_card, load_model, save_model
+from model.training import (
+    Sample,
+    TrainConfig,
+    bce_dice_loss,
+    build_network,
+    choose_base_model,
+    dice_counts,
+    dice_from_counts,
+    evaluate,
+    load_training_data,
+    object_counts,
+    plan_epoch,
+    requested_card,
+    sample_crop,
+    train_model,
+    validation_crops,
+)
+
+TINY = {"encoder": "resnet18", "decoder_channels": (16, 8, 8, 8, 8)}
+
+
+def disc_image(rng: np.random.Generator, size: int = 96, marks: int = 4) -> tuple:
+    """Bright discs (radius 5-9 px) on a noisy background, as uint8 image and 0/255 mask."""
+    yy, xx = np.mgrid[:size, :size]
+    mask = np.zeros((size, size), bool)
+    for _ in range(marks):
+        cy, cx = rng.uniform(10, size - 10, 2)
+        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= rng.uniform(5, 9) ** 2
+    image = 60 + 120 * mask + rng.normal(0, 20, mask.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), mask.astype(np.uint8) * 255
+
+
+def make_disc_data(root: Path, *, train: int = 3, valid: int = 1, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train), ("valid", valid)):
+        for i in range(count):
+            image, mask = disc_image(rng)
+            group = root / split / "discs" / f"g{i % 2}"
+            write_png(group / "source" / f"{i:02d}.png", image)
+            write_png(group / "mask" / f"{i:02d}.png", mask)
+    return root
+
+
+@pytest.fixture
+def disc_data(tmp_path: Path) -> Path:
+    return make_disc_data(tmp_path / "data")
+
+
+@pytest.fixture(autouse=True)
+def no_shipped_model(monkeypatch, tmp_path: Path):
+    """Tests never fine-tune from a model that happens to be shipped in model/weights/."""
+    monkeypatch.setattr("model.training.DEFAULT_MODEL_DIR", tmp_path / "weights" / "default")
+
+
+def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(
+        data=data,
+        out=out,
+        epochs=1,
+        batch_size=4,
+        tile_size=64,
+        crops_per_epoch=4,
+        max_val_crops=8,
+        lr=3e-3,
+        device="cpu",
+        threads=1,  # steady timings while other work shares the cores
+        **TINY,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_every_parameter_is_trained_including_the_head(disc_data, tmp_path):
+    config = tiny_config(disc_data, tmp_path / "out")
+    initial, _ = build_network(config, None)  # the same seeded initialisation train_model uses
+    before = {k: v.detach().clone() for k, v in initial.named_parameters()}
+    train_model(config)
+    after = load_file(str(tmp_path / "out" / "model.safetensors"))
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert not unchanged, f"parameters never updated: {unchanged}"
+    assert any(k.startswith("segmentation_head") for k in before)
+
+
+def test_training_writes_model_card_curves_and_history(disc_data, tmp_path):
+    out = tmp_path / "out"
+    result = train_model(tiny_config(disc_data, out, epochs=2, threshold=0.4, matrix="dan"))
+    for name in ("model.safetensors", "model_card.json", "training_curves.png", "history.json"):
+        assert (out / name).is_file(), name
+    card = ModelCard.from_json((out / "model_card.json").read_text())
+    assert card.threshold == 0.4 and card.matrix == "DAN" and card.tile_size == 512
+    assert card.encoder == "resnet18" and card.mark_px is not None
+    assert card.data["train"]["images"] == 3 and card.data["valid"]["images"] == 1
+    assert card.metrics["epoch"] == result.best_epoch
+    assert card.metrics["val_dice"] == pytest.approx(result.best_dice, abs=1e-4)
+    assert card.training["seed"] == 0 and card.training["epochs"] == 2
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert {"train_loss", "val_loss", "val_dice", "val_f1"} <= set(history[0])
+    assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    # The best epoch over the whole run is the one kept.
+    assert result.best_dice == max(r["val_dice"] for r in history)
+
+
+class ProbabilityIsInput(torch.nn.Module):
+    """Fake network whose sigmoid output equals the (de-normalized) input tile."""
+
+    def __init__(self, card: ModelCard) -> None:
+        super().__init__()
+        self.card = card
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = x * self.card.input_std[0] + self.card.input_mean[0]
+        return torch.logit(p.clamp(1e-4, 1 - 1e-4))
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+def test_validation_dice_uses_the_card_threshold(threshold):
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (3, 32, 32)).astype(np.float32)
+    masks = (rng.uniform(0, 1, (3, 32, 32)) > 0.5).astype(np.uint8)
+    valids = np.ones_like(masks)
+    card = ModelCard(threshold=threshold)
+    metrics = evaluate(
+        ProbabilityIsInput(card), card, (images, masks, valids), torch.device("cpu"), 2
+    )
+    expected = dice_from_counts(dice_counts(images > threshold, masks.astype(bool)))
+    assert metrics["val_dice"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_same_seed_same_weights_and_different_seed_differs(disc_data, tmp_path):
+    weights = []
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        train_model(tiny_config(disc_data, tmp_path / name, seed=seed))
+        weights.append(load_file(str(tmp_path / name / "model.safetensors")))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(disc_data, tmp_path):
+    train_model(tiny_config(disc_data, tmp_path / "whole", epochs=2))
+
+    def stop_after_first_epoch(event):
+        if event.kind == "epoch_end" and event.epoch == 1:
+            raise Interrupt
+
+    split = tiny_config(disc_data, tmp_path / "split", epochs=2)
+    with pytest.raises(Interrupt):
+        train_model(split, on_event=stop_after_first_epoch)
+    assert torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    split.resume = True
+    result = train_model(split)
+    assert result.epochs_run == 2
+    for name in ("model.safetensors",):
+        whole = load_file(str(tmp_path / "whole" / name))
+        resumed = load_file(str(tmp_path / "split" / name))
+        assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    last_whole = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)["model"]
+    last_split = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(last_whole[k], last_split[k]) for k in last_whole)
+
+
+def test_resume_refuses_changed_settings_and_missing_checkpoint(disc_data, tmp_path):
+    with pytest.raises(AmsegError, match=r"no checkpoint\.pt"):
+        train_model(tiny_config(disc_data, tmp_path / "none", resume=True))
+    train_model(tiny_config(disc_data, tmp_path / "out"))
+    with pytest.raises(AmsegError, match="lr"):
+        train_model(tiny_config(disc_data, tmp_path / "out", resume=True, lr=1e-2))
+
+
+def test_loss_decreases_on_bright_discs(disc_data, tmp_path):
+    losses = []
+
+    def record(event):
+        if event.kind == "step":
+            losses.append(event.batch_loss)
+
+    config = tiny_config(
+        disc_data, tmp_path / "out", batch_size=2, crops_per_epoch=31 * 2, augment=False
+    )
+    train_model(config, on_event=record)
+    assert len(losses) == 31
+    assert np.mean(losses[-3:]) < losses[0]
+
+
+def test_data_errors_are_clear(tmp_path):
+    with pytest.raises(AmsegError, match="no such training data folder"):
+        load_training_data(TrainConfig(data=tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AmsegError, match="no train/ folder"):
+        load_training_data(TrainConfig(data=tmp_path / "empty"))
+    (tmp_path / "empty" / "train" / "ds" / "g" / "source").mkdir(parents=True)
+    with pytest.raises(AmsegError, match="no training images"):
+        load_training_data(TrainConfig(data=tmp_path / "empty"))
+    bad = tmp_path / "bad" / "train" / "ds" / "g"
+    write_png(bad / "source" / "a.png", np.zeros((20, 30), np.uint8))
+    write_png(bad / "mask" / "a.png", np.zeros((30, 20), np.uint8))
+    with pytest.raises(AmsegError, match="mask is 20x30"):
+        load_training_data(TrainConfig(data=tmp_path / "bad"))
+
+
+def test_missing_masks_are_background_and_valid_is_held_out(tmp_path):
+    group = tmp_path / "data" / "train" / "ds" / "g"
+    for i in range(4):
+        image = np.full((40, 50), 10 * i, np.uint16)
+        write_png(group / "source" / f"{i}.png", image)
+    write_png(group / "mask" / "0.png", np.eye(40, 50, dtype=np.uint8))  # a 0/1 mask
+    train, valid, notes = load_training_data(TrainConfig(data=tmp_path / "data"))
+    assert len(train) == 3 and len(valid) == 1 and "holding out" in notes[0]
+    by_name = {s.path.name: s for s in train + valid}
+    assert by_name["0.png"].mask.sum() == 40
+    assert by_name["1.png"].mask.sum() == 0
+
+
+def test_epoch_plan_sees_every_image_weighted_by_area():
+    rng = np.random.default_rng(0)
+    plan = plan_epoch([100, 100, 10_000], 200, rng)
+    counts = np.bincount(plan, minlength=3)
+    assert len(plan) == 200 and counts.min() >= 1 and counts[2] > 150
+    few = plan_epoch([1, 1, 1, 1], 2, rng)
+    assert len(set(few.tolist())) == 2
+
+
+def test_crops_of_small_images_are_padded_and_masks_stay_binary():
+    rng = np.random.default_rng(0)
+    image, mask = disc_image(rng, size=40)
+    sample = Sample(
+        Path("x.png"), "ds", "g", image.astype(np.float32) / 255, (mask > 0).astype(np.uint8)
+    )
+    for i in range(20):
+        crop, crop_mask = sample_crop(sample, np.random.default_rng(i), 64, augment=True)
+        assert crop.shape == crop_mask.shape == (64, 64) and crop.dtype == np.float32
+        assert crop.min() >= 0.0 and crop.max() <= 1.0
+        assert set(np.unique(crop_mask)) <= {0, 1}
+    again = sample_crop(sample, np.random.default_rng(3), 64, augment=True)
+    first = sample_crop(sample, np.random.default_rng(3), 64, augment=True)
+    assert np.array_equal(again[0], first[0])
+    images, _, valids = validation_crops([sample], 64, 10)
+    assert images.shape == (1, 64, 64) and valids.sum() == 40 * 40
+
+
+def test_object_counts_match_at_iou_one_half():
+    truth = np.zeros((40, 40), bool)
+    truth[2:10, 2:10] = True  # matched well
+    truth[20:28, 20:28] = True  # predicted too small: IoU 0.25, counts as missed
+    pred = np.zeros_like(truth)
+    pred[3:10, 2:10] = True
+    pred[20:24, 20:24] = True
+    pred[30:36, 2:8] = True  # spurious
+    pred[0, 39] = True  # below the 12 px noise floor, ignored
+    tp, fp, fn = object_counts(pred, truth)
+    assert (tp, fp, fn) == (1, 2, 1)
+
+
+def test_loss_is_small_for_confident_correct_logits():
+    target = torch.zeros(2, 16, 16)
+    target[:, 4:8, 4:8] = 1
+    good = bce_dice_loss((target * 2 - 1) * 20, target)
+    bad = bce_dice_loss(-(target * 2 - 1) * 20, target)
+    assert float(good) < 0.01 < float(bad)
+
+
+def test_base_model_choice(tmp_path, monkeypatch):
+    weights = tmp_path / "w"
+    monkeypatch.setattr("model.training.DEFAULT_MODEL_DIR", weights / "default")
+    config = TrainConfig(data=tmp_path, matrix="DHB")
+    assert choose_base_model(config)[0] is None
+    save_model(weights / "default", build_unet(**TINY), ModelCard(**TINY))
+    assert choose_base_model(config)[0] == weights / "default"
+    save_model(weights / "dhb", build_unet(**TINY), ModelCard(**TINY))
+    assert choose_base_model(config)[0] == weights / "dhb"
+    assert choose_base_model(TrainConfig(data=tmp_path, matrix="DAN"))[0] == weights / "default"
+    # An architecture the shipped model does not have: start from scratch, and say why.
+    base, note = choose_base_model(TrainConfig(data=tmp_path, matrix="DHB", encoder="resnet34"))
+    assert base is None and "different architecture" in note
+    assert choose_base_model(TrainConfig(data=tmp_path, matrix="DHB", from_scratch=True))[0] is None
+    with pytest.raises(AmsegError, match="contradict"):
+        choose_base_model(TrainConfig(data=tmp_path, init_from=weights / "dhb", from_scratch=True))
+
+
+def test_legacy_and_three_channel_configurations(disc_data, tmp_path):
+    card, legacy = requested_card(TrainConfig(data=tmp_path, legacy=True)), legacy_card()
+    fields = ("encoder", "decoder_channels", "in_channels", "input_mean", "input_std")
+    assert [getattr(card, f) for f in fields] == [getattr(legacy, f) for f in fields]
+    with pytest.raises(AmsegError, match="--legacy"):
+        requested_card(TrainConfig(data=tmp_path, legacy=True, in_channels=1))
+    train_model(tiny_config(disc_data, tmp_path / "rgb", in_channels=3))
+    network, card = load_model(tmp_path / "rgb")
+    assert card.in_channels == 3 and len(card.input_mean) == 3
+    assert network.encoder.conv1.in_channels == 3
