@@ -10,7 +10,7 @@ import io
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -54,6 +54,9 @@ PART_MIN_AREA = 0.25
 MARK_LIKE_AREA = 0.3
 """Clusters below this fraction of the typical mark area are dust-like for anchoring."""
 
+DOUBLE_AREA = 1.2
+"""A double mark (fainter copy of a mark, displaced) is at most this multiple of a mark."""
+
 HIGH_RESIDUAL = 0.15
 """Residual RMS above this fraction of the pitch is reported as a distorted lattice."""
 
@@ -88,16 +91,20 @@ class Registration:
 
 @dataclass
 class _Lattice:
-    """Node (i, j) sits at origin + j * a_x + i * a_y + (i mod 2) * shift (x, y pixels).
+    """Node (i, j) sits at origin + j * a_x + i * a_y + (i mod 2) * shift + row_offset[i].
 
     i = row, j = col. `shift` is the offset of odd rows against even ones: a serpentine raster
     (stage backlash) moves alternate rows along the scan direction; it is zero on plain grids.
+    `row_offset` holds what is left per row (rows laid down a little off their place, in
+    pixels) for lattice rows row_base, row_base + 1, ...; rows outside the table have none.
     """
 
     origin: np.ndarray
     a_x: np.ndarray
     a_y: np.ndarray
     shift: np.ndarray
+    row_offset: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    row_base: int = 0
 
     @property
     def matrix(self) -> np.ndarray:
@@ -107,29 +114,61 @@ class _Lattice:
     def pitch(self) -> float:
         return float(min(np.hypot(*self.a_x), np.hypot(*self.a_y)))
 
-    def fractional(self, points: np.ndarray) -> np.ndarray:
-        """Lattice coordinates (j, i) of (x, y) points; j corrected for the row's parity."""
+    def own_offset(self, row: np.ndarray) -> np.ndarray:
+        """(n, 2) per-row offsets (pixels) of lattice rows `row` (float, NaN allowed)."""
+        offset = np.zeros((row.shape[0], 2))
+        if self.row_offset.shape[0] == 0:
+            return offset
+        index = np.where(np.isfinite(row), row, -1.0) - self.row_base
+        inside = (index >= 0) & (index < self.row_offset.shape[0])
+        offset[inside] = self.row_offset[index[inside].astype(np.int64)]
+        return offset
+
+    def row_correction(self, row: np.ndarray) -> np.ndarray:
+        """(n, 2) pixel offset of the nodes of lattice rows `row`: odd-row shift + own offset."""
+        return np.mod(row, 2)[:, None] * self.shift + self.own_offset(row)
+
+    def _rows_and_raw(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row of each point (the nearer of the two around it, with its correction), raw lattice
+        coordinates and the correction of that row in lattice units."""
         inverse = np.linalg.inv(self.matrix)
         raw = (points - self.origin) @ inverse.T
-        along, across = inverse @ self.shift
-        # The row comes first (the shift barely moves points across rows), then the column.
-        odd = np.mod(np.rint(raw[:, 1]), 2)
-        return raw - odd[:, None] * np.array([along, across])
+        low = np.floor(raw[:, 1])
+        best_row, best_corr, best_gap = low, None, None
+        for row in (low - 1.0, low, low + 1.0):
+            corr = self.row_correction(row) @ inverse.T
+            gap = np.abs(raw[:, 1] - row - corr[:, 1])
+            if best_gap is None:
+                best_row, best_corr, best_gap = row, corr, gap
+                continue
+            better = gap < best_gap
+            best_row = np.where(better, row, best_row)
+            best_corr = np.where(better[:, None], corr, best_corr)
+            best_gap = np.where(better, gap, best_gap)
+        return best_row, raw, best_corr
+
+    def fractional(self, points: np.ndarray) -> np.ndarray:
+        """Lattice coordinates (j, i) of (x, y) points, corrected for the shift of their row."""
+        _, raw, corr = self._rows_and_raw(points)
+        return raw - corr
 
     def position(self, ji: np.ndarray) -> np.ndarray:
         """(x, y) position of lattice coordinates (j, i)."""
-        odd = np.mod(np.rint(ji[:, 1]), 2)
-        return self.origin + ji @ self.matrix.T + odd[:, None] * self.shift
+        return self.origin + ji @ self.matrix.T + self.row_correction(np.rint(ji[:, 1]))
 
     def candidates(self, points: np.ndarray) -> np.ndarray:
-        """(n, 4, 2) nearby nodes (j, i): two rows around each point, two columns in each."""
+        """(n, 6, 2) nearby nodes (j, i): the point's row and those around it, two columns in
+        each."""
         inverse = np.linalg.inv(self.matrix)
-        raw = (points - self.origin) @ inverse.T
-        along = (inverse @ self.shift)[0]
-        row = np.floor(raw[:, 1])[:, None] + np.array([0.0, 0.0, 1.0, 1.0])
-        col_frac = raw[:, :1] - np.mod(row, 2) * along
-        col = np.floor(col_frac) + np.array([0.0, 1.0, 0.0, 1.0])
-        return np.stack([col, row], axis=-1)
+        row, raw, _ = self._rows_and_raw(points)
+        out = np.empty((points.shape[0], 6, 2))
+        for k, step in enumerate((-1.0, 0.0, 1.0)):
+            r = row + step
+            col_frac = raw[:, 0] - (self.row_correction(r) @ inverse.T)[:, 0]
+            base = np.floor(col_frac)
+            out[:, 2 * k, 0], out[:, 2 * k + 1, 0] = base, base + 1.0
+            out[:, 2 * k : 2 * k + 2, 1] = r[:, None]
+        return out
 
     def reindexed(self, j0: int, i0: int) -> None:
         """Renumber so that node (j0, i0) becomes (0, 0)."""
@@ -137,6 +176,7 @@ class _Lattice:
         if i0 % 2:
             self.origin = self.origin + self.shift
             self.shift = -self.shift
+        self.row_base -= i0
 
 
 @dataclass
@@ -199,7 +239,7 @@ def register_marks(mask: np.ndarray, rows: int, cols: int) -> Registration:
     core = (clusters.area >= 0.5 * cluster_area) & (clusters.area <= 1.6 * cluster_area)
     if core.sum() < MIN_MARKS:
         core = np.ones(n_clusters, dtype=bool)
-    lattice = _fit_lattice(clusters.centroid[core], spacing)
+    lattice = _choose_lattice(clusters.centroid[core], spacing, rows, cols)
     # The area of one whole mark: all clusters at a node summed (unmerged fragments included).
     mark_area = _node_area(clusters, lattice)
 
@@ -421,9 +461,181 @@ def _circular_mean(values: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.angle(np.exp(2j * np.pi * values).mean(axis=axis)) / (2 * np.pi)
 
 
-def _fit_lattice(points: np.ndarray, spacing: float) -> _Lattice:
+def _choose_lattice(points: np.ndarray, spacing: float, rows: int, cols: int) -> _Lattice:
+    """The lattice that best explains the marks as one rows x cols acquisition raster.
+
+    Two starting bases: nearest-neighbour vectors (plain grids) and the rows seen as dense
+    parallel lines (robust to strong anisotropy and serpentine row offsets, where a diagonal
+    neighbour can be nearer than the next mark in the row). Each is fitted; the winner holds
+    the most marks on nodes inside one rows x cols window (a diagonal or half-pitch basis
+    cannot), then the smaller residual. A rotation beyond TESTED_ANGLE only wins when no
+    candidate within it comes close.
+    """
+    starts: list[tuple[np.ndarray, np.ndarray]] = []
+    failure: RegistrationError | None = None
+    try:
+        starts.append(_initial_lattice(points, spacing))
+    except RegistrationError as error:
+        failure = error
+    if rows >= 3:
+        by_rows = _row_lattice(points, spacing)
+        if by_rows is not None and not any(_same_basis(by_rows, start) for start in starts):
+            starts.append(by_rows)
+    if not starts:
+        assert failure is not None
+        raise failure
+    fitted: list[_Lattice] = []
+    for a_x, a_y in starts:
+        lattice = _fit_lattice(points, spacing, a_x, a_y)
+        _fit_row_offsets(lattice, points)
+        fitted.append(lattice)
+        # Odd rows shifted by about half a pitch: which mark of an odd row shares the column
+        # of an even row's first mark is then only told by the grid's width.
+        along = float(lattice.shift @ lattice.a_x) / float(lattice.a_x @ lattice.a_x)
+        if abs(along) > 0.3:
+            fitted.append(replace(lattice, shift=lattice.shift - np.sign(along) * lattice.a_x))
+    scored: list[tuple[int, float, float, _Lattice]] = []
+    for lattice in fitted:
+        count, rms = _lattice_score(lattice, points, rows, cols)
+        angle = abs(float(np.degrees(np.arctan2(lattice.a_x[1], lattice.a_x[0]))))
+        scored.append((count, rms, angle, lattice))
+    if len(scored) == 1:
+        return scored[0][3]
+    best_count = max(s[0] for s in scored)
+    tested = [s for s in scored if s[2] <= TESTED_ANGLE]
+    pool = tested if tested and max(s[0] for s in tested) >= 0.9 * best_count else scored
+    return min(pool, key=lambda s: (-s[0], s[1]))[3]
+
+
+def _same_basis(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> bool:
+    """Nearly the same row vector and row height (the fit would end up in the same place)."""
+    length_a, length_b = np.hypot(*a[0]), np.hypot(*b[0])
+    cosine = float(a[0] @ b[0]) / (length_a * length_b)
+    height_a = abs(a[0][0] * a[1][1] - a[0][1] * a[1][0]) / length_a
+    height_b = abs(b[0][0] * b[1][1] - b[0][1] * b[1][0]) / length_b
+    return bool(
+        cosine > np.cos(np.radians(2.0))
+        and abs(length_a - length_b) < 0.05 * length_b
+        and abs(height_a - height_b) < 0.05 * height_b
+    )
+
+
+ROW_SEARCH_DEG = 20.0
+"""Rows are looked for within this angle of the image x axis (rotation is tested to 12°)."""
+
+
+def _row_lattice(points: np.ndarray, spacing: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """Row direction and row height from the projection of the marks across the rows, then
+    the spacing along the rows from same-row neighbours.
+
+    For each trial angle the marks are projected on the normal of the rows; at the true angle
+    the projections bunch at the row positions, which the Fourier amplitude at the row
+    frequency measures (a shift of a row along itself changes nothing). Of the strong peaks
+    the lowest frequency is the row spacing (higher ones are harmonics or other lattice
+    planes). None when there is no clear row structure.
+    """
+    n = points.shape[0]
+    if n < 8:
+        return None
+    angles = np.radians(np.arange(-ROW_SEARCH_DEG, ROW_SEARCH_DEG + 1e-9, 0.25))
+    normals = np.column_stack([-np.sin(angles), np.cos(angles)])
+    projection = (points - points.mean(axis=0)) @ normals.T  # (n, angles)
+    low = projection.min(axis=0)
+    span = projection.max(axis=0) - low
+    step = max(spacing / 32.0, float(span.max()) / 8192.0)
+    bins = ((projection - low) / step).astype(np.int64)
+    size = 1 << int(np.ceil(np.log2(2 * (int(bins.max()) + 1))))
+    flat = (bins + np.arange(angles.size) * size).ravel()
+    histogram = np.bincount(flat, minlength=angles.size * size).reshape(angles.size, size)
+    amplitude = np.abs(np.fft.rfft(histogram, axis=1)) / n
+    frequency = np.fft.rfftfreq(size, d=step)
+    lowest = np.maximum(1.0 / (5.0 * spacing), 1.5 / np.maximum(span, 1e-9))
+    usable = (frequency[None, :] >= lowest[:, None]) & (frequency[None, :] <= 2.0 / spacing)
+    amplitude = np.where(usable, amplitude, 0.0)
+    top = float(amplitude.max())
+    if top < 0.3:
+        return None
+    strong = amplitude >= 0.5 * top
+    f_min = float(frequency[np.nonzero(strong)[1]].min())
+    near = strong & (frequency[None, :] <= 1.15 * f_min)
+    a, f = np.unravel_index(int(np.argmax(np.where(near, amplitude, 0.0))), amplitude.shape)
+    theta, period = float(angles[a]), 1.0 / float(frequency[f])
+    along_unit = np.array([np.cos(theta), np.sin(theta)])
+    normal = normals[a]
+
+    k = min(21, n)
+    distances, neighbours = cKDTree(points).query(points, k=k)
+    vectors = points[neighbours[:, 1:]] - points[:, None, :]
+    valid = (distances[:, 1:] > 0.5 * spacing) & (np.abs(vectors @ normal) < 0.3 * period)
+    a_x = _axis_vector(vectors, valid, along_unit, 60.0)
+    if a_x is None:
+        return None
+    return a_x, normal * period
+
+
+def _lattice_score(
+    lattice: _Lattice, points: np.ndarray, rows: int, cols: int
+) -> tuple[int, float]:
+    """Marks on distinct nodes inside the best rows x cols window, and the RMS residual of
+    the on-node marks (fraction of the pitch)."""
+    node = np.rint(lattice.fractional(points))
+    residual = np.hypot(*(points - lattice.position(node)).T)
+    inlier = residual < INLIER_RESIDUAL * lattice.pitch
+    if not inlier.any():
+        return 0, np.inf
+    rms = float(np.sqrt(np.mean(residual[inlier] ** 2))) / lattice.pitch
+    nodes = np.unique(node[inlier].astype(np.int64), axis=0)
+    return _best_window_count(nodes, rows, cols), rms
+
+
+def _best_window_count(nodes: np.ndarray, rows: int, cols: int) -> int:
+    """Most of the (j, i) `nodes` that one rows x cols window of the lattice can hold."""
+    low = nodes.min(axis=0)
+    width, height = (nodes.max(axis=0) - low + 1).tolist()
+    if width * height > 20_000_000:
+        return 0  # an absurd lattice (pitch far below the mark spacing)
+    occupied = np.zeros((height, width), dtype=np.int64)
+    occupied[nodes[:, 1] - low[1], nodes[:, 0] - low[0]] = 1
+    summed = np.zeros((height + 1, width + 1), dtype=np.int64)
+    summed[1:, 1:] = occupied.cumsum(axis=0).cumsum(axis=1)
+    tops = np.arange(-(rows - 1), height)
+    lefts = np.arange(-(cols - 1), width)
+    r1, r2 = np.clip(tops, 0, height), np.clip(tops + rows, 0, height)
+    c1, c2 = np.clip(lefts, 0, width), np.clip(lefts + cols, 0, width)
+    counts = (
+        summed[np.ix_(r2, c2)] - summed[np.ix_(r1, c2)] - summed[np.ix_(r2, c1)]
+        + summed[np.ix_(r1, c1)]
+    )  # fmt: skip
+    return int(counts.max())
+
+
+def _fit_row_offsets(lattice: _Lattice, points: np.ndarray) -> None:
+    """Per-row offsets (pixels): the median residual of each row's marks, alternating with a
+    refit of the global lattice. Rows are laid down one by one, so a whole row can sit a
+    little off (row spacing jitter, uneven serpentine offsets)."""
+    for _ in range(2):
+        frac = lattice.fractional(points)
+        node = np.rint(frac)
+        close = np.all(np.abs(frac - node) < 0.4, axis=1)
+        if close.sum() < MIN_MARKS:
+            return
+        residual = points - lattice.position(node)
+        total = lattice.own_offset(node[:, 1]) + residual
+        row = node[close, 1].astype(np.int64)
+        total = total[close]
+        base = int(row.min())
+        table = np.zeros((int(row.max()) - base + 1, 2))
+        order = np.argsort(row, kind="stable")
+        uniques, starts, counts = np.unique(row[order], return_index=True, return_counts=True)
+        for r, start, count in zip(uniques, starts, counts, strict=True):
+            if count >= 3:
+                table[r - base] = np.median(total[order[start : start + count]], axis=0)
+        lattice.row_offset, lattice.row_base = table, base
+        _refit(lattice, node[close], points[close])
+
+
+def _fit_lattice(points: np.ndarray, spacing: float, a_x: np.ndarray, a_y: np.ndarray) -> _Lattice:
     """Lattice fitted on inliers in a region growing outwards from the central mark."""
-    a_x, a_y = _initial_lattice(points, spacing)
     centre = points[np.argmin(np.hypot(*(points - np.median(points, axis=0)).T))]
     lattice = _Lattice(origin=centre.copy(), a_x=a_x, a_y=a_y, shift=np.zeros(2))
     frac = lattice.fractional(points)
@@ -503,7 +715,7 @@ def _refit(lattice: _Lattice, index: np.ndarray, points: np.ndarray) -> None:
     has_rows = np.unique(index[:, 1]).size >= 2
     has_parity = 0 < odd.sum() < odd.size and np.unique(index[:, 1]).size >= 3
     columns = [np.ones(index.shape[0])]
-    target = points.copy()
+    target = points - lattice.own_offset(index[:, 1])
     for flag, values, vector in (
         (has_cols, index[:, 0], lattice.a_x),
         (has_rows, index[:, 1], lattice.a_y),
@@ -549,10 +761,11 @@ def _split_touching(
 
     frac = lattice.fractional(clusters.centroid)
     offset = np.hypot(*(clusters.centroid - lattice.position(np.rint(frac))).T)
-    candidates = np.flatnonzero(
-        (clusters.area > SPLIT_AREA * mark_area)
-        | ((offset > SPLIT_OFFSET * lattice.pitch) & (clusters.area >= 0.5 * mark_area))
+    clear = (clusters.area > SPLIT_AREA * mark_area) | (
+        (offset > SPLIT_OFFSET * lattice.pitch) & (clusters.area > DOUBLE_AREA * mark_area)
     )
+    # A mark with a touching double: split only where the shape really has two blobs.
+    candidates = np.flatnonzero(clear | (clusters.area > DOUBLE_AREA * mark_area))
     centroid, area, bbox = [clusters.centroid], [clusters.area], [clusters.bbox]
     drop = np.zeros(n, dtype=bool)
     pixels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -566,18 +779,25 @@ def _split_touching(
         ys, xs = ys + y0, xs + x0
         xy = np.column_stack([xs, ys]).astype(np.float64)
         node = np.rint(lattice.fractional(xy))
-        nodes, inverse, share = np.unique(node, axis=0, return_inverse=True, return_counts=True)
+        nodes, share = np.unique(node, axis=0, return_counts=True)
         big = np.flatnonzero(share >= PART_MIN_AREA * mark_area)
         if big.size <= 1:
             continue
-        # Each pixel goes to the nearest node that holds a real part of the component.
-        inverse = inverse.ravel()
-        node_xy = lattice.position(nodes[big])
-        distance = ((xy[:, None, :] - node_xy[None, :, :]) ** 2).sum(axis=2)
-        part = np.argmin(distance, axis=1)
+        # The component's blobs (marks touch by a narrow neck) when there are as many as the
+        # nodes it covers; otherwise each pixel goes to the nearest node that holds a real
+        # part of the component.
+        part = _blobs(xs - x0, ys - y0, (y1 - y0, x1 - x0))
+        if part is not None and part.max() + 1 < big.size:
+            part = None  # fewer blobs than marks: some still touch broadly, split by node
+        if part is None and not clear[cluster]:
+            continue
+        if part is None:
+            node_xy = lattice.position(nodes[big])
+            distance = ((xy[:, None, :] - node_xy[None, :, :]) ** 2).sum(axis=2)
+            part = np.argmin(distance, axis=1)
         drop[cluster] = True
         split_count += 1
-        for k in range(big.size):
+        for k in range(int(part.max()) + 1):
             sel = part == k
             if not sel.any():
                 continue
@@ -599,6 +819,38 @@ def _split_touching(
     # Split clusters stay in the arrays (indices stable) but can never match a node.
     units.centroid[np.flatnonzero(drop)] = np.nan
     return units, unit_components, split_count
+
+
+def _blobs(xs: np.ndarray, ys: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+    """Part index per pixel: the blobs of a shape, or None when it is one blob.
+
+    The shape is eroded level by level (distance to the background); at the level where it
+    falls into the most cores, every pixel joins its nearest core. Touching marks meet at a
+    neck thinner than the marks themselves, so each keeps its own pixels, whatever the nodes.
+    """
+    patch = np.zeros(shape, np.uint8)
+    patch[ys, xs] = 1
+    depth = cv2.distanceTransform(patch, cv2.DIST_L2, 3)
+    best_count, best = 1, None
+    top = float(depth.max())
+    for level in np.arange(0.5, top, max(0.5, top / 16.0)):
+        _, cores, stats, _ = cv2.connectedComponentsWithStats(
+            (depth > level).astype(np.uint8), connectivity=8
+        )
+        sizable = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= 3) + 1
+        if sizable.size > best_count:
+            best_count, best = sizable.size, np.isin(cores, sizable) * cores
+    if best is None:
+        return None
+    _, nearest = cv2.distanceTransformWithLabels(
+        (best == 0).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_CCOMP
+    )
+    # Map the labels of the nearest core to 0..count-1.
+    core_ids = np.unique(best[best > 0])
+    lookup = np.zeros(int(nearest.max()) + 1, dtype=np.int64)
+    for k, core in enumerate(core_ids):
+        lookup[nearest[best == core][0]] = k
+    return lookup[nearest[ys, xs]]
 
 
 def _anchor(
@@ -678,8 +930,8 @@ def _assign(
     """One-to-one unit -> node (row * cols + col, or -1) by distance with a cutoff."""
     n = centroid.shape[0]
     finite = np.isfinite(frac).all(axis=1)
-    candidate = lattice.candidates(np.where(finite[:, None], centroid, 0.0))  # (n, 4, 2)
-    position = lattice.position(candidate.reshape(-1, 2)).reshape(n, 4, 2)
+    candidate = lattice.candidates(np.where(finite[:, None], centroid, 0.0))  # (n, k, 2)
+    position = lattice.position(candidate.reshape(-1, 2)).reshape(candidate.shape)
     distance = np.hypot(*(position - centroid[:, None, :]).transpose(2, 0, 1))
     row = candidate[..., 1] - i0
     col = candidate[..., 0] - j0
@@ -742,9 +994,12 @@ def _absorb_leftovers(
     """Give unmatched pieces the id of the mark they belong to; returns nodes and their count.
 
     A leftover part of a split component joins its nearest matched sibling (spill of a touching
-    pair into an occupied cell). A leftover cluster at a matched node joins it when both together
-    are no bigger than one mark (fragments farther apart than the merge radius); anything else
-    (dust, a second mark-sized object) stays unmatched.
+    pair into an occupied cell). Other leftovers join a matched node nearby when they fit one of
+    two kinds of piece: a fragment near its node (both together no bigger than one mark), or
+    a double mark, a second copy displaced from its node by the offset that the slide's
+    doubles share (estimated from the leftovers themselves, so a double half a pitch away goes
+    to its own node, not to the neighbour it is as close to). Anything else (dust, a second
+    mark-sized object) stays unmatched.
     """
     node_of_unit = node_of_unit.copy()
     leftovers = np.flatnonzero((node_of_unit < 0) & np.isfinite(frac).all(axis=1))
@@ -755,28 +1010,150 @@ def _absorb_leftovers(
     winner[node_of_unit[matched]] = matched
     node_area = np.zeros(rows * cols, dtype=np.int64)
     np.add.at(node_area, node_of_unit[matched], units.area[matched])
-    nearest = np.rint(frac[leftovers])
-    distance = np.hypot(*(units.centroid[leftovers] - lattice.position(nearest)).T)
     absorbed = 0
-    for k in np.argsort(distance, kind="stable"):
-        unit = int(leftovers[k])
-        parent = units.parent[unit]
-        if parent >= 0:
-            siblings = matched[units.parent[matched] == parent]
-            if siblings.size:
-                gap = np.hypot(*(units.centroid[siblings] - units.centroid[unit]).T)
-                node_of_unit[unit] = node_of_unit[siblings[np.argmin(gap)]]
-                absorbed += 1
-            continue
-        row, col = int(nearest[k, 1]) - i0, int(nearest[k, 0]) - j0
-        if not (0 <= row < rows and 0 <= col < cols) or distance[k] >= MATCH_CUTOFF * lattice.pitch:
-            continue
-        node = row * cols + col
-        if winner[node] >= 0 and node_area[node] + units.area[unit] <= 1.6 * mark_area:
-            node_of_unit[unit] = node
-            node_area[node] += units.area[unit]
+    pieces = leftovers
+    pitch = lattice.pitch
+    # Loose marks: matched, but far from their node (a double that took an empty node).
+    own_gap = np.hypot(
+        *(units.centroid[matched] - _node_xy(lattice, node_of_unit[matched], i0, j0, cols)).T
+    )
+    loose = matched[
+        (own_gap > SPLIT_OFFSET * pitch) & (units.area[matched] <= DOUBLE_AREA * mark_area)
+    ]
+    pool = np.concatenate([pieces[units.area[pieces] >= MARK_LIKE_AREA * mark_area], loose])
+    double, spread = _double_offset(units, pool, frac, lattice, winner, i0, j0, rows, cols)
+    if double is not None and loose.size:
+        node, occupied, delta = _around(units, loose, frac, lattice, winner, i0, j0, rows, cols)
+        fit = np.hypot(*(delta - double).transpose(2, 0, 1)) / (2.5 * spread)
+        fit = np.where(occupied, fit, np.inf).min(axis=1)
+        demoted = loose[fit < 1.0]
+        for unit in demoted:
+            target = node_of_unit[unit]
+            winner[target] = -1
+            node_area[target] -= units.area[unit]
+            node_of_unit[unit] = -1
+        pieces = np.concatenate([pieces, demoted])
+        matched = np.flatnonzero(node_of_unit >= 0)
+    if pieces.size == 0:
+        return node_of_unit, absorbed
+    node, occupied, delta = _around(units, pieces, frac, lattice, winner, i0, j0, rows, cols)
+    # Scores below 1 accept: a fragment within MATCH_CUTOFF of its node, a double within
+    # 2.5 spreads of the shared offset.
+    fragment_score = np.hypot(*delta.transpose(2, 0, 1)) / (MATCH_CUTOFF * pitch)
+    double_score = np.full_like(fragment_score, np.inf)
+    if double is not None:
+        double_score = np.hypot(*(delta - double).transpose(2, 0, 1)) / (2.5 * spread)
+    score = np.where(occupied, np.minimum(fragment_score, double_score), np.inf)
+    best = np.argmin(score, axis=1)
+    rows_index = np.arange(pieces.size)
+    best_score = score[rows_index, best]
+    as_double = double_score[rows_index, best] < fragment_score[rows_index, best]
+    for k in np.argsort(best_score, kind="stable"):
+        if not best_score[k] < 1.0:
+            break
+        unit, target = int(pieces[k]), int(node[k, best[k]])
+        area = units.area[unit]
+        if as_double[k]:
+            fits = (
+                area <= DOUBLE_AREA * mark_area
+                and node_area[target] + area <= (1.6 + DOUBLE_AREA) * mark_area
+            )
+        else:
+            fits = node_area[target] + area <= 1.6 * mark_area
+        if fits:
+            node_of_unit[unit] = target
+            node_area[target] += area
+            absorbed += 1
+    # A part of a split component that fits no node joins its nearest matched sibling (the
+    # spill of a touching pair into an occupied cell).
+    for unit in pieces[(node_of_unit[pieces] < 0) & (units.parent[pieces] >= 0)]:
+        siblings = matched[units.parent[matched] == units.parent[unit]]
+        if siblings.size:
+            gap = np.hypot(*(units.centroid[siblings] - units.centroid[unit]).T)
+            node_of_unit[unit] = node_of_unit[siblings[np.argmin(gap)]]
             absorbed += 1
     return node_of_unit, absorbed
+
+
+def _node_xy(lattice: _Lattice, node: np.ndarray, i0: int, j0: int, cols: int) -> np.ndarray:
+    """(x, y) of grid nodes given as row * cols + col."""
+    ji = np.column_stack([node % cols + j0, node // cols + i0]).astype(np.float64)
+    return lattice.position(ji)
+
+
+def _around(
+    units: _Units,
+    which: np.ndarray,
+    frac: np.ndarray,
+    lattice: _Lattice,
+    winner: np.ndarray,
+    i0: int,
+    j0: int,
+    rows: int,
+    cols: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each unit in `which`, its nearest node and the eight around it: node numbers
+    (row * cols + col), whether a mark other than the unit itself holds the node, and the
+    unit's offset (pixels) from each node. Shapes (n, 9), (n, 9), (n, 9, 2)."""
+    steps = np.array([(dj, di) for di in (-1.0, 0.0, 1.0) for dj in (-1.0, 0.0, 1.0)])
+    candidate = np.rint(frac[which])[:, None, :] + steps[None, :, :]
+    position = lattice.position(candidate.reshape(-1, 2)).reshape(candidate.shape)
+    delta = units.centroid[which][:, None, :] - position
+    row = (candidate[..., 1] - i0).astype(np.int64)
+    col = (candidate[..., 0] - j0).astype(np.int64)
+    inside = (row >= 0) & (row < rows) & (col >= 0) & (col < cols)
+    node = np.where(inside, row * cols + col, 0)
+    holder = winner[node]
+    occupied = inside & (holder >= 0) & (holder != which[:, None])
+    return node, occupied, delta
+
+
+def _double_offset(
+    units: _Units,
+    pool: np.ndarray,
+    frac: np.ndarray,
+    lattice: _Lattice,
+    winner: np.ndarray,
+    i0: int,
+    j0: int,
+    rows: int,
+    cols: int,
+) -> tuple[np.ndarray | None, float]:
+    """The offset (pixels) that double marks share from their node, and its spread.
+
+    Double marks (a fainter copy of the mark a fixed step away, stage or laser artefact) all
+    sit at about the same place relative to their own mark. Every mark-like object in `pool`
+    votes for its offset from each marked node around it; the true offset collects a vote
+    from every double, whereas the same place seen from the neighbouring node only collects
+    the votes of doubles whose neighbour has a mark (edges, missing marks). This settles
+    doubles half a pitch away. None when no offset stands out, when it lies at the node
+    (fragments) or at a cell corner (no node can be told from the others).
+    """
+    if pool.size < 3:
+        return None, 0.0
+    _, occupied, delta = _around(units, pool, frac, lattice, winner, i0, j0, rows, cols)
+    inverse = np.linalg.inv(lattice.matrix)
+    in_cells = delta @ inverse.T
+    keep = occupied & np.all(np.abs(in_cells) <= 0.75, axis=2)
+    offsets, cells = delta[keep], in_cells[keep]
+    if offsets.shape[0] < 3:
+        return None, 0.0
+    offsets, cells = offsets[:: -(-offsets.shape[0] // 3000)], cells[:: -(-cells.shape[0] // 3000)]
+    gap = offsets[:, None, :] - offsets[None, :, :]
+    near = np.hypot(gap[..., 0], gap[..., 1]) < 0.1 * lattice.pitch
+    votes = near.sum(axis=1)
+    seed = int(np.lexsort((np.hypot(*offsets.T), -votes))[0])
+    if votes[seed] < max(5, 0.3 * pool.size):
+        return None, 0.0
+    members = near[seed]
+    centre = cells[members].mean(axis=0)
+    if np.all((np.abs(centre) >= 0.4) & (np.abs(centre) <= 0.6)):
+        return None, 0.0
+    offset = offsets[members].mean(axis=0)
+    if np.hypot(*offset) < 0.2 * lattice.pitch:
+        return None, 0.0
+    spread = float(np.sqrt(np.mean(np.sum((offsets[members] - offset) ** 2, axis=1))))
+    return offset, max(spread, 0.05 * lattice.pitch)
 
 
 def _mark_records(units: _Units, unit_id: np.ndarray, cols: int) -> list[MarkRecord]:

@@ -36,6 +36,12 @@ class GridSpec:
     dust: int = 0  # mark-sized-ish blobs between the nodes (must stay 0)
     margin: float = 1.0  # outermost nodes to the image edge, in smaller pitches (0 cuts marks)
     seed: int = 0
+    # Double marks: a smaller copy of a mark (same id) displaced along the columns by
+    # double_offset * pitch_y (beyond 0.5 it lies nearer to the next row's node).
+    double_fraction: float = 0.0
+    double_offset: float = 0.45
+    double_scale: float = 0.8
+    row_jitter: float = 0.0  # sd of a whole row's displacement across the rows, fraction of pitch_y
 
 
 @dataclass
@@ -65,6 +71,12 @@ def make_grid_mask(spec: GridSpec) -> GridMask:
     nodes = ii[..., None] * a_y + jj[..., None] * a_x  # (rows, cols, 2)
     nodes[1::2] += spec.row_shift * a_x
     nodes = nodes + rng.normal(0.0, spec.jitter * pitch, nodes.shape)
+    # Extras draw from their own generator: the specs without them keep their masks.
+    extra = np.random.default_rng([spec.seed, 7919])
+    if spec.row_jitter:
+        down = a_y / np.hypot(*a_y)
+        shifts = np.clip(extra.normal(0.0, spec.row_jitter, spec.rows), -0.3, 0.3)
+        nodes = nodes + (shifts * spec.pitch_y)[:, None, None] * down
     margin = spec.margin * pitch
     low = nodes.reshape(-1, 2).min(axis=0)
     span = nodes.reshape(-1, 2).max(axis=0) - low
@@ -86,6 +98,17 @@ def make_grid_mask(spec: GridSpec) -> GridMask:
     labels = np.zeros(canvas_shape, np.uint16)
     noise = np.zeros(canvas_shape, np.uint8)
     kind_of: dict[int, str] = {}
+
+    if spec.double_fraction:
+        # Drawn first: the marks drawn afterwards keep their own pixels where they overlap.
+        step = spec.double_offset * a_y
+        doubled = present & (extra.random(present.shape) < spec.double_fraction)
+        for i, j in np.argwhere(doubled):
+            radius = spec.double_scale * spec.radius * pitch
+            patch, x0, y0 = _draw_mark("disc", nodes[i, j] + step, radius, extra)
+            region = (slice(y0, y0 + patch.shape[0]), slice(x0, x0 + patch.shape[1]))
+            mask[region] |= patch
+            labels[region][patch > 0] = i * spec.cols + j + 1
 
     paired = np.zeros_like(present)
     for _ in range(spec.touching_pairs):

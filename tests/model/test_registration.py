@@ -330,3 +330,69 @@ def test_property_random_lattices(angle, pitch_x, aspect, shear, missing, rows, 
         return  # a whole edge row/column went missing by chance: ids cannot be anchored
     score = id_accuracy(registration.labels, grid.labels)
     assert score["accuracy"] >= 0.995, score
+
+
+# Strongly anisotropic raster (rows 3x closer than the marks along a row) with odd rows
+# shifted by about half a pitch: a diagonal neighbour is nearer than the next mark in the row.
+ANISOTROPIC = GridSpec(
+    rows=24,
+    cols=9,
+    pitch_x=96.0,
+    pitch_y=33.0,
+    radius=0.3,
+    jitter=0.02,
+    missing_fraction=0.05,
+    missing_rows=(9,),
+    missing_cols=(4,),
+    crescent_fraction=0.2,
+    specks=30,
+)
+
+
+@pytest.mark.parametrize(("row_shift", "angle"), [(0.42, -5.0), (0.5, 3.0), (-0.3, 9.0)])
+def test_anisotropic_serpentine_raster_keeps_rows_and_columns(
+    row_shift: float, angle: float
+) -> None:
+    spec = dataclasses.replace(ANISOTROPIC, row_shift=row_shift, angle_deg=angle, seed=83)
+    grid = make_grid_mask(spec)
+    registration = _register(grid)
+    assert_ids_right(registration, grid)
+    qc = registration.qc
+    assert qc["angle_deg"] == pytest.approx(angle, abs=0.5)
+    assert qc["pitch_px"] == pytest.approx([33.0, 96.0], rel=0.02)
+    assert not qc["ambiguous_anchor"]
+
+
+def test_whole_rows_laid_down_off_their_place_keep_their_ids() -> None:
+    spec = dataclasses.replace(HARD, row_jitter=0.12, angle_deg=6, seed=89)
+    grid = make_grid_mask(spec)
+    assert_ids_right(_register(grid), grid)
+
+
+@pytest.mark.parametrize("offset", [0.42, -0.52, 0.55])
+def test_double_marks_join_their_own_node_not_the_neighbour(offset: float) -> None:
+    spec = GridSpec(
+        rows=14,
+        cols=12,
+        pitch_x=34.0,
+        pitch_y=38.0,
+        radius=0.22,
+        angle_deg=-4,
+        jitter=0.02,
+        missing_fraction=0.05,
+        double_fraction=0.2,
+        double_offset=offset,
+        double_scale=0.8,
+        specks=20,
+        seed=97,
+    )
+    grid = make_grid_mask(spec)
+    _, components = cv2.connectedComponents(grid.mask.view(np.uint8), connectivity=8)
+    doubled = [
+        i for i in np.unique(grid.labels)[1:] if np.unique(components[grid.labels == i]).size > 1
+    ]
+    assert len(doubled) >= 15, "the generator should draw separate double marks"
+    registration = _register(grid)
+    assert_ids_right(registration, grid)
+    for mark_id in doubled:
+        assert np.all(registration.labels[grid.labels == mark_id] == mark_id), mark_id
