@@ -9,6 +9,7 @@ from model.cli import segment as _segment  # noqa: F401  isort: skip
 from model.cli import demo as _demo  # noqa: F401  isort: skip
 from model.cli import train as _train  # noqa: F401  isort: skip
 from model.cli import pseudo_label as _pseudo_label  # noqa: F401  isort: skip
+from model.cli import predict as _predict  # noqa: F401  isort: skip
 
 
 def main() -> None:

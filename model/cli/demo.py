@@ -38,7 +38,7 @@ def demo(
     )
 
     layout = DatasetLayout(out)
-    segmenter = load_segmenter("classical")
+    segmenter = load_segmenter("auto")
     reports = run_groups(
         layout, [group], segmenter, SegmentOptions(), GridSpec(rows, cols), write_tiles=True
     )

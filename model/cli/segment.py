@@ -17,11 +17,29 @@ from model.segmenters import ClassicalSegmenter, Segmenter
 console = Console(stderr=True, highlight=False)
 
 
-def load_segmenter(name: str) -> Segmenter:
-    """The segmenter chosen on the command line."""
+SEGMENTERS = ("auto", "model", "classical")
+
+
+def load_segmenter(name: str = "auto", model_dir: Path | None = None) -> Segmenter:
+    """The segmenter chosen on the command line.
+
+    "model" is the trained U-Net (`model_dir`, else the default model directory); "auto" is
+    the model when a model directory is given or the default one exists, else "classical".
+    """
+    if name == "auto":
+        from model.inference import DEFAULT_MODEL_DIR, WEIGHTS_FILE
+
+        have_model = model_dir is not None or (DEFAULT_MODEL_DIR / WEIGHTS_FILE).is_file()
+        name = "model" if have_model else "classical"
     if name == "classical":
+        if model_dir is not None:
+            raise AmsegError("--model cannot be used with --segmenter classical")
         return ClassicalSegmenter()
-    raise AmsegError(f"unknown segmenter {name!r}; available: classical")
+    if name == "model":
+        from model.inference import get_segmenter
+
+        return get_segmenter(model_dir)
+    raise AmsegError(f"unknown segmenter {name!r}; available: {', '.join(SEGMENTERS)}")
 
 
 @app.command()
@@ -45,7 +63,12 @@ def segment(
     low: float = typer.Option(1.0, "--low-percentile", help="Lower clip percentile."),
     high: float = typer.Option(99.0, "--high-percentile", help="Upper clip percentile."),
     segmenter_name: str = typer.Option(
-        "classical", "--segmenter", help="Segmentation method: classical."
+        "auto",
+        "--segmenter",
+        help="auto | model | classical (auto: the trained model when one is available).",
+    ),
+    model_dir: Path | None = typer.Option(
+        None, "--model", help="Model directory for the model segmenter (default: shipped model)."
     ),
     no_tiles: bool = typer.Option(
         False, "--no-tiles", help="Do not write the per-tile PNGs under tiles/<group>/."
@@ -82,7 +105,7 @@ def segment(
         low_percentile=low,
         high_percentile=high,
     )
-    segmenter = load_segmenter(segmenter_name)
+    segmenter = load_segmenter(segmenter_name, model_dir)
     reports = run_groups(layout, selected, segmenter, options, grid, write_tiles=not no_tiles)
     failed = [r for r in reports if not r.ok]
     if failed:

@@ -26,7 +26,20 @@ def test_segment_dataset_end_to_end(tmp_path):
     ds = _make_dataset(tmp_path / "ds", {"well1": image, "well2": image[:, ::-1].copy()})
     result = runner.invoke(
         app,
-        ["segment", str(ds), "--rows", "4", "--cols", "5", "--tile-size", "128", "--overlap", "32"],
+        [
+            "segment",
+            str(ds),
+            "--rows",
+            "4",
+            "--cols",
+            "5",
+            "--tile-size",
+            "128",
+            "--overlap",
+            "32",
+            "--segmenter",
+            "classical",
+        ],
     )
     assert result.exit_code == 0, result.output
     for group in ("well1", "well2"):
@@ -39,7 +52,9 @@ def test_segment_dataset_end_to_end(tmp_path):
 def test_one_bad_group_fails_the_command_but_not_the_others(tmp_path):
     image, _ = disc_grid_scene(rows=3, cols=3, seed=4)
     ds = _make_dataset(tmp_path / "ds", {"bad": b"not an image", "good": image})
-    result = runner.invoke(app, ["segment", str(ds), "--no-register", "--tile-size", "128"])
+    result = runner.invoke(
+        app, ["segment", str(ds), "--no-register", "--tile-size", "128", "--segmenter", "classical"]
+    )
     assert result.exit_code == 1
     assert "bad" in result.output
     assert "not a PNG, JPEG or TIFF" in result.output
@@ -49,7 +64,9 @@ def test_one_bad_group_fails_the_command_but_not_the_others(tmp_path):
 def test_only_the_named_groups_run(tmp_path):
     image, _ = disc_grid_scene(rows=3, cols=3, seed=5)
     ds = _make_dataset(tmp_path / "ds", {"a": image, "b": image})
-    result = runner.invoke(app, ["segment", str(ds), "b", "--no-register", "--no-tiles"])
+    result = runner.invoke(
+        app, ["segment", str(ds), "b", "--no-register", "--no-tiles", "--segmenter", "classical"]
+    )
     assert result.exit_code == 0, result.output
     assert not (ds / "tiles_stitched" / "a").exists()
     assert (ds / "tiles_stitched" / "b" / "mask.tiff").is_file()

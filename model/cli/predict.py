@@ -1,0 +1,144 @@
+"""`amseg predict`: segment marks in image files with the trained model, one mask PNG per image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from model.cli.app import app
+from model.errors import AmsegError
+from model.imageio import read_image, write_png
+from model.pipeline import SegmentOptions
+from model.tiling import DEFAULT_OVERLAP
+
+if TYPE_CHECKING:
+    from model.inference import TorchSegmenter
+
+console = Console(stderr=True, highlight=False)
+
+
+@app.command()
+def predict(
+    images: list[Path] = typer.Argument(..., help="Image files (PNG, TIFF, JPEG; 8/16-bit)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Directory for the masks."),
+    model_dir: Path | None = typer.Option(
+        None, "--model", help="Model directory (default: the model shipped with amseg)."
+    ),
+    threshold: float | None = typer.Option(
+        None, "--threshold", min=0.0, max=1.0, help="Probability threshold (default: model's)."
+    ),
+    probabilities: bool = typer.Option(
+        False, "--probabilities", help="Also write <stem>_prob.png (probability x 255)."
+    ),
+    scale: float | None = typer.Option(
+        None,
+        "--scale",
+        min=0.05,
+        max=1.0,
+        help="Resample by this factor before the network (1 = full resolution; "
+        "default: from the grid pitch, shrinking only images with large marks).",
+    ),
+    tile_size: int | None = typer.Option(
+        None, "--tile-size", min=64, help="Tile edge in px (default: the model's)."
+    ),
+    overlap: int | None = typer.Option(
+        None, "--overlap", min=0, help="Minimum overlap of tiles in px (default: 64)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    backend: str = typer.Option(
+        "auto",
+        "--backend",
+        help="auto | torch | openvino (auto: openvino on the CPU when installed).",
+    ),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto | fp32 | bf16 | fp16 (auto: bf16 where native)."
+    ),
+) -> None:
+    """Write OUT/<stem>_mask.png (0/255, the input's size) for every image.
+
+    The model is loaded once. An image that cannot be read or segmented is reported on one
+    line and skipped; the command then exits 1 after the others are done.
+    """
+    # Imported here so that other commands start without the inference stack.
+    from model.inference import TorchSegmenter
+
+    stems = [path.stem for path in images]
+    duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if duplicates:
+        raise AmsegError(f"several inputs would write the same output: {', '.join(duplicates)}")
+    segmenter = TorchSegmenter.from_model_dir(
+        model_dir, device=device, precision=precision, backend=backend
+    )
+    tile = tile_size if tile_size is not None else segmenter.tile_size
+    if overlap is None:
+        overlap = min(DEFAULT_OVERLAP, tile // 2)
+    if overlap > tile // 2:
+        raise AmsegError(f"--overlap {overlap} must be at most half the tile size ({tile // 2})")
+    options = SegmentOptions(tile_size=tile, overlap=overlap, threshold=threshold)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    console.print(f"model: {segmenter.describe()}")
+
+    failed = 0
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    with progress:
+        overall = progress.add_task("images", total=len(images))
+        for path in images:
+            task = progress.add_task(f"{path.name}: tiles", total=None)
+            try:
+                written = _predict_one(
+                    path,
+                    out_dir,
+                    segmenter,
+                    options,
+                    scale,
+                    probabilities,
+                    on_tiles_planned=lambda n, task=task: progress.update(task, total=n),
+                    on_progress=lambda n, task=task: progress.advance(task, n),
+                )
+            except AmsegError as error:
+                failed += 1
+                message = str(error)
+                named = message if str(path) in message else f"{path}: {message}"
+                console.print(f"[red]✗[/] {named}")
+            except Exception as error:  # one broken image must not stop the others
+                failed += 1
+                console.print(f"[red]✗[/] {path}: {type(error).__name__}: {error}")
+            else:
+                console.print(f"[green]✓[/] {path} → {', '.join(str(p) for p in written)}")
+            progress.remove_task(task)
+            progress.advance(overall)
+    if failed:
+        console.print(f"[bold red]{failed} of {len(images)} image(s) failed[/]")
+        raise typer.Exit(1)
+
+
+def _predict_one(
+    path: Path,
+    out_dir: Path,
+    segmenter: TorchSegmenter,
+    options: SegmentOptions,
+    scale: float | None,
+    write_probabilities: bool,
+    **callbacks,
+) -> list[Path]:
+    from model.inference import predict_image
+
+    image = read_image(path)  # ImageInputError (an AmsegError) names the file
+    segmentation = predict_image(image, segmenter, options, scale=scale, **callbacks)
+    written = [write_png(out_dir / f"{path.stem}_mask.png", segmentation.mask)]
+    if write_probabilities:
+        prob = np.rint(segmentation.probabilities * 255.0).astype(np.uint8)
+        written.append(write_png(out_dir / f"{path.stem}_prob.png", prob))
+    return written

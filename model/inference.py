@@ -1,0 +1,749 @@
+"""Neural mark segmentation: a trained U-Net behind the `Segmenter` interface, fast on CPU and GPU.
+
+Also estimates the grid pitch of an image and resamples large marks down before the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+from scipy import fft as sp_fft
+from scipy import ndimage
+
+from model.errors import AmsegError
+from model.imageio import to_grayscale
+from model.pipeline import Segmentation, SegmentOptions, remove_small_components, segment_image
+from model.segmenters import Segmenter
+from model.tiling import plan_tiles
+
+if TYPE_CHECKING:
+    import torch
+
+    from model.network import ModelCard
+
+# torch and segmentation-models-pytorch take ~4 s to import; a process whose OpenVINO export
+# is cached never needs them, so `model.network` and `model.torch_runtime` load on demand.
+# These mirror model.network's constants (a test keeps them equal).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "default"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model_card.json"
+CARD_FORMAT = "amseg-model/1"
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BACKENDS = ("auto", "torch", "openvino")
+
+# A reduced-precision path must give the same masks as fp32 on real crops (Dice >= this).
+MIN_REDUCED_PRECISION_DICE = 0.99
+# Model-card metric written by whoever validated bf16 on a trained model; a value below
+# MIN_REDUCED_PRECISION_DICE makes precision="auto" stay in fp32 for that model.
+BF16_DICE_METRIC = "bf16_mask_dice"
+
+# Eager CPU runs slower on batches than on single tiles (cache pressure; measured in
+# benchmarks/backends.py), OpenVINO is indifferent; a GPU needs batches to be kept busy.
+CPU_BATCH_SIZE = 1
+CUDA_BATCH_SIZE = 16
+
+_EXPORT_VERSION = "1"  # bump when the exported graph changes (normalization, output)
+
+
+# --------------------------------------------------------------------------------------------
+# Hardware and backend detection
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@functools.cache
+def cpu_supports_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower."""
+    flags = _cpu_flags()
+    if flags:
+        return bool(flags & {"avx512_bf16", "amx_bf16"})
+    # No /proc/cpuinfo (not Linux): torch reports AMX-capable CPUs by capability name.
+    from model.torch_runtime import cpu_capability
+
+    return "AMX" in cpu_capability().upper()
+
+
+@functools.cache
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA GPU; without an NVIDIA driver on Linux, torch is not imported."""
+    if sys.platform == "linux" and not Path("/proc/driver/nvidia/version").exists():
+        return False
+    from model.torch_runtime import cuda_available as torch_cuda_available
+
+    return torch_cuda_available()
+
+
+def openvino_available() -> bool:
+    """Whether the optional OpenVINO runtime is installed."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def default_threads() -> int:
+    """CPU cores this process may use (the affinity mask, which os.cpu_count() ignores)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """Where and how the network runs, with every "auto" resolved."""
+
+    device: str
+    backend: str
+    precision: str
+    threads: int
+    batch_size: int
+
+    def describe(self) -> str:
+        where = "GPU" if self.device == "cuda" else f"CPU, {self.threads} threads"
+        return f"{self.backend} {self.precision} ({where})"
+
+
+def resolve_runtime(
+    metrics: dict | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    backend: str = "auto",
+    threads: int | None = None,
+    batch_size: int | None = None,
+) -> Runtime:
+    """Turn the user's choices (each may be "auto") into a concrete runtime, or explain why not.
+
+    `metrics` are the model card's; a recorded failed bf16 check keeps "auto" in fp32.
+    """
+    for value, allowed, what in (
+        (device, DEVICES, "device"),
+        (precision, PRECISIONS, "precision"),
+        (backend, BACKENDS, "backend"),
+    ):
+        if value not in allowed:
+            raise AmsegError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+    if device == "auto":
+        device = "cuda" if cuda_available() else "cpu"
+    elif device == "cuda" and not cuda_available():
+        raise AmsegError("--device cuda was asked for, but torch sees no CUDA GPU")
+
+    if backend == "auto":
+        backend = "openvino" if device == "cpu" and openvino_available() else "torch"
+    elif backend == "openvino":
+        if device != "cpu":
+            raise AmsegError("the openvino backend runs on the CPU only; use --backend torch")
+        if not openvino_available():
+            raise AmsegError("the openvino backend is not installed (pip install openvino)")
+
+    if precision == "auto":
+        if device == "cuda":
+            from model.torch_runtime import cuda_bf16_supported
+
+            precision = "bf16" if cuda_bf16_supported() else "fp16"
+        else:
+            bf16_dice = (metrics or {}).get(BF16_DICE_METRIC)
+            vetoed = bf16_dice is not None and float(bf16_dice) < MIN_REDUCED_PRECISION_DICE
+            precision = "bf16" if cpu_supports_bf16() and not vetoed else "fp32"
+    elif precision == "fp16" and device == "cpu":
+        raise AmsegError("fp16 is a GPU precision; on the CPU use bf16 or fp32")
+
+    if threads is not None and threads < 1:
+        raise AmsegError(f"threads must be at least 1, got {threads}")
+    if batch_size is not None and batch_size < 1:
+        raise AmsegError(f"batch size must be at least 1, got {batch_size}")
+    return Runtime(
+        device=device,
+        backend=backend,
+        precision=precision,
+        threads=threads or default_threads(),
+        batch_size=batch_size or (CUDA_BATCH_SIZE if device == "cuda" else CPU_BATCH_SIZE),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# OpenVINO: export once per weights, cached on disk
+
+
+def cache_root() -> Path:
+    """Where exported models are kept: $AMSEG_CACHE_DIR, else $XDG_CACHE_HOME/amseg."""
+    if os.environ.get("AMSEG_CACHE_DIR"):
+        return Path(os.environ["AMSEG_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "amseg"
+
+
+def directory_fingerprint(directory: Path) -> str:
+    """Hash of a model directory's weights and card (export cache key; no torch needed)."""
+    digest = hashlib.sha256()
+    for name in (CARD_FILE, WEIGHTS_FILE):
+        with (directory / name).open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()[:24]
+
+
+def _export_path(fingerprint: str) -> Path:
+    import openvino as ov
+
+    version = ov.__version__.split("-")[0]
+    return cache_root() / "openvino" / f"{fingerprint}-e{_EXPORT_VERSION}-ov{version}" / "model.xml"
+
+
+def _ensure_openvino_export(xml: Path, make_net: Callable[[], Any]) -> Path:
+    """Export (once, atomically: concurrent workers may race) unless `xml` is cached."""
+    if xml.is_file() and xml.with_suffix(".bin").is_file():
+        return xml
+    from model.torch_runtime import export_openvino
+
+    target = xml.parent
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared by workers
+    try:
+        export_openvino(make_net(), staging / xml.name)
+        try:
+            os.replace(staging, target)  # atomic; fails if another process got there first
+        except OSError:
+            if not xml.is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return xml
+
+
+class _OpenVinoRunner:
+    """OpenVINO on the CPU, compiled from the cached IR (probabilities out, like ProbabilityNet)."""
+
+    def __init__(self, xml: Path, runtime: Runtime) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if runtime.precision == "bf16" else "f32",
+            "INFERENCE_NUM_THREADS": runtime.threads,
+            "PERFORMANCE_HINT": "LATENCY",  # one stream using every thread: one tile at a time
+        }
+        self.compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.lock = threading.Lock()  # one infer request: calls from threads must take turns
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch[:, None], dtype=np.float32)
+        with self.lock:
+            result = self.request.infer({0: x})
+            return np.array(result[0][:, 0], dtype=np.float32, copy=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The segmenter
+
+
+def _read_card(directory: Path) -> dict:
+    try:
+        raw = json.loads((directory / CARD_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+class TorchSegmenter:
+    """A trained U-Net as a `Segmenter`: (N, T, T) tiles in [0, 1] → (N, T, T) probabilities.
+
+    Built from an in-memory network and card, or with `from_model_dir`, which skips torch
+    altogether when the OpenVINO backend is chosen and the export is already cached.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        card: ModelCard,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        backend: str = "auto",
+        threads: int | None = None,
+        batch_size: int | None = None,
+        model_dir: Path | None = None,
+    ) -> None:
+        from model import torch_runtime
+
+        runtime = resolve_runtime(card.metrics, device, precision, backend, threads, batch_size)
+        self._setup(runtime, card.encoder, card.threshold, card.tile_size, model_dir)
+        self._card: ModelCard | None = card
+        net = torch_runtime.ProbabilityNet(network.float().cpu().eval(), card).eval()
+        if runtime.backend == "openvino":
+            fingerprint = (
+                directory_fingerprint(model_dir)
+                if model_dir is not None
+                else torch_runtime.state_fingerprint(network, card)
+            )
+            xml = _ensure_openvino_export(_export_path(fingerprint), lambda: net)
+            self._run = _OpenVinoRunner(xml, runtime)
+        else:
+            if runtime.device == "cpu":
+                torch_runtime.set_threads(runtime.threads)
+            self._run = torch_runtime.TorchRunner(net, runtime.device, runtime.precision)
+
+    def _setup(
+        self,
+        runtime: Runtime,
+        encoder: str,
+        threshold: float,
+        tile_size: int,
+        model_dir: Path | None,
+    ) -> None:
+        self.runtime = runtime
+        self.encoder = encoder
+        self.name = f"unet-{encoder}"
+        self.threshold = float(threshold)
+        self.tile_size = int(tile_size)
+        self.model_dir = model_dir
+        self._run: Callable[[np.ndarray], np.ndarray]
+
+    @classmethod
+    def from_model_dir(
+        cls,
+        path: Path | str | None = None,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        backend: str = "auto",
+        threads: int | None = None,
+        batch_size: int | None = None,
+    ) -> TorchSegmenter:
+        """Load a model directory (default: the model shipped with amseg)."""
+        directory = Path(path) if path is not None else DEFAULT_MODEL_DIR
+        if path is None and not (directory / WEIGHTS_FILE).is_file():
+            raise AmsegError(
+                f"no trained default model in {directory}; pass a model directory with "
+                "--model DIR (or use the classical segmenter where a command offers it)"
+            )
+        raw = _read_card(directory)
+        runtime = resolve_runtime(
+            raw.get("metrics"), device, precision, backend, threads, batch_size
+        )
+        fast = runtime.backend == "openvino" and raw.get("format") == CARD_FORMAT
+        if fast and {"encoder", "threshold", "tile_size"} <= raw.keys():
+            xml = _export_path(directory_fingerprint(directory))
+            if xml.is_file() and xml.with_suffix(".bin").is_file():
+                segmenter = cls.__new__(cls)
+                segmenter._setup(
+                    runtime, raw["encoder"], raw["threshold"], raw["tile_size"], directory
+                )
+                segmenter._card = None
+                segmenter._run = _OpenVinoRunner(xml, runtime)
+                return segmenter
+        from model.network import load_model
+
+        network, card = load_model(directory, device="cpu")
+        return cls(
+            network,
+            card,
+            device=runtime.device,
+            precision=runtime.precision,
+            backend=runtime.backend,
+            threads=runtime.threads,
+            batch_size=runtime.batch_size,
+            model_dir=directory,
+        )
+
+    @property
+    def card(self) -> ModelCard:
+        """The model card (read on first use when the segmenter was loaded without torch)."""
+        if self._card is None:
+            from model.network import ModelCard
+
+            self._card = ModelCard.from_json((self.model_dir / CARD_FILE).read_text())
+        return self._card
+
+    def describe(self) -> str:
+        """One line for logs: model, backend, precision, device."""
+        where = f" from {self.model_dir}" if self.model_dir is not None else ""
+        return f"{self.encoder} U-Net{where} via {self.runtime.describe()}"
+
+    def predict_batch(self, tiles: np.ndarray) -> np.ndarray:
+        """Probabilities (N, T, T) float32 in [0, 1] for tiles (N, T, T) float32 in [0, 1]."""
+        tiles = np.asarray(tiles, dtype=np.float32)
+        if tiles.ndim != 3:
+            raise ValueError(f"tiles must be (N, T, T), got shape {tiles.shape}")
+        out = np.empty(tiles.shape, dtype=np.float32)
+        step = self.runtime.batch_size
+        for start in range(0, len(tiles), step):
+            out[start : start + step] = self._run(tiles[start : start + step])
+        return out
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_segmenter(
+    path: Path,
+    device: str,
+    precision: str,
+    backend: str,
+    threads: int | None,
+    batch_size: int | None,
+) -> TorchSegmenter:
+    return TorchSegmenter.from_model_dir(
+        path,
+        device=device,
+        precision=precision,
+        backend=backend,
+        threads=threads,
+        batch_size=batch_size,
+    )
+
+
+def get_segmenter(
+    path: Path | str | None = None,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    backend: str = "auto",
+    threads: int | None = None,
+    batch_size: int | None = None,
+) -> TorchSegmenter:
+    """The segmenter for a model directory, loaded once per process (for long-lived workers)."""
+    if path is None:
+        directory = DEFAULT_MODEL_DIR
+        if not (directory / WEIGHTS_FILE).is_file():
+            return TorchSegmenter.from_model_dir(None)  # raises the clear "no default" error
+    else:
+        directory = Path(path)
+    return _cached_segmenter(directory.resolve(), device, precision, backend, threads, batch_size)
+
+
+# --------------------------------------------------------------------------------------------
+# Grid pitch and scale
+
+
+PITCH_MIN_PX = 8.0  # smallest grid period looked for (marks >= 8 px, pitch >= 1.3 x mark)
+PITCH_MAX_PX = 240.0  # largest (60-px marks at 3.5-4x pitch)
+_PITCH_WORK_SIDE = 2048  # the estimate runs on a copy at most this large
+_NOISE_SIGMAS = 8.0  # a lattice peak must stand this many noise sigmas above zero
+_MIN_PEAK = 0.01  # ... and reach this normalized autocorrelation
+
+
+def estimate_mark_pitch(image: np.ndarray) -> float | None:
+    """The period (px) of the mark grid: length of the shortest lattice vector, or None.
+
+    Works on the autocorrelation of a downsampled, high-passed copy: a grid of marks gives
+    peaks at every lattice vector. The shortest strong peak whose second harmonic is there
+    too is one lattice vector; the shortest clear peak in another direction is the other
+    (rows may be unevenly spaced, so no harmonic is asked of it). Returns the shorter one,
+    i.e. the smaller of the row and column pitch, refined to sub-pixel. No grid → None.
+    """
+    gray = to_grayscale(image)
+    if gray.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        gray = gray.astype(np.float32)
+    height, width = gray.shape
+    factor = max(1.0, max(height, width) / _PITCH_WORK_SIDE)
+    if factor > 1.0:
+        size = (max(1, round(width / factor)), max(1, round(height / factor)))
+        work = cv2.resize(gray, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    else:
+        work = gray.astype(np.float32)
+    min_lag = max(2.0, 0.8 * PITCH_MIN_PX / factor)
+    max_lag = min(PITCH_MAX_PX / factor, min(work.shape) / 3.0)
+    if max_lag <= 2 * min_lag:
+        return None  # too small an image to hold two periods of any plausible grid
+
+    finite = work[np.isfinite(work)]
+    low, high = np.percentile(finite, (1.0, 99.5)) if finite.size else (0.0, 0.0)
+    if high <= low:
+        return None
+    work = np.clip(np.nan_to_num(work, nan=low), low, high)
+    work = (work - low) / (high - low)
+    # Remove vignetting and gradients; periods up to max_lag keep >= 99 % of their amplitude.
+    work -= _smooth(work, max_lag / 2.0)
+    acf = _autocorrelation(work, int(np.ceil(max_lag)) + 2)
+    if acf is None:
+        return None
+    lattice = _lattice_vectors(acf, min_lag, max_lag, work.size)
+    if lattice is None:
+        return None
+    return float(min(np.hypot(*v) for v in lattice) * factor)
+
+
+def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur with a large sigma, computed on a copy downsampled by ~sigma/4 (fast)."""
+    step = max(1, int(sigma // 4))
+    if step == 1:
+        return cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    height, width = image.shape
+    small = cv2.resize(
+        image, (max(1, width // step), max(1, height // step)), interpolation=cv2.INTER_AREA
+    )
+    small = cv2.GaussianBlur(small, (0, 0), sigma / step, borderType=cv2.BORDER_REFLECT)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _autocorrelation(work: np.ndarray, max_lag: int) -> np.ndarray | None:
+    """Unbiased autocorrelation for lags |dy|, |dx| <= max_lag, normalized to acf(0) = 1.
+
+    Zero padding makes it a linear (not circular) correlation, and dividing by the number of
+    overlapping pixel pairs at each lag removes the bias towards short lags.
+    """
+    height, width = work.shape
+    centred = (work - work.mean()).astype(np.float32)
+    shape = (sp_fft.next_fast_len(height + max_lag), sp_fft.next_fast_len(width + max_lag))
+    spectrum = sp_fft.rfft2(centred, s=shape, workers=-1)
+    full = sp_fft.irfft2(spectrum.real**2 + spectrum.imag**2, s=shape, workers=-1)
+    if full[0, 0] <= 0:
+        return None
+    lags = np.arange(-max_lag, max_lag + 1)
+    acf = full[np.ix_(lags % shape[0], lags % shape[1])]
+    acf /= np.outer(height - np.abs(lags), width - np.abs(lags))
+    return (acf / acf[max_lag, max_lag]).astype(np.float32)
+
+
+def _lattice_vectors(
+    acf: np.ndarray, min_lag: float, max_lag: float, pixels: int
+) -> list[np.ndarray] | None:
+    """The shortest lattice vector and, if found, the shortest one in another direction."""
+    centre = acf.shape[0] // 2
+    dy, dx = np.mgrid[-centre : centre + 1, -centre : centre + 1]
+    radius = np.hypot(dy, dx)
+    annulus = (radius >= min_lag) & (radius <= max_lag)
+    # Bartlett: an autocorrelation estimate has variance ~ sum(acf(j)^2) / N over the short-range
+    # correlation (grains, the marks themselves); lattice peaks must stand well above it.
+    short_range = radius < min_lag
+    noise = float(np.sqrt(np.sum(acf[short_range] ** 2) / pixels))
+    floor = max(_MIN_PEAK, _NOISE_SIGMAS * noise)
+    peaks = (acf == ndimage.maximum_filter(acf, size=3, mode="nearest")) & (acf > floor)
+    # Half plane: the autocorrelation is symmetric, v and -v are the same peak.
+    peaks &= annulus & ((dy > 0) | ((dy == 0) & (dx > 0)))
+    ys, xs = np.nonzero(peaks)
+    if len(ys) == 0:
+        return None
+    heights = acf[ys, xs]
+    vectors = np.stack([dy[ys, xs], dx[ys, xs]], axis=1).astype(np.float64)
+    by_length = np.argsort(np.hypot(vectors[:, 0], vectors[:, 1]), kind="stable")
+
+    first = None
+    for index in by_length:
+        if heights[index] >= 0.5 * heights.max():
+            first = _refine(acf, vectors[index], max_lag, floor / 2, need_harmonic=True)
+            if first is not None:
+                first_height = heights[index]
+                break
+    if first is None:
+        return None
+    result = [first]
+    for index in by_length:
+        vector = vectors[index]
+        sine = abs(first[0] * vector[1] - first[1] * vector[0])
+        sine /= np.hypot(*first) * np.hypot(*vector)
+        # More than 30° from the first vector: the other lattice direction.
+        if sine > 0.5 and heights[index] >= 0.25 * first_height:
+            second = _refine(acf, vector, max_lag, floor / 2, need_harmonic=False)
+            if second is not None:
+                result.append(second)
+            break
+    return result
+
+
+def _refine(
+    acf: np.ndarray, vector: np.ndarray, max_lag: float, floor: float, *, need_harmonic: bool
+) -> np.ndarray | None:
+    """Sub-pixel lattice vector from the peaks at k·vector (k = 1, 2, ...), least squares.
+
+    With `need_harmonic`, the peak at 2·vector must be there when it fits (a grid repeats; a
+    lone peak is chance texture) and the answer is None otherwise.
+    """
+    centre = acf.shape[0] // 2
+    search = max(1, round(0.15 * np.hypot(*vector)))
+    found: list[tuple[int, np.ndarray]] = []
+    for k in range(1, 5):
+        guess = k * (vector if not found else _fit(found))
+        if np.hypot(*guess) > max_lag - 1:
+            break
+        position = _peak_near(acf, guess + centre, search, floor)
+        if position is None:
+            break
+        found.append((k, position - centre))
+    if not found:
+        return None
+    fits_twice = 2 * np.hypot(*vector) <= max_lag - 1
+    if need_harmonic and fits_twice and len(found) < 2:
+        return None
+    return _fit(found)
+
+
+def _fit(found: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    ks = np.array([k for k, _ in found], dtype=np.float64)
+    points = np.stack([p for _, p in found])
+    return (ks[:, None] * points).sum(axis=0) / (ks**2).sum()
+
+
+def _peak_near(acf: np.ndarray, guess: np.ndarray, search: int, floor: float) -> np.ndarray | None:
+    """Sub-pixel position of the maximum within `search` px of `guess`, if it is a real peak."""
+    cy, cx = round(guess[0]), round(guess[1])
+    y0, y1 = max(cy - search, 1), min(cy + search + 1, acf.shape[0] - 1)
+    x0, x1 = max(cx - search, 1), min(cx + search + 1, acf.shape[1] - 1)
+    if y1 <= y0 or x1 <= x0:
+        return None
+    patch = acf[y0:y1, x0:x1]
+    iy, ix = np.unravel_index(int(np.argmax(patch)), patch.shape)
+    py, px = y0 + iy, x0 + ix
+    if acf[py, px] < floor or (py in (y0, y1 - 1) and y0 > 1) or (px in (x0, x1 - 1) and x0 > 1):
+        return None  # too weak, or the maximum is on the search border (a slope, not a peak)
+    dy = _parabola(acf[py - 1 : py + 2, px])
+    dx = _parabola(acf[py, px - 1 : px + 2])
+    return np.array([py + dy, px + dx])
+
+
+def _parabola(values: np.ndarray) -> float:
+    """Offset of the vertex of a parabola through three samples at -1, 0, 1 (clamped)."""
+    left, middle, right = (float(v) for v in values)
+    curvature = left - 2 * middle + right
+    if curvature >= 0:
+        return 0.0
+    return float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5))
+
+
+# Auto scale: shrink only grids with a pitch >= 1.5 x TARGET_PITCH_PX, and never below it. Marks
+# are 1/3.5 to 1/1.5 of the pitch, so after scaling they stay >= ~23 px (3x the smallest size
+# the model is trained on). benchmarks/scale_rule.py measured the down/up round trip of true
+# masks: Dice >= 0.99 for marks >= ~22 px after scaling, 0.95-0.98 at 9-15 px (a 64-px target
+# would have allowed that); the worst slide at the auto scale kept 0.99.
+TARGET_PITCH_PX = 80.0
+_SCALE_STEP = 0.5  # scale = 1 / k with k = 1, 1.5, 2, 2.5, ...: few distinct, reproducible sizes
+
+
+def auto_scale(pitch: float | None) -> float:
+    """Scale factor (<= 1) for an image whose grid pitch is `pitch` px; 1.0 when unknown."""
+    if pitch is None or not np.isfinite(pitch) or pitch <= 0:
+        return 1.0
+    divisor = np.floor(pitch / TARGET_PITCH_PX / _SCALE_STEP) * _SCALE_STEP
+    return 1.0 if divisor < 1.5 else float(1.0 / divisor)
+
+
+# --------------------------------------------------------------------------------------------
+# Whole images
+
+
+def scaled_shape(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(height, width) of the image the network sees at `scale`."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def count_tiles(shape: tuple[int, int], options: SegmentOptions, scale: float = 1.0) -> int:
+    """Number of network tiles `predict_image` runs for an image of `shape` at `scale`."""
+    height, width = scaled_shape(shape[0], shape[1], scale)
+    return len(plan_tiles(height, width, options.tile_size, options.overlap))
+
+
+def resolve_scale(image: np.ndarray, scale: float | None) -> float:
+    """The scale to run at: `scale` itself, or the auto rule on the estimated pitch."""
+    if scale is None:
+        return auto_scale(estimate_mark_pitch(image))
+    if not 0.0 < scale <= 1.0:
+        raise AmsegError(f"scale must be in (0, 1] (1 = full resolution), got {scale}")
+    return float(scale)
+
+
+def predict_image(
+    image: np.ndarray,
+    segmenter: Segmenter,
+    options: SegmentOptions = SegmentOptions(),
+    *,
+    scale: float | None = None,
+    on_tiles_planned: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> Segmentation:
+    """Segment an image of any size, optionally resampled down first; output has its size.
+
+    `scale` None picks a scale from the grid pitch (`auto_scale`), 1.0 runs at full
+    resolution. At scale < 1 the image is area-downsampled, segmented with `segment_image`,
+    and the probabilities are linearly upsampled and thresholded at full resolution (the
+    returned `grid` and `window` then describe the downsampled image).
+    """
+    gray = to_grayscale(image)
+    scale = resolve_scale(gray, scale)
+    runtime = getattr(segmenter, "runtime", None)
+    if isinstance(runtime, Runtime) and runtime.batch_size > options.batch_size:
+        # A GPU segmenter wants more tiles per call than the CPU default hands it.
+        options = dataclasses.replace(options, batch_size=runtime.batch_size)
+    height, width = gray.shape
+    small_height, small_width = scaled_shape(height, width, scale)
+    if on_tiles_planned is not None:
+        on_tiles_planned(count_tiles((height, width), options, scale))
+    if (small_height, small_width) == (height, width):
+        return segment_image(gray, segmenter, options, on_progress=on_progress)
+
+    small = _resize(gray, small_width, small_height, cv2.INTER_AREA)
+    coarse = segment_image(small, segmenter, options, on_progress=on_progress)
+    probabilities = cv2.resize(
+        coarse.probabilities, (width, height), interpolation=cv2.INTER_LINEAR
+    )
+    np.clip(probabilities, 0.0, 1.0, out=probabilities)
+    mask = remove_small_components(probabilities > coarse.threshold, options.min_mark_area)
+    return dataclasses.replace(coarse, probabilities=probabilities, mask=mask)
+
+
+def _resize(gray: np.ndarray, width: int, height: int, interpolation: int) -> np.ndarray:
+    if gray.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        gray = gray.astype(np.float32)
+    return cv2.resize(gray, (width, height), interpolation=interpolation)
+
+
+# --------------------------------------------------------------------------------------------
+# Reduced precision must not change the masks
+
+
+def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks; two empty masks agree perfectly."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def reduced_precision_agreement(
+    model_dir: Path | str | None,
+    images: Iterable[tuple[str, np.ndarray]],
+    *,
+    precision: str = "bf16",
+    backend: str = "auto",
+    options: SegmentOptions | None = None,
+) -> dict:
+    """Mask Dice of `precision` on `backend` against eager fp32, per image and the minimum.
+
+    Only meaningful for trained weights: a random network's logits sit near 0, so tiny
+    numeric differences flip many pixels. `ok` is min Dice >= MIN_REDUCED_PRECISION_DICE.
+    """
+    reference = TorchSegmenter.from_model_dir(model_dir, precision="fp32", backend="torch")
+    candidate = TorchSegmenter.from_model_dir(model_dir, precision=precision, backend=backend)
+    options = options or SegmentOptions(tile_size=reference.tile_size)
+    per_image = {}
+    for name, image in images:
+        expected = predict_image(image, reference, options, scale=1.0).mask
+        got = predict_image(image, candidate, options, scale=1.0).mask
+        per_image[name] = mask_dice(expected, got)
+    worst = min(per_image.values()) if per_image else 1.0
+    return {
+        "reference": reference.describe(),
+        "candidate": candidate.describe(),
+        "per_image": per_image,
+        "min_dice": worst,
+        "ok": worst >= MIN_REDUCED_PRECISION_DICE,
+    }

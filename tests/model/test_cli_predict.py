@@ -1,0 +1,102 @@
+"""`amseg predict` end to end with a tiny random-weight model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import model.cli.predict  # noqa: F401  registers the command on the app
+from model import inference
+from model.cli.app import app
+from model.errors import AmsegError
+from model.network import ModelCard, build_from_card, save_model
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("AMSEG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "amseg-cache"))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    card = ModelCard(encoder="resnet18", decoder_channels=(16, 8, 8, 8, 8), tile_size=64)
+    return save_model(tmp_path_factory.mktemp("tiny"), build_from_card(card), card)
+
+
+@pytest.fixture
+def inputs(tmp_path) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    gray = folder / "gray8.png"
+    Image.fromarray(rng.integers(0, 255, (71, 93), dtype=np.uint8)).save(gray)
+    deep = folder / "deep16.tif"
+    tifffile.imwrite(deep, rng.integers(0, 65535, (90, 65), dtype=np.uint16))
+    colour = folder / "colour.jpg"
+    Image.fromarray(rng.integers(0, 255, (57, 80, 3), dtype=np.uint8)).save(colour)
+    return {"gray8": gray, "deep16": deep, "colour": colour}
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, ["predict", *args])
+
+
+def test_predict_writes_masks_of_the_input_size(model_dir, inputs, tmp_path):
+    out = tmp_path / "out"
+    result = run(
+        *map(str, inputs.values()),
+        "-o", str(out),
+        "--model", str(model_dir),
+        "--probabilities",
+        "--tile-size", "64",
+        "--overlap", "16",
+        "--backend", "torch",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for stem, path in inputs.items():
+        source = np.asarray(Image.open(path)) if path.suffix != ".tif" else tifffile.imread(path)
+        mask = np.asarray(Image.open(out / f"{stem}_mask.png"))
+        assert mask.shape == source.shape[:2] and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 255}
+        prob = np.asarray(Image.open(out / f"{stem}_prob.png"))
+        assert prob.shape == source.shape[:2] and prob.dtype == np.uint8
+
+
+def test_a_bad_file_is_reported_and_the_others_still_run(model_dir, inputs, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_text("not an image")
+    out = tmp_path / "out"
+    result = run(
+        str(bad), str(inputs["gray8"]), "-o", str(out), "--model", str(model_dir), "--scale", "1"
+    )
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if "broken.png" in line]
+    assert len(lines) == 1, result.output
+    assert (out / "gray8_mask.png").is_file()
+    assert not (out / "broken_mask.png").exists()
+
+
+def test_missing_default_model_is_a_clear_error(inputs, tmp_path, monkeypatch):
+    monkeypatch.setattr(inference, "DEFAULT_MODEL_DIR", tmp_path / "no-model")
+    result = run(str(inputs["gray8"]), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2  # a user error: one line, no traceback
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    assert "no trained default model" in errors[0] and "--model" in errors[0]
+
+
+def test_segment_defaults_to_classical_without_a_model(monkeypatch, tmp_path):
+    from model.cli.segment import load_segmenter
+    from model.segmenters import ClassicalSegmenter
+
+    monkeypatch.setattr(inference, "DEFAULT_MODEL_DIR", tmp_path / "no-model")
+    assert isinstance(load_segmenter("auto"), ClassicalSegmenter)
+    with pytest.raises(AmsegError, match="no trained default model"):
+        load_segmenter("model")

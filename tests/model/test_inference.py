@@ -1,0 +1,311 @@
+"""The neural segmenter: shapes, backends agreeing with eager fp32, scale, pitch, model loading.
+
+Models here have tiny random weights. Their logits sit near 0, so bf16 rounding flips many
+mask pixels: bf16 is only checked to run and stay close in probability; whether it keeps the
+masks (Dice >= 0.99) is checked on the real crops with the trained default model, when present.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from model import inference
+from model import network as network_module
+from model.errors import AmsegError
+from model.imageio import read_image
+from model.inference import (
+    BF16_DICE_METRIC,
+    TARGET_PITCH_PX,
+    TorchSegmenter,
+    auto_scale,
+    estimate_mark_pitch,
+    get_segmenter,
+    mask_dice,
+    predict_image,
+    reduced_precision_agreement,
+    resolve_runtime,
+)
+from model.network import IMAGENET_MEAN, IMAGENET_STD, ModelCard, build_from_card, save_model
+from model.pipeline import SegmentOptions
+from model.torch_runtime import ProbabilityNet
+
+HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
+TINY = {"encoder": "resnet18", "decoder_channels": (16, 8, 8, 8, 8), "tile_size": 64}
+OPTIONS = SegmentOptions(tile_size=64, overlap=16, batch_size=4)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Exports go to a per-session temporary cache, never the user's."""
+    monkeypatch.setenv("AMSEG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "amseg-cache"))
+
+
+def make_model_dir(root: Path, **card_fields) -> Path:
+    torch.manual_seed(0)
+    card = ModelCard(**(TINY | card_fields))
+    return save_model(root, build_from_card(card), card)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("tiny-gray"))
+
+
+@pytest.fixture(scope="module")
+def rgb_model_dir(tmp_path_factory) -> Path:
+    return make_model_dir(
+        tmp_path_factory.mktemp("tiny-rgb"),
+        in_channels=3,
+        input_mean=IMAGENET_MEAN,
+        input_std=IMAGENET_STD,
+    )
+
+
+def tiles(n: int = 3, size: int = 64, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, size, size), dtype=np.float32)
+
+
+def test_probabilities_have_tile_shape_and_unit_range(model_dir):
+    segmenter = TorchSegmenter.from_model_dir(model_dir, backend="torch", precision="fp32")
+    out = segmenter.predict_batch(tiles())
+    assert out.shape == (3, 64, 64) and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert segmenter.threshold == 0.5 and segmenter.name == "unet-resnet18"
+
+
+@pytest.mark.parametrize("directory", ["model_dir", "rgb_model_dir"])
+def test_normalization_matches_the_card(directory, request):
+    """Gray tiles are normalized with the card's mean/std and replicated to in_channels."""
+    path = request.getfixturevalue(directory)
+    network, card = network_module.load_model(path)
+    batch = tiles(2)
+    mean = torch.tensor(card.input_mean).view(1, -1, 1, 1)
+    std = torch.tensor(card.input_std).view(1, -1, 1, 1)
+    x = torch.from_numpy(batch)[:, None].expand(-1, card.in_channels, -1, -1)
+    with torch.inference_mode():
+        expected = torch.sigmoid(network((x - mean) / std))[:, 0].numpy()
+    got = TorchSegmenter(network, card, backend="torch", precision="fp32").predict_batch(batch)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_batch_equals_single_tiles(model_dir):
+    segmenter = TorchSegmenter.from_model_dir(
+        model_dir, backend="torch", precision="fp32", batch_size=4
+    )
+    batch = tiles(3)
+    together = segmenter.predict_batch(batch)
+    alone = np.concatenate([segmenter.predict_batch(batch[i : i + 1]) for i in range(3)])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+@pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino not installed")
+def test_openvino_fp32_agrees_with_eager_and_is_cached(model_dir, tmp_path_factory):
+    reference = TorchSegmenter.from_model_dir(model_dir, backend="torch", precision="fp32")
+    segmenter = TorchSegmenter.from_model_dir(model_dir, backend="openvino", precision="fp32")
+    batch = tiles(3, size=96)  # another size than the export example: shapes are dynamic
+    expected = reference.predict_batch(batch)
+    np.testing.assert_allclose(segmenter.predict_batch(batch), expected, atol=1e-4)
+    exports = list((tmp_path_factory.getbasetemp() / "amseg-cache" / "openvino").iterdir())
+    again = TorchSegmenter.from_model_dir(model_dir, backend="openvino", precision="fp32")
+    assert list((tmp_path_factory.getbasetemp() / "amseg-cache" / "openvino").iterdir()) == exports
+    np.testing.assert_allclose(again.predict_batch(batch), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_bf16_runs_and_stays_close(model_dir, backend):
+    """Only closeness in probability: random weights say nothing about bf16 masks."""
+    if backend == "openvino" and not HAVE_OPENVINO:
+        pytest.skip("openvino not installed")
+    batch = tiles(2)
+    expected = TorchSegmenter.from_model_dir(
+        model_dir, backend="torch", precision="fp32"
+    ).predict_batch(batch)
+    got = TorchSegmenter.from_model_dir(model_dir, backend=backend, precision="bf16").predict_batch(
+        batch
+    )
+    assert np.abs(got - expected).mean() < 0.02
+
+
+def test_runtime_choices(model_dir):
+    card = ModelCard(**TINY)
+    runtime = resolve_runtime(card.metrics, device="cpu", backend="torch")
+    assert runtime.device == "cpu" and runtime.threads >= 1 and runtime.batch_size == 1
+    from model.inference import cpu_supports_bf16
+
+    assert runtime.precision == ("bf16" if cpu_supports_bf16() else "fp32")
+    vetoed = {BF16_DICE_METRIC: 0.95}
+    assert resolve_runtime(vetoed, device="cpu", backend="torch").precision == "fp32"
+    with pytest.raises(AmsegError, match="fp16"):
+        resolve_runtime(None, device="cpu", precision="fp16")
+    with pytest.raises(AmsegError, match="unknown backend"):
+        resolve_runtime(None, backend="tensorrt")
+    if not torch.cuda.is_available():
+        with pytest.raises(AmsegError, match="CUDA"):
+            resolve_runtime(None, device="cuda")
+
+
+def test_get_segmenter_loads_once(model_dir):
+    first = get_segmenter(model_dir, backend="torch", precision="fp32")
+    assert get_segmenter(str(model_dir), backend="torch", precision="fp32") is first
+
+
+def test_model_directory_constants_mirror_the_network_module():
+    assert inference.DEFAULT_MODEL_DIR == network_module.DEFAULT_MODEL_DIR
+    assert inference.WEIGHTS_FILE == network_module.WEIGHTS_FILE
+    assert inference.CARD_FILE == network_module.CARD_FILE
+    assert inference.CARD_FORMAT == network_module.CARD_FORMAT
+
+
+def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(inference, "DEFAULT_MODEL_DIR", tmp_path / "nothing-here")
+    with pytest.raises(AmsegError, match="no trained default model"):
+        TorchSegmenter.from_model_dir()
+    with pytest.raises(AmsegError, match="no trained default model"):
+        get_segmenter()
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [((97, 131), np.uint8), ((150, 77), np.uint16), ((83, 101, 3), np.uint8)],
+)
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_predict_image_keeps_the_input_size(model_dir, shape, dtype, scale):
+    segmenter = get_segmenter(model_dir, backend="torch", precision="fp32")
+    image = np.random.default_rng(1).integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
+    planned = []
+    segmentation = predict_image(
+        image, segmenter, OPTIONS, scale=scale, on_tiles_planned=planned.append
+    )
+    assert segmentation.probabilities.shape == shape[:2]
+    assert segmentation.mask.shape == shape[:2] and segmentation.mask.dtype == bool
+    assert 0.0 <= segmentation.probabilities.min() <= segmentation.probabilities.max() <= 1.0
+    assert planned and planned[0] >= 1
+
+
+def test_predict_image_rejects_a_bad_scale(model_dir):
+    segmenter = get_segmenter(model_dir, backend="torch", precision="fp32")
+    with pytest.raises(AmsegError, match="scale"):
+        predict_image(np.zeros((64, 64), np.uint8), segmenter, OPTIONS, scale=1.5)
+
+
+def grid_image(pitch_y: float, pitch_x: float, angle_deg: float, size: int = 1200) -> np.ndarray:
+    """Gaussian marks on a rotated lattice over smooth noise, as uint16."""
+    rng = np.random.default_rng(3)
+    image = cv2.GaussianBlur(rng.random((size, size), dtype=np.float32), (0, 0), 1.5) * 0.5
+    angle = math.radians(angle_deg)
+    row = np.array([math.cos(angle), math.sin(angle)]) * pitch_y  # (dy, dx) between rows
+    col = np.array([-math.sin(angle), math.cos(angle)]) * pitch_x
+    yy, xx = np.mgrid[0:size, 0:size]
+    sigma = min(pitch_x, pitch_y) / 6
+    n = int(size / min(pitch_x, pitch_y)) + 3
+    for i in range(-n, n):
+        for j in range(-n, n):
+            cy, cx = i * row + j * col + size / 2
+            if -20 < cy < size + 20 and -20 < cx < size + 20:
+                y0, y1 = int(max(cy - 4 * sigma, 0)), int(min(cy + 4 * sigma + 1, size))
+                x0, x1 = int(max(cx - 4 * sigma, 0)), int(min(cx + 4 * sigma + 1, size))
+                if y1 > y0 and x1 > x0:
+                    d2 = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2
+                    image[y0:y1, x0:x1] += np.exp(-d2 / (2 * sigma**2))
+    return (image / image.max() * 60000).astype(np.uint16)
+
+
+@pytest.mark.parametrize(
+    ("pitch_y", "pitch_x", "angle"), [(40.0, 46.0, 3.0), (95.0, 88.0, -7.0), (150.0, 160.0, 1.0)]
+)
+def test_pitch_of_a_synthetic_grid_within_5_percent(pitch_y, pitch_x, angle):
+    pitch = estimate_mark_pitch(grid_image(pitch_y, pitch_x, angle))
+    assert pitch is not None
+    assert abs(pitch / min(pitch_x, pitch_y) - 1) < 0.05
+
+
+def test_pitch_of_a_generated_slide_within_5_percent():
+    synth = pytest.importorskip("model.synth")
+    spec = synth.random_spec(
+        5,
+        height=1500,
+        width=1400,
+        mark_size=24.0,
+        row_spacing_jitter=0.0,
+        jitter=0.0,
+        row_shift=0.0,
+    )
+    pitch = estimate_mark_pitch(synth.generate_slide(spec, 5).image)
+    assert pitch is not None
+    assert abs(pitch / min(spec.pitch_x, spec.pitch_y) - 1) < 0.05
+
+
+def test_no_pitch_without_a_grid():
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.random((800, 900), dtype=np.float32), (0, 0), 2.0)
+    assert estimate_mark_pitch(texture) is None
+    assert estimate_mark_pitch(np.zeros((300, 300), np.uint8)) is None
+
+
+def test_auto_scale_shrinks_only_large_grids():
+    assert auto_scale(None) == 1.0
+    assert auto_scale(TARGET_PITCH_PX) == 1.0
+    assert auto_scale(1.4 * TARGET_PITCH_PX) == 1.0
+    assert auto_scale(2.2 * TARGET_PITCH_PX) == pytest.approx(0.5)
+    assert auto_scale(3.4 * TARGET_PITCH_PX) == pytest.approx(1 / 3)
+    for pitch in np.linspace(10, 400, 60):
+        # After scaling the pitch never drops below the target: marks stay large enough.
+        assert pitch * auto_scale(pitch) >= min(pitch, TARGET_PITCH_PX) - 1e-9
+
+
+def test_mask_dice():
+    a = np.zeros((4, 4), bool)
+    assert mask_dice(a, a) == 1.0
+    b = a.copy()
+    b[0, :2] = True
+    assert mask_dice(a, b) == 0.0
+    assert mask_dice(b, b) == 1.0
+
+
+def test_probability_net_rejects_mismatched_normalization():
+    card = ModelCard(**TINY, in_channels=3, input_mean=(0.1, 0.2), input_std=(0.2, 0.2))
+    with pytest.raises(AmsegError, match="input_mean"):
+        ProbabilityNet(torch.nn.Identity(), card)
+
+
+@pytest.mark.slow
+def test_reduced_precision_keeps_the_masks_of_the_trained_model(real_crops):
+    """bf16 (the auto choice on CPUs with native bf16) must agree with fp32: Dice >= 0.99.
+
+    Checks $AMSEG_MODEL_DIR when set, else the default model; skips when there is none.
+    """
+    directory = Path(os.environ.get("AMSEG_MODEL_DIR") or inference.DEFAULT_MODEL_DIR)
+    if not (directory / network_module.WEIGHTS_FILE).is_file():
+        pytest.skip(f"no trained model in {directory}")
+    images = [(path.name, read_image(path)) for path in real_crops]
+    report = reduced_precision_agreement(directory, images, precision="bf16", backend="auto")
+    assert report["ok"], report
+
+
+@pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino not installed")
+def test_cached_export_loads_without_torch(model_dir):
+    """With the export cached, a fresh process segments without importing torch (~4 s)."""
+    import subprocess
+    import sys
+
+    TorchSegmenter.from_model_dir(model_dir, backend="openvino", precision="fp32")  # caches it
+    code = (
+        "import sys, numpy as np\n"
+        "from model.inference import TorchSegmenter\n"
+        f"s = TorchSegmenter.from_model_dir({str(model_dir)!r}, backend='openvino')\n"
+        "out = s.predict_batch(np.zeros((1, 64, 64), np.float32))\n"
+        "assert out.shape == (1, 64, 64) and s.tile_size == 64\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
+    )
+    assert result.stdout.strip() == "False"
