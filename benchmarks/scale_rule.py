@@ -18,7 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.inference import TARGET_PITCH_PX, auto_scale, estimate_mark_pitch, mask_dice
+from model.inference import TARGET_PITCH_PX, auto_scale, estimate_mark_pitch
+from model.metrics import dice as mask_dice
 from model.synth import generate_slide, random_spec
 
 SCALES = (1 / 1.5, 1 / 2, 1 / 2.5, 1 / 3, 1 / 4)

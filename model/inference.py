@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from model.errors import AmsegError
 from model.imageio import to_grayscale
+from model.metrics import dice
 from model.pipeline import Segmentation, SegmentOptions, remove_small_components, segment_image
 from model.segmenters import Segmenter
 from model.tiling import plan_tiles
@@ -712,12 +713,6 @@ def _resize(gray: np.ndarray, width: int, height: int, interpolation: int) -> np
 # Reduced precision must not change the masks
 
 
-def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks; two empty masks agree perfectly."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
 def reduced_precision_agreement(
     model_dir: Path | str | None,
     images: Iterable[tuple[str, np.ndarray]],
@@ -738,7 +733,7 @@ def reduced_precision_agreement(
     for name, image in images:
         expected = predict_image(image, reference, options, scale=1.0).mask
         got = predict_image(image, candidate, options, scale=1.0).mask
-        per_image[name] = mask_dice(expected, got)
+        per_image[name] = dice(expected, got)
     worst = min(per_image.values()) if per_image else 1.0
     return {
         "reference": reference.describe(),

@@ -28,7 +28,6 @@ from model.inference import (
     auto_scale,
     estimate_mark_pitch,
     get_segmenter,
-    mask_dice,
     predict_image,
     reduced_precision_agreement,
     resolve_runtime,
@@ -259,15 +258,6 @@ def test_auto_scale_shrinks_only_large_grids():
     for pitch in np.linspace(10, 400, 60):
         # After scaling the pitch never drops below the target: marks stay large enough.
         assert pitch * auto_scale(pitch) >= min(pitch, TARGET_PITCH_PX) - 1e-9
-
-
-def test_mask_dice():
-    a = np.zeros((4, 4), bool)
-    assert mask_dice(a, a) == 1.0
-    b = a.copy()
-    b[0, :2] = True
-    assert mask_dice(a, b) == 0.0
-    assert mask_dice(b, b) == 1.0
 
 
 def test_probability_net_rejects_mismatched_normalization():
