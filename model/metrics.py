@@ -1,8 +1,12 @@
-"""Scores against ground truth: pixel Dice of masks and the fraction of marks with the right id."""
+"""Scores against ground truth: pixel Dice, object F1, and the share of marks with the right id."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
+
+MIN_OBJECT_AREA = 12
+"""Components under this many px are noise, as in the pipeline (SegmentOptions.min_mark_area)."""
 
 
 def dice(predicted: np.ndarray, truth: np.ndarray) -> float:
@@ -33,3 +37,61 @@ def mark_id_accuracy(predicted: np.ndarray, truth: np.ndarray) -> float:
     winners = votes[present].argmax(axis=1)
     has_votes = votes[present].max(axis=1) > 0
     return float(np.mean((winners == present) & has_votes))
+
+
+def dice_counts(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """(tp, fp, fn) pixel counts of boolean arrays, restricted to `valid`."""
+    if valid is not None:
+        pred, truth = pred & valid, truth & valid
+    tp = int(np.count_nonzero(pred & truth))
+    return np.array([tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(truth)) - tp])
+
+
+def dice_from_counts(counts: np.ndarray) -> float:
+    """2TP / (2TP + FP + FN); 1.0 when there are no mark pixels on either side."""
+    tp, fp, fn = (int(c) for c in counts)
+    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def object_counts(
+    pred: np.ndarray, truth: np.ndarray, min_area: int = MIN_OBJECT_AREA
+) -> np.ndarray:
+    """(tp, fp, fn) of 8-connected components matched one-to-one at IoU >= 0.5.
+
+    At IoU >= 0.5 a component can match at most one other, so counting the qualifying pairs is
+    an exact one-to-one matching (no Hungarian step needed). Components smaller than
+    `min_area` px are dropped on both sides, as the pipeline drops them from predictions.
+    """
+    pred_labels, n_pred = _components(pred, min_area)
+    true_labels, n_true = _components(truth, min_area)
+    if n_pred == 0 or n_true == 0:
+        return np.array([0, n_pred, n_true])
+    both = (pred_labels > 0) & (true_labels > 0)
+    pairs = pred_labels[both].astype(np.int64) * (n_true + 1) + true_labels[both]
+    overlap = np.bincount(pairs, minlength=(n_pred + 1) * (n_true + 1))
+    overlap = overlap.reshape(n_pred + 1, n_true + 1)
+    pred_area = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)
+    true_area = np.bincount(true_labels.ravel(), minlength=n_true + 1)
+    p_idx, t_idx = np.nonzero(overlap)
+    inter = overlap[p_idx, t_idx]
+    iou = inter / (pred_area[p_idx] + true_area[t_idx] - inter)
+    tp = int(np.count_nonzero(iou >= 0.5))
+    return np.array([tp, n_pred - tp, n_true - tp])
+
+
+def _components(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, int]:
+    """8-connected components of at least `min_area` px, relabelled 1..n, and n."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
+    )
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
+    keep[0] = False
+    relabel = np.zeros(count, np.int32)
+    relabel[keep] = np.arange(1, int(keep.sum()) + 1)
+    return relabel[labels], int(keep.sum())
+
+
+def f1_from_counts(counts: np.ndarray) -> float:
+    """Object F1 = 2TP / (2TP + FP + FN) from (tp, fp, fn); 1.0 when there is nothing."""
+    tp, fp, fn = (int(c) for c in counts)
+    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)

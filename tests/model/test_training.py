@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from model.errors import AmsegError
 from model.imageio import write_png
+from model.metrics import dice_counts, dice_from_counts, object_counts
 from model.network import ModelCard, build_unet, legacy_card, load_model, save_model
 from model.training import (
     Sample,
@@ -19,11 +20,8 @@ from model.training import (
     bce_dice_loss,
     build_network,
     choose_base_model,
-    dice_counts,
-    dice_from_counts,
     evaluate,
     load_training_data,
-    object_counts,
     plan_epoch,
     requested_card,
     sample_crop,
