@@ -1,0 +1,77 @@
+"""Dice and object F1 of a model on synthetic validation slides with unseen seeds, per runtime,
+and the agreement of reduced precision with fp32 on the real crops.
+
+    .venv/bin/python benchmarks/model_accuracy.py [--model DIR] [--slides 12] [--size 1024]
+
+Slide seeds start at 900000, far from the seeds training data are made with (amseg synth
+--seed 1000 for the shipped model). Slides have marks of 8-60 px, 8- and 16-bit, every
+background style of the generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from model.imageio import read_image
+from model.inference import TorchSegmenter, predict_image, reduced_precision_agreement
+from model.metrics import dice_counts, dice_from_counts, f1_from_counts, object_counts
+from model.pipeline import SegmentOptions
+from model.synth import generate_slide, random_spec
+
+REAL_CROPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+RUNTIMES = {
+    "auto (OpenVINO bf16)": {"backend": "auto", "precision": "auto"},
+    "OpenVINO fp32": {"backend": "openvino", "precision": "fp32"},
+    "torch fp32": {"backend": "torch", "precision": "fp32"},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="model dir (default: shipped)")
+    parser.add_argument("--slides", type=int, default=12)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--first-seed", type=int, default=900_000)
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma-separated names")
+    args = parser.parse_args()
+
+    slides = []
+    for index in range(args.slides):
+        seed = args.first_seed + index
+        spec = random_spec(seed, height=args.size, width=args.size)
+        slides.append((seed, generate_slide(spec, seed)))
+    sizes = [s.spec.mark_size for _, s in slides]
+    print(f"{len(slides)} slides {args.size}², mark size {min(sizes):.0f}-{max(sizes):.0f} px")
+
+    for name in args.runtimes.split(","):
+        segmenter = TorchSegmenter.from_model_dir(args.model, **RUNTIMES[name])
+        options = SegmentOptions(tile_size=segmenter.tile_size)
+        pixels, objects, per_slide, seconds = np.zeros(3), np.zeros(3), [], 0.0
+        for _seed, slide in slides:
+            start = time.perf_counter()
+            mask = predict_image(slide.image, segmenter, options).mask
+            seconds += time.perf_counter() - start
+            counts = dice_counts(mask, slide.mask)
+            pixels += counts
+            objects += object_counts(mask, slide.mask)
+            per_slide.append(dice_from_counts(counts))
+        print(
+            f"{name:<22} Dice {dice_from_counts(pixels):.4f} (per slide min "
+            f"{min(per_slide):.3f}, median {np.median(per_slide):.3f}), object F1 "
+            f"{f1_from_counts(objects):.4f}, {seconds:.1f} s [{segmenter.describe()}]"
+        )
+
+    crops = sorted(REAL_CROPS.glob("*.png"))
+    if crops:
+        images = [(p.name, read_image(p)) for p in crops]
+        agreement = reduced_precision_agreement(args.model, images)
+        per_image = ", ".join(f"{k} {v:.4f}" for k, v in agreement["per_image"].items())
+        print(f"bf16 vs fp32 mask Dice on real crops: {per_image} (ok: {agreement['ok']})")
+
+
+if __name__ == "__main__":
+    main()
