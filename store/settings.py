@@ -1,0 +1,105 @@
+"""The one settings object shared by the API and the worker, read from the environment and `.env`.
+
+Embedded defaults run everything on a laptop (SQLite and a local blob directory); setting
+`DATABASE_URL`, `REDIS_URL` and `S3_*` switches to Postgres, Redis and S3/MinIO.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Self
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_API_KEY_LENGTH = 16
+
+
+class Settings(BaseSettings):
+    """Service configuration; field names match the environment variables case-insensitively."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore")
+
+    data_dir: Path = Path("./amseg-data")
+    # Empty means "SQLite file under data_dir", filled in by the validator below.
+    database_url: str = ""
+    redis_url: str | None = None
+
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    # Presigned URLs are signed for a host; inside docker-compose the endpoint the services
+    # use (http://minio:9000) is not the one a browser can reach, so sign with this one.
+    s3_public_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
+
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    max_pixels: int = Field(default=400_000_000, gt=0)
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
+
+    task_stale_after_s: float = Field(default=300.0, gt=0)
+    task_max_attempts: int = Field(default=3, ge=1, le=100)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def split_api_keys(cls, value: object) -> object:
+        """Accept `API_KEYS=key1,key2` as well as a list."""
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def refuse_weak_api_keys(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if len(key) < MIN_API_KEY_LENGTH or any(char.isspace() for char in key):
+                raise ValueError(
+                    f"every API key must be at least {MIN_API_KEY_LENGTH} characters without"
+                    " spaces; generate one with `python -c 'import secrets;"
+                    " print(secrets.token_urlsafe(32))'`"
+                )
+        return keys
+
+    @field_validator("database_url")
+    @classmethod
+    def use_psycopg_driver(cls, url: str) -> str:
+        """Point bare `postgresql://` URLs at psycopg 3, the only Postgres driver installed."""
+        for bare in ("postgres://", "postgresql://"):
+            if url.startswith(bare):
+                return "postgresql+psycopg://" + url.removeprefix(bare)
+        if url and not url.startswith(("sqlite", "postgresql")):
+            raise ValueError(f"DATABASE_URL must be a sqlite:// or postgresql:// URL, got {url!r}")
+        return url
+
+    @field_validator("s3_endpoint_url", "s3_public_endpoint_url")
+    @classmethod
+    def require_http_endpoint(cls, url: str | None) -> str | None:
+        if url is not None and urlsplit(url).scheme not in {"http", "https"}:
+            raise ValueError(f"S3 endpoints must be http:// or https:// URLs, got {url!r}")
+        return url
+
+    @model_validator(mode="after")
+    def fill_defaults_and_check_credentials(self) -> Self:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'amseg.sqlite3').resolve()}"
+        # Half a key pair silently falls back to other credentials in boto3; refuse it instead.
+        if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
+            raise ValueError("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither")
+        return self
+
+    @property
+    def uses_s3(self) -> bool:
+        """Whether blobs go to S3 (a bucket is configured) rather than under `data_dir`."""
+        return self.s3_bucket is not None
+
+    @property
+    def blob_dir(self) -> Path:
+        """Where the local blob store keeps its files when no bucket is configured."""
+        return self.data_dir / "blobs"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

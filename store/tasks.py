@@ -1,0 +1,469 @@
+"""The task table, source of truth for a task's life, and the operations the API and worker use.
+
+Every state change is one conditional UPDATE, so two workers (or a worker and the sweep) that
+race on the same task cannot both win.
+"""
+
+import base64
+import binascii
+import enum
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Enum,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    and_,
+    case,
+    delete,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from store.blobs import TaskBlob, task_blob_key
+from store.database import Base, UtcDateTime
+
+MAX_ERROR_LENGTH = 4000
+MAX_PAGE_SIZE = 1000
+CANCELLED_ERROR = "Cancelled on request."
+
+
+class TaskStatus(enum.StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+
+
+class TaskParameters(BaseModel):
+    """What the caller asked for; None means "the model's own default"."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Both or neither: with a grid the marks are registered, without it only segmented.
+    rows: int | None = Field(default=None, ge=1, le=10_000)
+    cols: int | None = Field(default=None, ge=1, le=10_000)
+    model: str | None = Field(default=None, max_length=200)
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    tile_size: int | None = Field(default=None, ge=32, le=8192)
+
+    @model_validator(mode="after")
+    def _grid_complete(self) -> "TaskParameters":
+        if (self.rows is None) != (self.cols is None):
+            raise ValueError("give both rows and cols, or neither")
+        if self.rows is not None and self.rows * self.cols > 65535:
+            raise ValueError("rows * cols must be at most 65535 (uint16 ids)")
+        return self
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    __table_args__ = (
+        CheckConstraint("progress >= 0 AND progress <= 1", name="progress_range"),
+        CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+        # Newest-first listing pages on (created_at, id).
+        Index("ix_tasks_created_at_id", "created_at", "id"),
+    )
+
+    # uuid4 draws from os.urandom, so ids cannot be guessed from one another.
+    id: Mapped[UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    status: Mapped[TaskStatus] = mapped_column(
+        Enum(
+            TaskStatus,
+            native_enum=False,
+            length=16,
+            create_constraint=True,
+            name="status",
+            validate_strings=True,
+        ),
+        index=True,
+        default=TaskStatus.QUEUED,
+    )
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    stage: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    input_key: Mapped[str] = mapped_column(String(512))
+    input_content_type: Mapped[str] = mapped_column(String(128))
+    input_size: Mapped[int] = mapped_column(BigInteger)
+    input_sha256: Mapped[str | None] = mapped_column(String(64))
+    image_width: Mapped[int] = mapped_column(Integer)
+    image_height: Mapped[int] = mapped_column(Integer)
+    result_keys: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+
+    @property
+    def task_parameters(self) -> TaskParameters:
+        return TaskParameters.model_validate(self.parameters)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in (TaskStatus.FINISHED, TaskStatus.FAILED)
+
+    def __repr__(self) -> str:
+        return f"Task(id={self.id}, status={self.status}, attempts={self.attempts})"
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of tasks, newest first; pass `next_cursor` back for the next page."""
+
+    tasks: list[Task]
+    next_cursor: str | None
+
+
+def parse_task_id(task_id: UUID | str) -> UUID | None:
+    """The id as a UUID, or None when it is not one (callers then answer "no such task")."""
+    if isinstance(task_id, UUID):
+        return task_id
+    try:
+        return UUID(task_id)
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def create_task(
+    session: Session,
+    *,
+    parameters: TaskParameters,
+    input_content_type: str,
+    input_size: int,
+    image_width: int,
+    image_height: int,
+    input_sha256: str | None = None,
+    idempotency_key: str | None = None,
+    task_id: UUID | None = None,
+) -> tuple[Task, bool]:
+    """Queue a new task and return it with True, or the task already holding the key with False.
+
+    Pass `task_id` when the input was uploaded first under `task_blob_key(task_id, INPUT)`.
+    """
+    if idempotency_key is not None and (
+        existing := get_task_by_idempotency_key(session, idempotency_key)
+    ):
+        return existing, False
+
+    task_id = task_id or uuid.uuid4()
+    task = Task(
+        id=task_id,
+        status=TaskStatus.QUEUED,
+        progress=0.0,
+        attempts=0,
+        cancel_requested=False,
+        created_at=utc_now(),
+        parameters=parameters.model_dump(),
+        input_key=task_blob_key(task_id, TaskBlob.INPUT),
+        input_content_type=input_content_type,
+        input_size=input_size,
+        input_sha256=input_sha256,
+        image_width=image_width,
+        image_height=image_height,
+        result_keys={},
+        idempotency_key=idempotency_key,
+    )
+    session.add(task)
+    try:
+        session.commit()
+    except IntegrityError:
+        # Another request with the same key committed between our look-up and our insert.
+        session.rollback()
+        if idempotency_key is not None and (
+            existing := get_task_by_idempotency_key(session, idempotency_key)
+        ):
+            return existing, False
+        raise
+    return task, True
+
+
+def get_task(session: Session, task_id: UUID | str) -> Task | None:
+    """The task, freshly read, or None for an unknown or malformed id."""
+    if (parsed := parse_task_id(task_id)) is None:
+        return None
+    return session.get(Task, parsed, populate_existing=True)
+
+
+def get_task_by_idempotency_key(session: Session, idempotency_key: str) -> Task | None:
+    return session.scalars(
+        select(Task).where(Task.idempotency_key == idempotency_key)
+    ).one_or_none()
+
+
+def encode_cursor(task: Task) -> str:
+    raw = f"{task.created_at.isoformat()}|{task.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """The (created_at, id) a cursor points after; raises ValueError for a malformed one."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, task_id = raw.split("|")
+        moment = datetime.fromisoformat(created_at)
+        if moment.tzinfo is None:
+            raise ValueError("cursor time has no zone")
+        return moment, UUID(task_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as error:
+        raise ValueError(f"invalid cursor {cursor!r}; pass the next_cursor of a page") from error
+
+
+def list_tasks(
+    session: Session,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+    status: TaskStatus | None = None,
+) -> TaskPage:
+    """Tasks newest first, `limit` at a time; stable however many share a creation time."""
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"limit must be 1..{MAX_PAGE_SIZE}, got {limit}")
+    query = select(Task).order_by(Task.created_at.desc(), Task.id.desc()).limit(limit + 1)
+    if status is not None:
+        query = query.where(Task.status == status)
+    if cursor is not None:
+        after_created_at, after_id = decode_cursor(cursor)
+        query = query.where(
+            or_(
+                Task.created_at < after_created_at,
+                and_(Task.created_at == after_created_at, Task.id < after_id),
+            )
+        )
+    tasks = list(session.scalars(query))
+    if len(tasks) <= limit:
+        return TaskPage(tasks=tasks, next_cursor=None)
+    tasks = tasks[:limit]
+    return TaskPage(tasks=tasks, next_cursor=encode_cursor(tasks[-1]))
+
+
+def _update(session: Session, task_id: UUID | str, *conditions: Any, **values: Any) -> bool:
+    """Apply `values` to the task if it matches `conditions`; commit; True if a row changed."""
+    if (parsed := parse_task_id(task_id)) is None:
+        return False
+    result = session.execute(
+        update(Task)
+        .where(Task.id == parsed, *conditions)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def mark_running(
+    session: Session, task_id: UUID | str, *, stale_after_s: float, max_attempts: int
+) -> bool:
+    """Claim the task for this worker; True only for the one caller that won.
+
+    A task can be claimed while QUEUED, or while RUNNING with a heartbeat older than
+    `stale_after_s` (its worker died), as long as it has had fewer than `max_attempts` runs
+    and nobody asked to cancel it.
+    """
+    now = utc_now()
+    stale_before = now - timedelta(seconds=stale_after_s)
+    return _update(
+        session,
+        task_id,
+        or_(
+            Task.status == TaskStatus.QUEUED,
+            and_(Task.status == TaskStatus.RUNNING, Task.heartbeat_at < stale_before),
+        ),
+        Task.attempts < max_attempts,
+        Task.cancel_requested.is_(False),
+        status=TaskStatus.RUNNING,
+        attempts=Task.attempts + 1,
+        progress=0.0,
+        stage=None,
+        error=None,
+        started_at=now,
+        heartbeat_at=now,
+    )
+
+
+def report_progress(
+    session: Session, task_id: UUID | str, *, progress: float, stage: str | None = None
+) -> bool:
+    """Record progress (0..1) and a heartbeat; False means stop: the task is no longer ours.
+
+    That is: it is gone, not RUNNING any more, or somebody asked to cancel it.
+    """
+    if not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress must be within 0..1, got {progress}")
+    values: dict[str, Any] = {"progress": progress, "heartbeat_at": utc_now()}
+    if stage is not None:
+        values["stage"] = stage
+    return _update(
+        session,
+        task_id,
+        Task.status == TaskStatus.RUNNING,
+        Task.cancel_requested.is_(False),
+        **values,
+    )
+
+
+def record_heartbeat(session: Session, task_id: UUID | str) -> bool:
+    """Say the worker is alive without changing progress; False means stop, as above."""
+    return _update(
+        session,
+        task_id,
+        Task.status == TaskStatus.RUNNING,
+        Task.cancel_requested.is_(False),
+        heartbeat_at=utc_now(),
+    )
+
+
+def finish_task(session: Session, task_id: UUID | str, *, result_keys: dict[str, str]) -> bool:
+    """Mark a RUNNING task FINISHED with its results; True if the task is FINISHED afterwards.
+
+    Finishing an already FINISHED task changes nothing (a re-run of a finished task).
+    """
+    finished = _update(
+        session,
+        task_id,
+        Task.status == TaskStatus.RUNNING,
+        status=TaskStatus.FINISHED,
+        progress=1.0,
+        stage=None,
+        error=None,
+        result_keys=result_keys,
+        finished_at=utc_now(),
+    )
+    if finished:
+        return True
+    task = get_task(session, task_id)
+    return task is not None and task.status == TaskStatus.FINISHED
+
+
+def fail_task(session: Session, task_id: UUID | str, *, error: str) -> bool:
+    """Mark an unfinished task FAILED with `error`; True if it is FAILED afterwards.
+
+    A FINISHED task stays finished; failing a FAILED task again keeps its first error.
+    """
+    failed = _update(
+        session,
+        task_id,
+        Task.status.in_((TaskStatus.QUEUED, TaskStatus.RUNNING)),
+        status=TaskStatus.FAILED,
+        stage=None,
+        error=error[:MAX_ERROR_LENGTH],
+        finished_at=utc_now(),
+    )
+    if failed:
+        return True
+    task = get_task(session, task_id)
+    return task is not None and task.status == TaskStatus.FAILED
+
+
+def request_cancel(session: Session, task_id: UUID | str) -> bool:
+    """Ask for the task to stop; False if it is unknown or already over.
+
+    A QUEUED task fails at once; a RUNNING one is flagged, and its worker stops at its next
+    progress report and fails it.
+    """
+    cancelled_while_queued = _update(
+        session,
+        task_id,
+        Task.status == TaskStatus.QUEUED,
+        status=TaskStatus.FAILED,
+        cancel_requested=True,
+        error=CANCELLED_ERROR,
+        finished_at=utc_now(),
+    )
+    return cancelled_while_queued or _update(
+        session, task_id, Task.status == TaskStatus.RUNNING, cancel_requested=True
+    )
+
+
+def delete_task(session: Session, task_id: UUID | str) -> bool:
+    """Remove the task row; True if there was one. Its blobs are the caller's to delete."""
+    if (parsed := parse_task_id(task_id)) is None:
+        return False
+    result = session.execute(delete(Task).where(Task.id == parsed))
+    session.commit()
+    return result.rowcount == 1
+
+
+def find_tasks_to_redispatch(
+    session: Session, *, stale_after_s: float, max_attempts: int
+) -> list[UUID]:
+    """Tasks whose broker message was probably lost, oldest first, for a periodic sweep.
+
+    RUNNING tasks whose heartbeat is older than `stale_after_s` (their worker died) and
+    QUEUED tasks created longer ago than that (the enqueue after the commit never happened),
+    in both cases only while they have had fewer than `max_attempts` runs.
+    """
+    cutoff = utc_now() - timedelta(seconds=stale_after_s)
+    query = (
+        select(Task.id)
+        .where(
+            or_(
+                and_(Task.status == TaskStatus.RUNNING, Task.heartbeat_at < cutoff),
+                and_(Task.status == TaskStatus.QUEUED, Task.created_at < cutoff),
+            ),
+            Task.attempts < max_attempts,
+            Task.cancel_requested.is_(False),
+        )
+        .order_by(Task.created_at, Task.id)
+    )
+    return list(session.scalars(query))
+
+
+def fail_abandoned_tasks(
+    session: Session, *, stale_after_s: float, max_attempts: int
+) -> list[UUID]:
+    """Fail RUNNING tasks that went stale on their last allowed attempt (or were cancelled).
+
+    Returns the ids it failed, so the sweep can log them.
+    """
+    cutoff = utc_now() - timedelta(seconds=stale_after_s)
+    abandoned = and_(
+        Task.status == TaskStatus.RUNNING,
+        Task.heartbeat_at < cutoff,
+        or_(Task.attempts >= max_attempts, Task.cancel_requested.is_(True)),
+    )
+    candidates = list(session.scalars(select(Task.id).where(abandoned)))
+    failed = [
+        task_id
+        for task_id in candidates
+        if _update(
+            session,
+            task_id,
+            abandoned,
+            status=TaskStatus.FAILED,
+            stage=None,
+            error=case(
+                (Task.cancel_requested.is_(True), CANCELLED_ERROR),
+                else_=(
+                    f"The worker stopped responding {max_attempts} times; giving up."
+                    " Submit the image again to retry."
+                ),
+            ),
+            finished_at=utc_now(),
+        )
+    ]
+    return failed

@@ -1,0 +1,370 @@
+"""Task store behaviour on SQLite and Postgres: idempotency, races, terminal states, the sweep."""
+
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from store.blobs import TaskBlob, task_blob_key
+from store.tasks import (
+    CANCELLED_ERROR,
+    Task,
+    TaskParameters,
+    TaskStatus,
+    create_task,
+    delete_task,
+    fail_abandoned_tasks,
+    fail_task,
+    find_tasks_to_redispatch,
+    finish_task,
+    get_task,
+    list_tasks,
+    mark_running,
+    report_progress,
+    request_cancel,
+)
+
+STALE_AFTER_S = 60.0
+MAX_ATTEMPTS = 3
+PARAMETERS = TaskParameters(rows=10, cols=12, threshold=0.4)
+
+
+def new_task(session: Session, **overrides: Any) -> Task:
+    arguments: dict[str, Any] = {
+        "parameters": PARAMETERS,
+        "input_content_type": "image/png",
+        "input_size": 1234,
+        "image_width": 640,
+        "image_height": 480,
+    } | overrides
+    task, created = create_task(session, **arguments)
+    assert created
+    return task
+
+
+def claim(session: Session, task: Task) -> bool:
+    return mark_running(session, task.id, stale_after_s=STALE_AFTER_S, max_attempts=MAX_ATTEMPTS)
+
+
+def set_columns(session: Session, task: Task, **values: Any) -> None:
+    """Move a task's clock back (as if time had passed) or set up a state directly."""
+    session.execute(update(Task).where(Task.id == task.id).values(**values))
+    session.commit()
+
+
+def long_ago(seconds: float = 10 * STALE_AFTER_S) -> datetime:
+    return datetime.now(UTC) - timedelta(seconds=seconds)
+
+
+def run_at_once(callables: list[Callable[[], Any]]) -> list[Any]:
+    """Run each callable in its own thread, released together by a barrier."""
+    barrier = threading.Barrier(len(callables))
+    results: list[Any] = [None] * len(callables)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait()
+            results[index] = callables[index]()
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(callables))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors, errors
+    return results
+
+
+def test_create_task_is_queued_with_its_input_and_parameters(session: Session) -> None:
+    task = new_task(session, input_sha256="ab" * 32)
+
+    stored = get_task(session, str(task.id))
+    assert stored is not None
+    assert stored.id.version == 4
+    assert stored.status == TaskStatus.QUEUED
+    assert (stored.progress, stored.attempts, stored.cancel_requested) == (0.0, 0, False)
+    assert stored.task_parameters == PARAMETERS
+    assert stored.input_key == task_blob_key(task.id, TaskBlob.INPUT)
+    assert (stored.image_width, stored.image_height, stored.input_size) == (640, 480, 1234)
+    assert stored.created_at.tzinfo is not None
+    assert stored.created_at.utcoffset() == timedelta(0)
+    assert abs(datetime.now(UTC) - stored.created_at) < timedelta(minutes=1)
+    assert stored.started_at is None and stored.finished_at is None
+
+
+def test_create_task_with_same_idempotency_key_returns_same_task(session: Session) -> None:
+    first = new_task(session, idempotency_key="upload-42")
+
+    again, created = create_task(
+        session,
+        parameters=TaskParameters(rows=1, cols=1),
+        input_content_type="image/tiff",
+        input_size=1,
+        image_width=1,
+        image_height=1,
+        idempotency_key="upload-42",
+    )
+    other = new_task(session, idempotency_key="upload-43")
+
+    assert not created
+    assert again.id == first.id
+    assert again.task_parameters == PARAMETERS
+    assert other.id != first.id
+
+
+def test_concurrent_creates_with_same_idempotency_key_make_one_task(
+    session_factory: sessionmaker[Session],
+) -> None:
+    def create() -> tuple[uuid.UUID, bool]:
+        with session_factory() as session:
+            task, created = create_task(
+                session,
+                parameters=PARAMETERS,
+                input_content_type="image/png",
+                input_size=1,
+                image_width=1,
+                image_height=1,
+                idempotency_key="double-click",
+            )
+            return task.id, created
+
+    results = run_at_once([create] * 4)
+
+    assert len({task_id for task_id, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+
+
+def test_racing_workers_exactly_one_marks_the_task_running(
+    session: Session, session_factory: sessionmaker[Session]
+) -> None:
+    task = new_task(session)
+
+    def try_to_claim() -> bool:
+        with session_factory() as own_session:
+            return mark_running(
+                own_session, task.id, stale_after_s=STALE_AFTER_S, max_attempts=MAX_ATTEMPTS
+            )
+
+    wins = run_at_once([try_to_claim] * 6)
+
+    assert wins.count(True) == 1
+    stored = get_task(session, task.id)
+    assert stored is not None
+    assert (stored.status, stored.attempts) == (TaskStatus.RUNNING, 1)
+    assert stored.started_at is not None and stored.heartbeat_at is not None
+
+
+def test_mark_running_takes_over_only_a_stale_task_within_its_attempts(session: Session) -> None:
+    task = new_task(session)
+    assert claim(session, task)
+    assert not claim(session, task), "a live RUNNING task belongs to its worker"
+
+    set_columns(session, task, heartbeat_at=long_ago())
+    assert claim(session, task), "a stale RUNNING task is taken over"
+    assert get_task(session, task.id).attempts == 2
+
+    set_columns(session, task, heartbeat_at=long_ago(), attempts=MAX_ATTEMPTS)
+    assert not claim(session, task), "no run beyond max_attempts"
+
+
+def test_mark_running_refuses_finished_failed_and_cancelled_tasks(session: Session) -> None:
+    finished, failed, cancelled = new_task(session), new_task(session), new_task(session)
+    claim(session, finished)
+    finish_task(session, finished.id, result_keys={})
+    fail_task(session, failed.id, error="bad image")
+    set_columns(session, cancelled, cancel_requested=True)
+
+    assert not any(claim(session, task) for task in (finished, failed, cancelled))
+
+
+def test_report_progress_records_stage_and_heartbeat_while_running(session: Session) -> None:
+    task = new_task(session)
+    assert not report_progress(session, task.id, progress=0.1), "not running yet"
+    claim(session, task)
+    set_columns(session, task, heartbeat_at=long_ago())
+
+    assert report_progress(session, task.id, progress=0.25, stage="segment")
+
+    stored = get_task(session, task.id)
+    assert (stored.progress, stored.stage) == (0.25, "segment")
+    assert datetime.now(UTC) - stored.heartbeat_at < timedelta(minutes=1)
+    with pytest.raises(ValueError, match=r"within 0\.\.1"):
+        report_progress(session, task.id, progress=1.5)
+
+
+def test_finishing_twice_changes_nothing(session: Session) -> None:
+    task = new_task(session)
+    claim(session, task)
+    results = {"mask": task_blob_key(task.id, TaskBlob.MASK)}
+
+    assert finish_task(session, task.id, result_keys=results)
+    first = get_task(session, task.id)
+    first_finished_at = first.finished_at
+    assert finish_task(session, task.id, result_keys={"mask": "somewhere/else"})
+
+    again = get_task(session, task.id)
+    assert again.status == TaskStatus.FINISHED
+    assert again.progress == 1.0
+    assert again.result_keys == results
+    assert again.finished_at == first_finished_at
+
+
+def test_finish_refuses_a_task_that_is_not_running(session: Session) -> None:
+    queued = new_task(session)
+    assert not finish_task(session, queued.id, result_keys={})
+    assert get_task(session, queued.id).status == TaskStatus.QUEUED
+
+
+def test_fail_task_records_the_error_but_never_unfinishes(session: Session) -> None:
+    running, finished = new_task(session), new_task(session)
+    claim(session, running)
+    claim(session, finished)
+    finish_task(session, finished.id, result_keys={})
+
+    assert fail_task(session, running.id, error="image has no marks")
+    assert fail_task(session, running.id, error="a later complaint")
+    assert not fail_task(session, finished.id, error="too late")
+
+    failed = get_task(session, running.id)
+    assert (failed.status, failed.error) == (TaskStatus.FAILED, "image has no marks")
+    assert failed.finished_at is not None
+    assert get_task(session, finished.id).status == TaskStatus.FINISHED
+
+
+def test_cancel_fails_a_queued_task_and_stops_a_running_one(session: Session) -> None:
+    queued, running = new_task(session), new_task(session)
+    claim(session, running)
+
+    assert request_cancel(session, queued.id)
+    assert request_cancel(session, running.id)
+
+    assert get_task(session, queued.id).status == TaskStatus.FAILED
+    assert get_task(session, running.id).cancel_requested
+    assert not report_progress(session, running.id, progress=0.5), "the worker must stop"
+    assert not request_cancel(session, queued.id), "already over"
+
+
+def test_sweep_finds_only_stale_tasks_within_their_attempts(session: Session) -> None:
+    live = new_task(session)
+    claim(session, live)
+    stale = new_task(session)
+    claim(session, stale)
+    set_columns(session, stale, heartbeat_at=long_ago())
+    exhausted = new_task(session)
+    claim(session, exhausted)
+    set_columns(session, exhausted, heartbeat_at=long_ago(), attempts=MAX_ATTEMPTS)
+    lost_in_queue = new_task(session)
+    set_columns(session, lost_in_queue, created_at=long_ago())
+    just_queued = new_task(session)
+    finished_long_ago = new_task(session)
+    claim(session, finished_long_ago)
+    finish_task(session, finished_long_ago.id, result_keys={})
+    set_columns(session, finished_long_ago, created_at=long_ago(), heartbeat_at=long_ago())
+
+    to_redispatch = find_tasks_to_redispatch(
+        session, stale_after_s=STALE_AFTER_S, max_attempts=MAX_ATTEMPTS
+    )
+    abandoned = fail_abandoned_tasks(
+        session, stale_after_s=STALE_AFTER_S, max_attempts=MAX_ATTEMPTS
+    )
+
+    assert set(to_redispatch) == {stale.id, lost_in_queue.id}
+    assert abandoned == [exhausted.id]
+    given_up = get_task(session, exhausted.id)
+    assert given_up.status == TaskStatus.FAILED
+    assert "giving up" in given_up.error
+    assert {get_task(session, task.id).status for task in (live, stale)} == {TaskStatus.RUNNING}
+    assert get_task(session, just_queued.id).status == TaskStatus.QUEUED
+
+
+def test_sweep_fails_a_cancelled_task_whose_worker_died(session: Session) -> None:
+    task = new_task(session)
+    claim(session, task)
+    request_cancel(session, task.id)
+    set_columns(session, task, heartbeat_at=long_ago())
+
+    assert (
+        find_tasks_to_redispatch(session, stale_after_s=STALE_AFTER_S, max_attempts=MAX_ATTEMPTS)
+        == []
+    )
+    assert fail_abandoned_tasks(
+        session, stale_after_s=STALE_AFTER_S, max_attempts=MAX_ATTEMPTS
+    ) == [task.id]
+    assert get_task(session, task.id).error == CANCELLED_ERROR
+
+
+def test_cursor_pages_return_every_task_once_newest_first(session: Session) -> None:
+    tasks = [new_task(session) for _ in range(8)]
+    same_moment = datetime.now(UTC).replace(microsecond=678901) - timedelta(hours=1)
+    for task in tasks[:5]:  # most share one timestamp, so only the id breaks ties
+        set_columns(session, task, created_at=same_moment)
+    set_columns(session, tasks[5], created_at=same_moment - timedelta(seconds=1))
+    set_columns(session, tasks[6], created_at=same_moment + timedelta(seconds=1))
+
+    seen: list[Task] = []
+    cursor = None
+    for _ in range(10):
+        page = list_tasks(session, limit=3, cursor=cursor)
+        seen.extend(page.tasks)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+
+    assert len(seen) == len(tasks)
+    assert {task.id for task in seen} == {task.id for task in tasks}
+    order = [(task.created_at, str(task.id).replace("-", "")) for task in seen]
+    assert order == sorted(order, reverse=True)
+    assert seen[0].id == tasks[7].id and seen[-1].id == tasks[5].id
+
+
+def test_list_tasks_filters_by_status_and_rejects_bad_cursors(session: Session) -> None:
+    queued, running = new_task(session), new_task(session)
+    claim(session, running)
+
+    assert [task.id for task in list_tasks(session, status=TaskStatus.QUEUED).tasks] == [queued.id]
+    with pytest.raises(ValueError, match="cursor"):
+        list_tasks(session, cursor="not-a-cursor")
+    with pytest.raises(ValueError, match="limit"):
+        list_tasks(session, limit=0)
+
+
+@pytest.mark.parametrize("task_id", ["", "nope", "1234", "../etc/passwd", str(uuid.uuid4())])
+def test_unknown_or_malformed_ids_are_simply_not_found(session: Session, task_id: str) -> None:
+    assert get_task(session, task_id) is None
+    assert not mark_running(session, task_id, stale_after_s=1, max_attempts=1)
+    assert not report_progress(session, task_id, progress=0.5)
+    assert not finish_task(session, task_id, result_keys={})
+    assert not fail_task(session, task_id, error="x")
+    assert not request_cancel(session, task_id)
+    assert not delete_task(session, task_id)
+
+
+def test_delete_task_removes_the_row(session: Session) -> None:
+    task = new_task(session)
+
+    assert delete_task(session, task.id)
+
+    assert get_task(session, task.id) is None
+    assert not delete_task(session, task.id)
+
+
+def test_task_parameters_refuse_nonsense() -> None:
+    with pytest.raises(ValueError):
+        TaskParameters(rows=0, cols=5)
+    with pytest.raises(ValueError):
+        TaskParameters(rows=5, cols=5, threshold=2.0)
+    with pytest.raises(ValueError):
+        TaskParameters(rows=5, cols=5, colour="blue")
+    with pytest.raises(ValueError):
+        TaskParameters(rows=5)
+    with pytest.raises(ValueError):
+        TaskParameters(rows=300, cols=300)
+    assert TaskParameters().rows is None  # segmentation only
