@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from model.cli.app import app
-from model.cli.segment import console, load_segmenter, run_groups
+from model.cli.console import console
+from model.cli.segment import load_segmenter, run_groups
 from model.dataset import DatasetLayout
 from model.imageio import read_image
 from model.metrics import mark_id_accuracy

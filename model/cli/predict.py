@@ -7,10 +7,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from model.cli.app import app
+from model.cli.console import console, progress_bar
 from model.errors import AmsegError
 from model.imageio import read_image, write_png
 from model.pipeline import SegmentOptions
@@ -18,8 +17,6 @@ from model.tiling import DEFAULT_OVERLAP
 
 if TYPE_CHECKING:
     from model.inference import TorchSegmenter
-
-console = Console(stderr=True, highlight=False)
 
 
 @app.command()
@@ -84,14 +81,7 @@ def predict(
     console.print(f"model: {segmenter.describe()}")
 
     failed = 0
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
+    progress = progress_bar()
     with progress:
         overall = progress.add_task("images", total=len(images))
         for path in images:

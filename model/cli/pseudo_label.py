@@ -9,16 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import typer
-from rich.console import Console
 
 from model.cli.app import app
+from model.cli.console import console
 from model.dataset import DatasetLayout
 from model.errors import AmsegError
 from model.imageio import read_image, to_grayscale, write_png
 from model.normalize import normalize_intensity, to_uint8
 from model.segmenters import Segmenter
-
-console = Console(stderr=True, highlight=False)
 
 DEFAULT_CROP = 512
 DEFAULT_MAX_UNCERTAIN = 0.02

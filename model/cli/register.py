@@ -9,9 +9,9 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from model.cli.app import app
+from model.cli.console import progress_bar
 from model.errors import DatasetError
 from model.imageio import read_image, to_grayscale
 from model.registration import Registration, register_marks, write_registration
@@ -82,14 +82,7 @@ def register_command(
 
     names = list(groups) if groups else _dataset_groups(ds_path)
     failures: list[tuple[str, str]] = []
-    with Progress(
-        TextColumn("registering [bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    with progress_bar("registering [bold]{task.description}") as progress:
         task = progress.add_task("", total=len(names))
         for name in names:
             progress.update(task, description=escape(name))

@@ -5,17 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from model.cli.app import app
+from model.cli.console import console, progress_bar
 from model.dataset import DatasetLayout
 from model.errors import AmsegError
 from model.pipeline import GridSpec, GroupReport, SegmentOptions, process_group
 from model.segmenters import ClassicalSegmenter, Segmenter
-
-console = Console(stderr=True, highlight=False)
-
 
 SEGMENTERS = ("auto", "model", "classical")
 
@@ -124,14 +120,7 @@ def run_groups(
 ) -> list[GroupReport]:
     """Process groups one after another with progress bars; failures are reported, not raised."""
     reports = []
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
+    progress = progress_bar()
     with progress:
         overall = progress.add_task("groups", total=len(groups))
         for group in groups:

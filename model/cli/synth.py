@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from model.cli.app import app
+from model.cli.console import console
 from model.errors import AmsegError
 from model.synth import (
     MAX_MARKS,
@@ -19,8 +20,6 @@ from model.synth import (
     write_dataset_layout,
     write_training_layout,
 )
-
-console = Console(stderr=True, highlight=False)
 
 LAYOUTS = ("train", "dataset")
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from model.cli.app import app
+from model.cli.console import console
 from model.errors import AmsegError
-
-console = Console(stderr=True, highlight=False)
 
 
 @app.command()

@@ -1,0 +1,45 @@
+"""The shipped default model: loads offline, segments synthetic and real marks."""
+
+import cv2
+import numpy as np
+import pytest
+
+from model.imageio import read_image
+from model.inference import DEFAULT_MODEL_DIR, WEIGHTS_FILE, TorchSegmenter, predict_image
+from model.metrics import dice
+from model.pipeline import SegmentOptions
+from model.synth import generate_slide, random_spec
+
+pytestmark = pytest.mark.skipif(
+    not (DEFAULT_MODEL_DIR / WEIGHTS_FILE).is_file(), reason="no default model shipped"
+)
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> TorchSegmenter:
+    return TorchSegmenter.from_model_dir()
+
+
+def test_weights_are_small_enough_to_ship():
+    assert (DEFAULT_MODEL_DIR / WEIGHTS_FILE).stat().st_size <= 25 * 1024 * 1024
+
+
+@pytest.mark.parametrize("seed", [910_001, 910_002])
+def test_segments_an_unseen_synthetic_slide(segmenter, seed):
+    spec = random_spec(seed, height=768, width=768, mark_size=24.0, bit_depth=16)
+    slide = generate_slide(spec, seed)
+    mask = predict_image(slide.image, segmenter, SegmentOptions(tile_size=512), scale=1.0).mask
+    assert mask.shape == slide.mask.shape
+    assert dice(mask, slide.mask) > 0.8
+
+
+def test_finds_the_marks_of_the_real_crop_and_nothing_where_there_are_none(segmenter, real_crops):
+    path = next(p for p in real_crops if p.name == "source_small.png")
+    image = read_image(path)
+    mask = predict_image(image, segmenter, SegmentOptions(tile_size=512)).mask
+    _, _, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8))
+    marks = [c for c, s in zip(centroids[1:], stats[1:], strict=True) if s[cv2.CC_STAT_AREA] > 60]
+    # About 20 crescents, all in the right half (x > ~290 px); the left half has none.
+    assert 17 <= len(marks) <= 26
+    assert all(x > 260 for x, _ in marks)
+    assert mask[:, :250].sum() < 50
