@@ -11,6 +11,7 @@ from model.cli.console import console, progress_bar
 from model.dataset import DatasetLayout
 from model.errors import AmsegError
 from model.pipeline import GridSpec, GroupReport, SegmentOptions, process_group
+from model.registration import MAX_ID
 from model.segmenters import ClassicalSegmenter, Segmenter
 
 SEGMENTERS = ("auto", "model", "classical")
@@ -89,8 +90,9 @@ def segment(
             "percentiles must satisfy 0 <= --low-percentile < --high-percentile <= 100"
         )
     grid = None if no_register else GridSpec(rows, cols)  # type: ignore[arg-type]
-    if grid is not None and grid.rows * grid.cols > 65535:
-        raise AmsegError(f"a {rows}x{cols} grid has more than 65535 marks, the uint16 id limit")
+    if grid is not None and grid.rows * grid.cols > MAX_ID:
+        # Checked before segmenting so a long run does not fail only at registration.
+        raise AmsegError(f"a {rows}x{cols} grid has more than {MAX_ID} marks, the uint16 id limit")
 
     layout = DatasetLayout(ds_path)
     selected = layout.select_groups(groups)
