@@ -9,6 +9,10 @@ class ImageInputError(AmsegError):
     """An image file cannot be used: missing, not an image, truncated, empty or too large."""
 
 
+class ImageTooLargeError(ImageInputError):
+    """The image has more pixels than the limit allows (checked from the header)."""
+
+
 class DatasetError(AmsegError):
     """A dataset directory does not have the expected layout."""
 

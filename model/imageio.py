@@ -16,7 +16,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from model.errors import ImageInputError
+from model.errors import ImageInputError, ImageTooLargeError
 
 DEFAULT_MAX_PIXELS = 400_000_000
 """Largest image (width x height) accepted unless the caller says otherwise (400 MP)."""
@@ -71,7 +71,7 @@ def _check_size(path: Path, height: int, width: int, max_pixels: int) -> None:
     if height <= 0 or width <= 0:
         raise ImageInputError(f"{path}: the image has no pixels ({width}x{height})")
     if height * width > max_pixels:
-        raise ImageInputError(
+        raise ImageTooLargeError(
             f"{path}: {width}x{height} = {height * width / 1e6:.0f} MP is over the limit of "
             f"{max_pixels / 1e6:.0f} MP"
         )

@@ -194,6 +194,7 @@ def random_spec(
     cols: int | None = None,
     mark_size: float | None = None,
     bit_depth: int | None = None,
+    low_contrast_fraction: float = 0.25,
     **overrides: object,
 ) -> SlideSpec:
     """Draw a varied, realistic slide spec; given sizes are respected, `overrides` win last.
@@ -202,6 +203,8 @@ def random_spec(
     on the border), sit inside it with a margin, or cover only part of it (an empty area
     like the edge of an acquisition region). With rows/cols the pitch is chosen so that the
     grid roughly spans the image, unless a given mark size forbids it.
+    `low_contrast_fraction` is the chance of faint marks on a mid-grey matrix (the hardest
+    slides; raise it to make training sets richer in them).
     """
     if height < 1 or width < 1:
         raise SynthSpecError(f"slide size must be positive, got {width}x{height}")
@@ -209,6 +212,8 @@ def random_spec(
         _check_grid_size(rows, cols)
     if bit_depth is not None and bit_depth not in BIT_DEPTHS:
         raise SynthSpecError(f"bit depth must be 8 or 16, got {bit_depth}")
+    if not 0.0 <= low_contrast_fraction <= 1.0:
+        raise SynthSpecError(f"low-contrast fraction must be in 0..1, got {low_contrast_fraction}")
     rng = np.random.default_rng(seed)
 
     if mark_size is None:
@@ -270,7 +275,7 @@ def random_spec(
 
     shape = str(rng.choice(SHAPES, p=[0.55, 0.12, 0.1, 0.1, 0.13]))
     polarity = "dark" if rng.random() < 0.15 else "bright"
-    low_contrast = rng.random() < 0.25
+    low_contrast = rng.random() < low_contrast_fraction
     if bit_depth is None:
         bit_depth = 16 if rng.random() < 0.3 else 8
 

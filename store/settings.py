@@ -4,6 +4,7 @@ Embedded defaults run everything on a laptop (SQLite and a local blob directory)
 `DATABASE_URL`, `REDIS_URL` and `S3_*` switches to Postgres, Redis and S3/MinIO.
 """
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Self
@@ -13,6 +14,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_API_KEY_LENGTH = 16
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+DEFAULT_MODEL_NAME = "default"
 
 
 class Settings(BaseSettings):
@@ -21,6 +24,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore")
 
     data_dir: Path = Path("./amseg-data")
+    # `amseg up`: everything under data_dir (SQLite, local blobs, filesystem broker), whatever
+    # DATABASE_URL, REDIS_URL or S3_BUCKET say.
+    embedded: bool = False
     # Empty means "SQLite file under data_dir", filled in by the validator below.
     database_url: str = ""
     redis_url: str | None = None
@@ -38,8 +44,26 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=400_000_000, gt=0)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
 
-    task_stale_after_s: float = Field(default=300.0, gt=0)
+    # A RUNNING task whose heartbeat (every quarter of this) is older is taken to be orphaned.
+    task_stale_after_s: float = Field(default=60.0, gt=0)
     task_max_attempts: int = Field(default=3, ge=1, le=100)
+    # How often the API looks for tasks whose message or worker was lost.
+    sweep_interval_s: float = Field(default=15.0, gt=0)
+
+    # Queue the API sends tasks to; CPU workers consume "cpu", GPU workers "gpu,cpu".
+    task_queue: str = Field(default="cpu", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # Per-task limits: the soft one raises inside the task so it can record FAILED; the hard
+    # one kills the process. The broker redelivers unacknowledged messages after the
+    # visibility timeout, so it must outlast the hard limit or a running task is duplicated.
+    task_soft_time_limit_s: int = Field(default=1800, gt=0)
+    task_time_limit_s: int = Field(default=1900, gt=0)
+    broker_visibility_timeout_s: int = Field(default=7200, gt=0)
+
+    # Named models a task may ask for: sub-directories of models_dir; "default" is the model
+    # shipped with amseg. None: only the default.
+    models_dir: Path | None = None
+    # Device for the worker's network: auto (CUDA when present), cpu or cuda.
+    worker_device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda)$")
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -81,8 +105,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def fill_defaults_and_check_credentials(self) -> Self:
+        if self.embedded:
+            self.database_url, self.redis_url, self.s3_bucket = "", None, None
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.data_dir / 'amseg.sqlite3').resolve()}"
+        if not self.task_soft_time_limit_s < self.task_time_limit_s:
+            raise ValueError("TASK_SOFT_TIME_LIMIT_S must be below TASK_TIME_LIMIT_S")
+        if not self.task_time_limit_s < self.broker_visibility_timeout_s:
+            raise ValueError(
+                "BROKER_VISIBILITY_TIMEOUT_S must exceed TASK_TIME_LIMIT_S, or the broker hands"
+                " a running task to a second worker"
+            )
         # Half a key pair silently falls back to other credentials in boto3; refuse it instead.
         if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
             raise ValueError("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither")
@@ -92,6 +125,35 @@ class Settings(BaseSettings):
     def uses_s3(self) -> bool:
         """Whether blobs go to S3 (a bucket is configured) rather than under `data_dir`."""
         return self.s3_bucket is not None
+
+    @property
+    def broker_url(self) -> str:
+        """Redis when configured, else kombu's filesystem transport under data_dir (embedded)."""
+        return self.redis_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        """Where the embedded filesystem broker keeps its message files."""
+        return self.data_dir / "broker"
+
+    def model_dir_for(self, name: str | None) -> Path | None:
+        """The directory of a named model; None for the default one shipped with amseg.
+
+        Raises ValueError for a name that is not a sub-directory of models_dir holding a
+        model (so a request can never point the worker at an arbitrary path).
+        """
+        if name is None or name == DEFAULT_MODEL_NAME:
+            return None
+        if MODEL_NAME.match(name) and self.models_dir is not None:
+            directory = self.models_dir / name
+            if (directory / "model.safetensors").is_file():
+                return directory
+        known = [DEFAULT_MODEL_NAME]
+        if self.models_dir is not None and self.models_dir.is_dir():
+            known += sorted(
+                p.name for p in self.models_dir.iterdir() if (p / "model.safetensors").is_file()
+            )
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(known)}")
 
     @property
     def blob_dir(self) -> Path:

@@ -106,6 +106,8 @@ class Task(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # When the sweep last re-sent the task's broker message (None: only the first send).
+    dispatched_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -418,6 +420,9 @@ def find_tasks_to_redispatch(
     in both cases only while they have had fewer than `max_attempts` runs.
     """
     cutoff = utc_now() - timedelta(seconds=stale_after_s)
+    # A task re-sent less than `stale_after_s` ago is left alone: its message may simply be
+    # waiting behind others in the queue, and re-sending it every sweep would flood the queue.
+    not_resent_lately = or_(Task.dispatched_at.is_(None), Task.dispatched_at < cutoff)
     query = (
         select(Task.id)
         .where(
@@ -425,12 +430,33 @@ def find_tasks_to_redispatch(
                 and_(Task.status == TaskStatus.RUNNING, Task.heartbeat_at < cutoff),
                 and_(Task.status == TaskStatus.QUEUED, Task.created_at < cutoff),
             ),
+            not_resent_lately,
             Task.attempts < max_attempts,
             Task.cancel_requested.is_(False),
         )
         .order_by(Task.created_at, Task.id)
     )
     return list(session.scalars(query))
+
+
+def mark_dispatched(session: Session, task_id: UUID | str) -> bool:
+    """Record that the sweep re-sent the task's message now; True if the task exists."""
+    return _update(session, task_id, dispatched_at=utc_now())
+
+
+def release_task(session: Session, task_id: UUID | str) -> bool:
+    """Hand a RUNNING task back to the queue after a passing infrastructure failure.
+
+    The attempt stays counted, so a task that keeps failing this way still runs out of attempts.
+    """
+    return _update(
+        session,
+        task_id,
+        Task.status == TaskStatus.RUNNING,
+        status=TaskStatus.QUEUED,
+        stage=None,
+        heartbeat_at=None,
+    )
 
 
 def fail_abandoned_tasks(

@@ -106,6 +106,13 @@ def synth(
     dataset: str = typer.Option(
         "synthetic", "--dataset", help="Dataset folder name in the train layout."
     ),
+    low_contrast_fraction: float = typer.Option(
+        0.25,
+        "--low-contrast-fraction",
+        min=0.0,
+        max=1.0,
+        help="Share of slides with faint marks on a mid-grey matrix, the hardest kind.",
+    ),
 ) -> None:
     """Generate synthetic post-MALDI microscopy slides with exact ground-truth masks and ids.
 
@@ -134,6 +141,7 @@ def synth(
                 cols=cols,
                 mark_size=mark_size,
                 bit_depth=bit_depth,
+                low_contrast_fraction=low_contrast_fraction,
             )
             slide = generate_slide(spec, slide_rng_seed)
             group = f"slide_{index:03d}"

@@ -16,6 +16,7 @@ from model.imageio import read_image
 from model.synth import (
     SlideSpec,
     SyntheticSlide,
+    SynthSpecError,
     fit_grid_inside,
     generate_slide,
     random_spec,
@@ -324,3 +325,14 @@ def test_fit_grid_inside_puts_every_node_in_the_image(seed):
     assert y.min() > 0.05 * spec.height and y.max() < 0.95 * spec.height
     assert x.min() > 0.05 * spec.width and x.max() < 0.95 * spec.width
     assert slide.present.sum() > 0.5 * spec.rows * spec.cols
+
+
+def test_low_contrast_fraction_controls_faint_slides() -> None:
+    def faint_share(fraction: float) -> float:
+        specs = [random_spec(seed, low_contrast_fraction=fraction) for seed in range(60)]
+        return sum(spec.contrast <= 0.4 and spec.background_level >= 0.22 for spec in specs) / 60
+
+    assert faint_share(1.0) == 1.0
+    assert faint_share(0.0) == 0.0
+    with pytest.raises(SynthSpecError):
+        random_spec(0, low_contrast_fraction=1.5)

@@ -1,0 +1,1 @@
+"""HTTP API: upload images as tasks, poll them, download masks and registered ids."""

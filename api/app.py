@@ -1,0 +1,127 @@
+"""The FastAPI application factory: `create_app(settings)`; `uvicorn api.app:app` serves it.
+
+The app holds a database engine, the blob store and a Celery publisher in `app.state`, and
+runs the sweep that re-sends lost tasks in the background while it serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import anyio
+from celery import Celery
+from fastapi import FastAPI
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+import model
+from api.metrics import Metrics, MetricsMiddleware
+from api.problems import install_problem_handlers
+from api.routes import router
+from api.uploads import BodyLimitMiddleware
+from store.blobs import BlobStore, create_blob_store
+from store.database import create_db_engine, create_session_factory, upgrade_database
+from store.settings import Settings, get_settings
+from worker.celery_app import create_celery, send_process_task
+from worker.sweep import sweep_once
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """What the routes use; built once per app in the lifespan."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    blobs: BlobStore
+    celery: Celery
+
+    def publish(self, task_id: str) -> None:
+        """Send the task's message to the broker (blocking; call from a thread)."""
+        send_process_task(self.celery, task_id, self.settings.task_queue)
+
+
+def build_services(settings: Settings, *, migrate: bool) -> Services:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if migrate:
+        upgrade_database(settings.database_url)
+    engine = create_db_engine(settings.database_url)
+    return Services(
+        settings=settings,
+        engine=engine,
+        sessions=create_session_factory(engine),
+        blobs=create_blob_store(settings, create_bucket=True),
+        celery=create_celery(settings),
+    )
+
+
+async def _sweep_forever(services: Services) -> None:
+    """Re-send lost tasks every SWEEP_INTERVAL_S; errors are logged, the loop goes on."""
+    while True:
+        await asyncio.sleep(services.settings.sweep_interval_s)
+        try:
+            await anyio.to_thread.run_sync(
+                sweep_once, services.sessions, services.publish, services.settings
+            )
+        except Exception:
+            log.exception("task sweep failed; next try in %ss", services.settings.sweep_interval_s)
+
+
+def create_app(
+    settings: Settings | None = None, *, migrate: bool = True, sweep: bool = True
+) -> FastAPI:
+    """Build the API. `migrate` upgrades the database on start (the embedded default; with
+    several API replicas run `alembic upgrade head` once instead); `sweep` runs the re-send
+    loop (safe in every replica)."""
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await anyio.to_thread.run_sync(lambda: build_services(settings, migrate=migrate))
+        app.state.services = services
+        sweeper = asyncio.create_task(_sweep_forever(services)) if sweep else None
+        try:
+            yield
+        finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
+            services.celery.close()
+            services.engine.dispose()
+
+    app = FastAPI(
+        title="amseg",
+        version=model.__version__,
+        summary="Segment and number MALDI ablation marks in microscopy images.",
+        description=(
+            "Upload an image to `POST /tasks` (optionally with the acquisition grid `rows` and "
+            "`cols`), poll `GET /tasks/{id}` until it is FINISHED, then download the mask from "
+            "`GET /masks/{id}` and, with a grid, the registered ids, CSV, overlay and QC."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    install_problem_handlers(app)
+    app.include_router(router)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+
+    # Outermost, so an oversized body is refused before anything reads it.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`uvicorn api.app:app` builds the app from the environment on first access."""
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(name)

@@ -1,0 +1,100 @@
+"""Response bodies of the API (request parameters are query fields, see `api.routes`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from store.tasks import Task, TaskStatus
+
+
+class TaskLinks(BaseModel):
+    self: str
+    mask: str
+    overlay: str
+    labels: str | None = None
+    ams_csv: str | None = None
+    qc: str | None = None
+
+
+class ImageInfo(BaseModel):
+    width: int
+    height: int
+    content_type: str
+    size_bytes: int
+
+
+class TaskCreated(BaseModel):
+    id: str
+    status: TaskStatus
+    links: TaskLinks
+
+
+class TaskPublic(BaseModel):
+    id: str
+    status: TaskStatus
+    progress: float = Field(ge=0.0, le=1.0)
+    stage: str | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    parameters: dict
+    image: ImageInfo
+    links: TaskLinks
+
+
+class TaskPage(BaseModel):
+    data: list[TaskPublic]
+    next_cursor: str | None
+    links: dict[str, str | None]
+
+
+class ComponentHealth(BaseModel):
+    ok: bool
+    detail: str
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: ComponentHealth
+    broker: ComponentHealth
+    storage: ComponentHealth
+
+
+def task_links(task: Task) -> TaskLinks:
+    base = f"/tasks/{task.id}"
+    registered = task.parameters.get("rows") is not None
+    return TaskLinks(
+        self=base,
+        mask=f"/masks/{task.id}",
+        overlay=f"{base}/overlay.png",
+        labels=f"{base}/labels" if registered else None,
+        ams_csv=f"{base}/ams.csv" if registered else None,
+        qc=f"{base}/qc" if registered else None,
+    )
+
+
+def task_public(task: Task) -> TaskPublic:
+    return TaskPublic(
+        id=str(task.id),
+        status=task.status,
+        progress=task.progress,
+        stage=task.stage,
+        error=task.error,
+        created_at=task.created_at,
+        started_at=task.started_at,
+        finished_at=task.finished_at,
+        attempts=task.attempts,
+        parameters=task.parameters,
+        image=ImageInfo(
+            width=task.image_width,
+            height=task.image_height,
+            content_type=task.input_content_type,
+            size_bytes=task.input_size,
+        ),
+        links=task_links(task),
+    )

@@ -1,0 +1,243 @@
+"""Bad uploads get the right 4xx problem and leave nothing behind; good ones of every kind pass."""
+
+import io
+import struct
+import zlib
+from collections.abc import Iterator
+
+import boto3
+import httpx
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from tests.service_stack import ServiceStack, png_bytes
+
+MAX_UPLOAD_BYTES = 2_000_000
+MAX_PIXELS = 50_000_000
+
+
+@pytest.fixture(scope="module")
+def upload_stack(make_stack) -> ServiceStack:
+    # No worker: these tests are about what the API accepts and stores.
+    return make_stack(workers=0, MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES), MAX_PIXELS=str(MAX_PIXELS))
+
+
+@pytest.fixture
+def client(upload_stack: ServiceStack) -> Iterator[httpx.Client]:
+    with upload_stack.client() as client:
+        yield client
+
+
+def small_png(mode: str = "L") -> bytes:
+    rng = np.random.default_rng(0)
+    channels = {"L": (), "RGB": (3,), "RGBA": (4,)}[mode]
+    return png_bytes(rng.integers(0, 255, (64, 80, *channels), dtype=np.uint8))
+
+
+def png_with_header(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims a size; the pixel data is a few bytes of nothing."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+def bomb_png() -> bytes:
+    """A real, valid 8000x8000 PNG of zeros (64 MP): about 60 kB on the wire."""
+    buffer = io.BytesIO()
+    Image.new("L", (8000, 8000)).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status
+    assert body["title"] and body["detail"]
+    return body
+
+
+def post_raw(client: httpx.Client, data: bytes, content_type: str, **params) -> httpx.Response:
+    return client.post(
+        "/tasks", content=data, headers={"Content-Type": content_type}, params=params
+    )
+
+
+def test_empty_body(client: httpx.Client) -> None:
+    assert "empty" in assert_problem(post_raw(client, b"", "image/png"), 422)["detail"]
+
+
+def test_garbage_body(client: httpx.Client) -> None:
+    assert_problem(post_raw(client, b"this is not an image at all" * 10, "image/png"), 415)
+
+
+def test_truncated_png(client: httpx.Client) -> None:
+    data = small_png()
+    assert_problem(post_raw(client, data[: len(data) // 2], "image/png"), 422)
+
+
+def test_huge_dimensions_in_the_header(client: httpx.Client) -> None:
+    body = assert_problem(post_raw(client, png_with_header(100_000, 100_000), "image/png"), 413)
+    assert "MP" in body["detail"]
+
+
+def test_decompression_bomb(client: httpx.Client) -> None:
+    data = bomb_png()
+    assert len(data) < 200_000
+    assert_problem(post_raw(client, data, "image/png"), 413)
+
+
+def test_wrong_content_type(client: httpx.Client) -> None:
+    assert_problem(post_raw(client, small_png(), "text/plain"), 415)
+    assert_problem(client.post("/tasks", json={"file": "x"}), 415)
+
+
+def test_content_type_that_does_not_match_the_bytes(client: httpx.Client) -> None:
+    body = assert_problem(post_raw(client, small_png(), "image/jpeg"), 415)
+    assert "PNG" in body["detail"]
+
+
+def test_oversize_body_with_content_length(client: httpx.Client) -> None:
+    response = post_raw(client, b"\x89PNG\r\n\x1a\n" + b"\0" * MAX_UPLOAD_BYTES, "image/png")
+    assert_problem(response, 413)
+
+
+def test_oversize_body_streamed_without_length(client: httpx.Client) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b"\x89PNG\r\n\x1a\n"
+        for _ in range(MAX_UPLOAD_BYTES // 65536 + 2):
+            yield b"\0" * 65536
+
+    response = client.post("/tasks", content=chunks(), headers={"Content-Type": "image/png"})
+    assert_problem(response, 413)
+
+
+def test_multipart_without_a_file_field(client: httpx.Client) -> None:
+    response = client.post("/tasks", files={"image": ("a.png", small_png(), "image/png")})
+    assert "'file'" in assert_problem(response, 422)["detail"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"rows": 0, "cols": 5},
+        {"rows": "abc", "cols": 5},
+        {"rows": 5},
+        {"rows": 300, "cols": 300},  # over the uint16 id range
+        {"threshold": 2},
+        {"tile_size": 10},
+        {"model": "../../etc/passwd"},
+        {"model": "no-such-model"},
+    ],
+)
+def test_bad_query_values(client: httpx.Client, params: dict) -> None:
+    assert_problem(post_raw(client, small_png(), "image/png", **params), 422)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/tasks/not-a-uuid",
+        "/tasks/00000000-0000-4000-8000-000000000000",
+        "/masks/123",
+        "/masks/00000000-0000-4000-8000-000000000000",
+        "/tasks/%27%20OR%201=1--/labels",
+        "/tasks/00000000-0000-4000-8000-000000000000/ams.csv",
+        "/no/such/route",
+    ],
+)
+def test_bad_ids_are_404(client: httpx.Client, path: str) -> None:
+    assert_problem(client.get(path), 404)
+
+
+def test_delete_unknown_task_is_404(client: httpx.Client) -> None:
+    assert_problem(client.delete("/tasks/00000000-0000-4000-8000-000000000000"), 404)
+    assert_problem(client.delete("/tasks/nope"), 404)
+
+
+def test_bad_list_parameters(client: httpx.Client) -> None:
+    assert_problem(client.get("/tasks", params={"limit": 0}), 422)
+    assert_problem(client.get("/tasks", params={"cursor": "garbage!"}), 422)
+    assert_problem(client.get("/tasks", params={"status": "DONE"}), 422)
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type"),
+    [
+        (small_png("RGBA"), "image/png"),
+        (small_png("RGB"), "image/png"),
+        (None, "image/tiff"),  # 16-bit TIFF, made below
+        (None, "image/jpeg"),
+    ],
+)
+def test_good_images_of_every_kind_are_accepted(
+    client: httpx.Client, data: bytes | None, content_type: str
+) -> None:
+    if content_type == "image/tiff":
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, np.arange(64 * 80, dtype=np.uint16).reshape(64, 80) * 11)
+        data = buffer.getvalue()
+    elif content_type == "image/jpeg":
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((64, 80), 128, np.uint8)).save(buffer, format="JPEG")
+        data = buffer.getvalue()
+    response = post_raw(client, data, content_type)
+    assert response.status_code == 201, response.text
+    task = client.get(response.headers["location"]).json()
+    assert task["status"] == "QUEUED"
+    assert task["image"]["content_type"] == content_type
+    assert (task["image"]["width"], task["image"]["height"]) == (80, 64)
+
+
+def test_idempotency_key_returns_the_same_task(client: httpx.Client) -> None:
+    data = small_png()
+    headers = {"Content-Type": "image/png", "Idempotency-Key": "upload-7f3a"}
+    first = client.post("/tasks", content=data, headers=headers)
+    again = client.post("/tasks", content=data, headers=headers)
+    assert first.status_code == 201 and again.status_code == 200
+    assert first.json()["id"] == again.json()["id"]
+    other = client.post("/tasks", content=small_png("RGB"), headers=headers)
+    assert "Idempotency-Key" in assert_problem(other, 422)["detail"]
+
+
+def test_rejected_uploads_leave_nothing_queued_or_stored(
+    upload_stack: ServiceStack, client: httpx.Client
+) -> None:
+    before = _stored_task_ids(upload_stack)
+    listed_before = {t["id"] for t in client.get("/tasks", params={"limit": 1000}).json()["data"]}
+    assert before == listed_before  # every stored input belongs to a listed task
+    for data, content_type in [
+        (b"", "image/png"),
+        (b"garbage" * 50, "image/png"),
+        (small_png()[:100], "image/png"),
+        (png_with_header(100_000, 100_000), "image/png"),
+        (bomb_png(), "image/png"),
+        (small_png(), "text/plain"),
+    ]:
+        assert post_raw(client, data, content_type).status_code in (413, 415, 422)
+    assert post_raw(client, small_png(), "image/png", rows=0, cols=1).status_code == 422
+    assert _stored_task_ids(upload_stack) == before
+    listed = {t["id"] for t in client.get("/tasks", params={"limit": 1000}).json()["data"]}
+    assert listed == listed_before
+
+
+def _stored_task_ids(stack: ServiceStack) -> set[str]:
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=stack.env["S3_ENDPOINT_URL"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=stack.env["S3_BUCKET"])
+    keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+    return {key.split("/")[1] for key in keys if key.startswith("tasks/")}

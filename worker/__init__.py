@@ -1,0 +1,1 @@
+"""Celery worker: runs the segmentation pipeline of `model/` on queued tasks."""

@@ -1,0 +1,99 @@
+"""The Celery application: broker settings chosen for "no task lost, none run twice at once".
+
+Light on purpose: the API imports this module to publish messages, so it must not pull in the
+model. The task body lives in `worker.tasks`, registered by name.
+
+Delivery (see ../shared/reference/service-anchors.md §2 for the measurements behind it):
+- messages carry only the task id; the database row is the truth;
+- late acks + prefetch 1: a message is acknowledged only after its task returned, so a worker
+  that dies mid-task leaves it in Redis's unacked set, restored after the visibility timeout;
+- a pool child killed mid-task (OOM, SIGKILL) re-sends its task, at most `max_retries` times;
+- soft < hard time limit < visibility timeout, so a slow task is never handed out twice;
+- the API's sweep re-sends tasks whose heartbeat went stale, which also covers a broker that
+  lost its messages (a Redis restart without persistence, the embedded filesystem broker).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from store.settings import Settings
+
+PROCESS_TASK = "amseg.process_task"
+
+
+def celery_config(settings: Settings) -> dict:
+    """Celery settings for the API (publisher) and the workers alike."""
+    config: dict = {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": settings.task_queue,
+        "task_queues": [Queue(settings.task_queue)],
+        "task_create_missing_queues": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        # Status lives in the task table; Celery results would be a second, weaker copy.
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_retry_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "task_time_limit": settings.task_time_limit_s,
+        # A torch worker's memory grows with fragmentation; recycle the child now and then.
+        "worker_max_tasks_per_child": 200,
+        # Tasks are redelivered after a lost connection anyway; stop them instead of finishing
+        # them twice.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_hijack_root_logger": False,
+        "broker_publish_retry": True,
+        "broker_publish_retry_policy": {
+            "max_retries": 3,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 2.0,
+        },
+    }
+    if settings.redis_url:
+        transport = {
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+            "retry_on_timeout": True,
+            "health_check_interval": 25,
+        }
+        config["broker_transport_options"] = transport
+        config["result_backend_transport_options"] = transport
+        # Celery reads the visibility timeout in three places (celery/celery#7651).
+        config["visibility_timeout"] = settings.broker_visibility_timeout_s
+    else:
+        # Embedded mode: messages are files under data_dir. No broadcast is needed (remote
+        # control and events use fanout exchanges), so turn it off.
+        folder = str(settings.broker_dir / "messages")
+        config["broker_transport_options"] = {
+            "data_folder_in": folder,
+            "data_folder_out": folder,
+            "control_folder": str(settings.broker_dir / "control"),
+            "store_processed": False,
+            "polling_interval": 0.25,
+        }
+        config["worker_enable_remote_control"] = False
+        config["worker_send_task_events"] = False
+    return config
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A Celery app configured from `settings` (embedded filesystem broker without REDIS_URL)."""
+    if not settings.redis_url:
+        for folder in ("messages", "control"):
+            (settings.broker_dir / folder).mkdir(parents=True, exist_ok=True)
+    app = Celery("amseg", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def send_process_task(app: Celery, task_id: str, queue: str) -> None:
+    """Publish the message that asks a worker to process task `task_id`."""
+    app.send_task(PROCESS_TASK, args=[task_id], queue=queue)

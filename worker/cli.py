@@ -1,0 +1,55 @@
+"""`amseg worker`: run a Celery worker that processes uploaded images."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Attach `amseg worker` to the amseg command line (entry point group amseg.commands)."""
+    app.command("worker")(worker)
+
+
+def worker(
+    queues: str | None = typer.Option(
+        None,
+        "--queues",
+        "-Q",
+        help="Comma-separated queues to consume (default: TASK_QUEUE, i.e. cpu). A GPU worker "
+        "usually takes gpu,cpu.",
+    ),
+    concurrency: int = typer.Option(
+        1,
+        "--concurrency",
+        "-c",
+        min=1,
+        help="Tasks at once. Each runs the network on every core, so 1 is best on a CPU.",
+    ),
+    pool: str = typer.Option(
+        "prefork",
+        "--pool",
+        "-P",
+        help="prefork (time limits enforced, a crashed task cannot take the worker down) or "
+        "solo (one process; for GPUs that must not fork, but without hard time limits).",
+    ),
+    loglevel: str = typer.Option("info", "--loglevel", "-l", help="debug, info, warning, error."),
+) -> None:
+    """Process queued tasks with the settings from the environment (DATABASE_URL, REDIS_URL,
+    S3_BUCKET, ...; see README). Stop with Ctrl-C: the running task is finished or handed
+    back to the queue."""
+    from store.settings import get_settings
+    from worker.tasks import app as celery_app
+
+    settings = get_settings()
+    argv = [
+        "worker",
+        f"--queues={queues or settings.task_queue}",
+        f"--concurrency={concurrency}",
+        f"--pool={pool}",
+        f"--loglevel={loglevel.upper()}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if not settings.redis_url:  # the filesystem broker has no broadcast for heartbeats
+        argv.append("--without-heartbeat")
+    celery_app.worker_main(argv)

@@ -1,0 +1,111 @@
+"""The Celery task and the per-process resources of a worker.
+
+Start a worker with `amseg worker` (or `celery -A worker.tasks worker`). Database engines,
+the blob client and the network are created in each pool process after the fork: pooled
+connections and CUDA contexts must not cross a fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from celery import Task as CeleryTask
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+from sqlalchemy.exc import OperationalError
+
+from store.blobs import create_blob_store
+from store.database import create_db_engine, create_session_factory
+from store.settings import Settings, get_settings
+from store.tasks import fail_task, release_task
+from worker.celery_app import PROCESS_TASK, create_celery
+from worker.processing import WorkerContext, fail_with_error, process_task
+
+log = logging.getLogger(__name__)
+
+# Transient infrastructure errors worth another try with backoff; anything else is final.
+RETRY_BACKOFF_MAX_S = 60
+
+app = create_celery(get_settings())
+
+_context: WorkerContext | None = None
+_context_pid: int | None = None
+_context_lock = threading.Lock()
+
+
+def build_context(settings: Settings) -> WorkerContext:
+    """Everything one worker process needs, created fresh in that process."""
+    from model.inference import get_segmenter
+
+    engine = create_db_engine(settings.database_url)
+
+    def load_segmenter(name: str | None):
+        return get_segmenter(settings.model_dir_for(name), device=settings.worker_device)
+
+    return WorkerContext(
+        settings=settings,
+        sessions=create_session_factory(engine),
+        blobs=create_blob_store(settings),
+        load_segmenter=load_segmenter,
+    )
+
+
+def worker_context() -> WorkerContext:
+    """This process's context; rebuilt after a fork, so a child never uses its parent's."""
+    global _context, _context_pid
+    with _context_lock:
+        if _context is None or _context_pid != os.getpid():
+            _context = build_context(get_settings())
+            _context_pid = os.getpid()
+        return _context
+
+
+@worker_process_init.connect
+def _load_after_fork(**_: object) -> None:
+    """Open connections and load the default network as soon as a pool child starts."""
+    context = worker_context()
+    try:
+        context.load_segmenter(None)
+    except Exception:  # the task will report it; a worker must still start
+        log.exception("could not preload the default model")
+
+
+@app.task(
+    name=PROCESS_TASK,
+    bind=True,
+    # Also the bound for re-sends after a killed pool child (task_retry_on_worker_lost).
+    max_retries=get_settings().task_max_attempts,
+    default_retry_delay=2,
+)
+def process(self: CeleryTask, task_id: str) -> str:
+    """Process task `task_id` (a UUID string); returns what happened, for the worker log."""
+    context = worker_context()
+    try:
+        outcome = process_task(context, task_id)
+    except SoftTimeLimitExceeded:
+        with context.sessions() as session:
+            fail_task(
+                session,
+                task_id,
+                error=(
+                    f"the task ran longer than {context.settings.task_soft_time_limit_s} s "
+                    "(TASK_SOFT_TIME_LIMIT_S) and was stopped"
+                ),
+            )
+        return "failed: time limit"
+    except (OperationalError, OSError, ConnectionError) as error:
+        # Database or storage trouble: give the task back and try again later.
+        log.warning("task %s hit %s; retrying", task_id, error)
+        try:
+            with context.sessions() as session:
+                release_task(session, task_id)
+        except Exception:
+            log.exception("could not release task %s; the sweep will", task_id)
+        if self.request.retries >= self.max_retries:
+            fail_with_error(context, task_id, error)
+            raise
+        countdown = min(2 ** (self.request.retries + 1), RETRY_BACKOFF_MAX_S)
+        raise self.retry(exc=error, countdown=countdown) from error
+    return f"{outcome.action} {outcome.detail}".strip()
