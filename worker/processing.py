@@ -21,7 +21,7 @@ from uuid import UUID
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from model.errors import AmsegError
+from model.errors import AmsegError, ImageInputError
 from model.imageio import read_image, write_png
 from model.pipeline import SegmentOptions
 from store.blobs import BlobNotFoundError, BlobStore, TaskBlob, task_blob_key, task_prefix
@@ -152,7 +152,10 @@ def _run(
         with input_path.open("wb") as handle:
             for chunk in context.blobs.iter_chunks(input_key):
                 handle.write(chunk)
-        image = read_image(input_path, max_pixels=context.settings.max_pixels)
+        try:
+            image = read_image(input_path, max_pixels=context.settings.max_pixels)
+        except ImageInputError as error:  # name the upload, not our scratch file
+            raise ImageInputError(str(error).replace(str(input_path), "the uploaded image"))
         progress(PROGRESS_LOADED, "segmenting")
 
         options = SegmentOptions(

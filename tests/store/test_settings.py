@@ -11,6 +11,8 @@ SETTINGS_VARIABLES = [
     "DATA_DIR", "DATABASE_URL", "REDIS_URL", "S3_BUCKET", "S3_ENDPOINT_URL",
     "S3_PUBLIC_ENDPOINT_URL", "S3_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
     "MAX_UPLOAD_BYTES", "MAX_PIXELS", "API_KEYS", "TASK_STALE_AFTER_S", "TASK_MAX_ATTEMPTS",
+    "EMBEDDED", "TASK_QUEUE", "TASK_SOFT_TIME_LIMIT_S", "TASK_TIME_LIMIT_S",
+    "BROKER_VISIBILITY_TIMEOUT_S", "MODELS_DIR", "SWEEP_INTERVAL_S", "WORKER_DEVICE",
 ]  # fmt: skip
 GOOD_KEY = "k" * 32
 
@@ -99,3 +101,40 @@ def test_get_settings_is_read_once() -> None:
         assert get_settings() is get_settings()
     finally:
         get_settings.cache_clear()
+
+
+def test_embedded_mode_ignores_server_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db/amseg")
+    monkeypatch.setenv("REDIS_URL", "redis://cache:6379/0")
+    monkeypatch.setenv("S3_BUCKET", "slides")
+    monkeypatch.setenv("EMBEDDED", "1")
+    monkeypatch.setenv("DATA_DIR", "/srv/amseg")
+
+    settings = Settings(_env_file=None)
+
+    assert settings.database_url == "sqlite:////srv/amseg/amseg.sqlite3"
+    assert settings.broker_url == "filesystem://"
+    assert not settings.uses_s3
+
+
+def test_time_limits_must_nest_inside_the_visibility_timeout() -> None:
+    with pytest.raises(ValidationError, match="TASK_TIME_LIMIT_S"):
+        Settings(_env_file=None, task_soft_time_limit_s=100, task_time_limit_s=100)
+    with pytest.raises(ValidationError, match="BROKER_VISIBILITY_TIMEOUT_S"):
+        Settings(_env_file=None, task_time_limit_s=8000, broker_visibility_timeout_s=7200)
+
+
+def test_named_models_resolve_only_inside_models_dir(tmp_path: Path) -> None:
+    (tmp_path / "dan").mkdir()
+    (tmp_path / "dan" / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "empty").mkdir()
+    settings = Settings(_env_file=None, models_dir=tmp_path)
+
+    assert settings.model_dir_for(None) is None
+    assert settings.model_dir_for("default") is None
+    assert settings.model_dir_for("dan") == tmp_path / "dan"
+    for bad in ("empty", "missing", "../dan", "/etc", ".hidden"):
+        with pytest.raises(ValueError, match="known models: default, dan"):
+            settings.model_dir_for(bad)
+    with pytest.raises(ValueError, match="unknown model"):
+        Settings(_env_file=None).model_dir_for("dan")

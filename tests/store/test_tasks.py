@@ -24,7 +24,9 @@ from store.tasks import (
     finish_task,
     get_task,
     list_tasks,
+    mark_dispatched,
     mark_running,
+    release_task,
     report_progress,
     request_cancel,
 )
@@ -368,3 +370,28 @@ def test_task_parameters_refuse_nonsense() -> None:
     with pytest.raises(ValueError):
         TaskParameters(rows=300, cols=300)
     assert TaskParameters().rows is None  # segmentation only
+
+
+def test_a_resent_task_is_not_resent_again_within_the_stale_period(session: Session) -> None:
+    queued = new_task(session)
+    set_columns(session, queued, created_at=long_ago())
+    sweep = {"stale_after_s": STALE_AFTER_S, "max_attempts": MAX_ATTEMPTS}
+    assert find_tasks_to_redispatch(session, **sweep) == [queued.id]
+    assert mark_dispatched(session, queued.id)
+    assert find_tasks_to_redispatch(session, **sweep) == []
+    set_columns(session, queued, dispatched_at=long_ago())
+    assert find_tasks_to_redispatch(session, **sweep) == [queued.id]
+    assert not mark_dispatched(session, uuid.uuid4())
+
+
+def test_release_hands_a_running_task_back_with_its_attempt_counted(session: Session) -> None:
+    task = new_task(session)
+    assert claim(session, task)
+    assert release_task(session, task.id)
+    released = get_task(session, task.id)
+    assert released.status == TaskStatus.QUEUED
+    assert released.attempts == 1
+    assert released.heartbeat_at is None
+    assert not release_task(session, task.id)  # only RUNNING tasks are released
+    assert claim(session, task)
+    assert get_task(session, task.id).attempts == 2

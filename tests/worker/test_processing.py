@@ -1,0 +1,151 @@
+"""`process_task` in this process, on SQLite and a local blob store, with the shipped model."""
+
+import threading
+import time
+from pathlib import Path
+from uuid import UUID
+
+import numpy as np
+import pytest
+from sqlalchemy import update
+
+from model.imageio import read_image
+from model.inference import get_segmenter
+from model.metrics import mark_id_accuracy
+from model.synth import fit_grid_inside, generate_slide, random_spec
+from store.blobs import LocalBlobStore, TaskBlob, task_blob_key
+from store.database import create_db_engine, create_session_factory, upgrade_database
+from store.settings import Settings
+from store.tasks import (
+    CANCELLED_ERROR,
+    Task,
+    TaskParameters,
+    TaskStatus,
+    create_task,
+    get_task,
+    request_cancel,
+)
+from tests.service_stack import png_bytes
+from worker.processing import WorkerContext, process_task
+
+
+@pytest.fixture
+def context(tmp_path: Path) -> WorkerContext:
+    settings = Settings(data_dir=tmp_path, task_stale_after_s=2.0, task_max_attempts=2)
+    upgrade_database(settings.database_url)
+    return WorkerContext(
+        settings=settings,
+        sessions=create_session_factory(create_db_engine(settings.database_url)),
+        blobs=LocalBlobStore(settings.blob_dir),
+        load_segmenter=lambda name: get_segmenter(settings.model_dir_for(name)),
+    )
+
+
+def queue(context: WorkerContext, data: bytes, **parameters) -> str:
+    """What the API does: store the input, then commit a QUEUED row."""
+    with context.sessions() as session:
+        task, _ = create_task(
+            session,
+            parameters=TaskParameters(**parameters),
+            input_content_type="image/png",
+            input_size=len(data),
+            image_width=1,
+            image_height=1,
+        )
+        task_id = task.id
+    context.blobs.put_bytes(task_blob_key(task_id, TaskBlob.INPUT), data)
+    return str(task_id)
+
+
+def state(context: WorkerContext, task_id: str):
+    with context.sessions() as session:
+        return get_task(session, task_id)
+
+
+def test_grid_slide_is_segmented_registered_and_stored(context: WorkerContext) -> None:
+    spec = fit_grid_inside(
+        random_spec(77, height=640, width=640, rows=8, cols=9, mark_size=26, bit_depth=8)
+    )
+    slide = generate_slide(spec, 77)
+    task_id = queue(context, png_bytes(slide.image), rows=8, cols=9)
+
+    outcome = process_task(context, task_id)
+
+    assert outcome.action == "finished"
+    task = state(context, task_id)
+    assert task.status == TaskStatus.FINISHED and task.progress == 1.0
+    expected = {blob.value for blob in TaskBlob if blob is not TaskBlob.INPUT}
+    assert set(task.result_keys) == expected
+    for name, key in task.result_keys.items():
+        assert key == f"tasks/{task_id}/{name}"
+        assert context.blobs.exists(key)
+    labels = read_image(context.blobs.path_for(task.result_keys["labels.png"]))
+    assert mark_id_accuracy(labels, slide.labels) >= 0.95
+
+
+def test_finished_task_is_not_run_again(context: WorkerContext) -> None:
+    task_id = queue(context, png_bytes(np.zeros((64, 64), np.uint8)))
+    assert process_task(context, task_id).action == "finished"
+    again = process_task(context, task_id)
+    assert (again.action, again.detail) == ("skipped", "FINISHED")
+    assert state(context, task_id).attempts == 1
+
+
+def test_two_deliveries_at_once_run_the_task_once(context: WorkerContext) -> None:
+    task_id = queue(context, png_bytes(np.zeros((300, 300), np.uint8)))
+    outcomes = []
+    threads = [
+        threading.Thread(target=lambda: outcomes.append(process_task(context, task_id)))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcome.action for outcome in outcomes) == ["finished", "skipped"]
+    assert state(context, task_id).attempts == 1
+
+
+def test_unreadable_input_fails_with_a_message_for_the_user(context: WorkerContext) -> None:
+    task_id = queue(context, b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    outcome = process_task(context, task_id)
+    task = state(context, task_id)
+    assert outcome.action == "failed" and task.status == TaskStatus.FAILED
+    assert task.error.startswith("the uploaded image")
+    assert "amseg-task-" not in task.error  # no scratch paths
+    assert context.blobs.exists(task.input_key)  # the input is kept
+
+
+def test_missing_input_fails(context: WorkerContext) -> None:
+    task_id = queue(context, png_bytes(np.zeros((8, 8), np.uint8)))
+    context.blobs.delete_prefix(f"tasks/{task_id}/")
+    process_task(context, task_id)
+    assert "missing" in state(context, task_id).error
+
+
+def test_cancel_while_running_stops_and_fails_the_task(context: WorkerContext) -> None:
+    big = np.random.default_rng(0).integers(0, 256, (3072, 3072), dtype=np.uint8)
+    task_id = queue(context, png_bytes(big))
+    outcomes = []
+    worker = threading.Thread(target=lambda: outcomes.append(process_task(context, task_id)))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while state(context, task_id).stage != "segmenting":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    with context.sessions() as session:
+        assert request_cancel(session, task_id)
+    worker.join(timeout=120)
+    assert outcomes[0].action == "stopped"
+    task = state(context, task_id)
+    assert task.status == TaskStatus.FAILED and task.error == CANCELLED_ERROR
+    assert not context.blobs.exists(task_blob_key(task_id, TaskBlob.MASK))
+
+
+def test_task_out_of_attempts_is_skipped(context: WorkerContext) -> None:
+    task_id = queue(context, png_bytes(np.zeros((8, 8), np.uint8)))
+    with context.sessions() as session:
+        session.execute(update(Task).where(Task.id == UUID(task_id)).values(attempts=2))
+        session.commit()
+    assert process_task(context, task_id).action == "skipped"
+    assert state(context, task_id).status == TaskStatus.QUEUED
