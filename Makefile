@@ -1,12 +1,13 @@
-# Two entry points for a fresh machine: `make run` (the main job on embedded defaults) and
-# `make test` (lint + the whole test suite). Both create the virtual environment .venv first.
+# Two entry points for a fresh machine: `make run` (the service on embedded defaults: API and
+# worker on http://127.0.0.1:8000, data in ./amseg-data) and `make test` (lint + the whole test
+# suite, after making sure redis-server and PostgreSQL are here). Both create .venv first.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint format venv clean
+.PHONY: run demo test test-services lint format venv clean
 
 venv: $(STAMP)
 
@@ -22,7 +23,13 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
+	$(BIN)/amseg up
+
+demo: $(STAMP)
 	$(BIN)/amseg demo
+
+test-services:
+	@scripts/ensure-test-services.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -32,8 +39,8 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: $(STAMP) lint
-	$(BIN)/python -m pytest
+test: $(STAMP) lint test-services
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis demo

@@ -155,7 +155,8 @@ def _run(
         try:
             image = read_image(input_path, max_pixels=context.settings.max_pixels)
         except ImageInputError as error:  # name the upload, not our scratch file
-            raise ImageInputError(str(error).replace(str(input_path), "the uploaded image"))
+            message = str(error).replace(str(input_path), "the uploaded image")
+            raise type(error)(message) from None
         progress(PROGRESS_LOADED, "segmenting")
 
         options = SegmentOptions(

@@ -21,9 +21,7 @@ def compose() -> dict:
 
 def test_compose_has_the_services_of_the_system(compose: dict) -> None:
     services = compose["services"]
-    assert {"api", "worker", "worker-gpu", "redis", "postgres", "minio", "migrate"} <= set(
-        services
-    )
+    assert {"api", "worker", "worker-gpu", "redis", "postgres", "minio", "migrate"} <= set(services)
     assert services["worker-gpu"]["profiles"] == ["gpu"]
     for name in ("worker", "api"):
         assert "profiles" not in services[name]
