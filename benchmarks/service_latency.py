@@ -16,6 +16,7 @@ Needs wrk (apt-get install wrk) and redis-server.
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import shutil
 import subprocess
@@ -95,6 +96,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request log lines
     work = Path(tempfile.mkdtemp(prefix="amseg-bench-"))
     redis = RedisServer(work / "redis")
     redis.start()

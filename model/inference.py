@@ -686,20 +686,36 @@ def predict_image(
     if isinstance(runtime, Runtime) and runtime.batch_size > options.batch_size:
         # A GPU segmenter wants more tiles per call than the CPU default hands it.
         options = dataclasses.replace(options, batch_size=runtime.batch_size)
+    if on_tiles_planned is not None:
+        on_tiles_planned(count_tiles(gray.shape, options, scale))
+    small = downsample(gray, scale)
+    if small is gray:
+        return segment_image(gray, segmenter, options, on_progress=on_progress)
+    coarse = segment_image(small, segmenter, options, on_progress=on_progress)
+    return upsample_segmentation(coarse, gray.shape, options.min_mark_area)
+
+
+def downsample(gray: np.ndarray, scale: float) -> np.ndarray:
+    """`gray` area-resampled by `scale`; the same array when that keeps its size."""
     height, width = gray.shape
     small_height, small_width = scaled_shape(height, width, scale)
-    if on_tiles_planned is not None:
-        on_tiles_planned(count_tiles((height, width), options, scale))
     if (small_height, small_width) == (height, width):
-        return segment_image(gray, segmenter, options, on_progress=on_progress)
+        return gray
+    return _resize(gray, small_width, small_height, cv2.INTER_AREA)
 
-    small = _resize(gray, small_width, small_height, cv2.INTER_AREA)
-    coarse = segment_image(small, segmenter, options, on_progress=on_progress)
+
+def upsample_segmentation(
+    coarse: Segmentation, shape: tuple[int, int], min_mark_area: int
+) -> Segmentation:
+    """A segmentation of a downsampled image brought back to `shape`: probabilities are
+    linearly upsampled, then thresholded at full resolution (smoother edges than upsampling
+    the mask). `grid` and `window` keep describing the downsampled image."""
+    height, width = shape
     probabilities = cv2.resize(
         coarse.probabilities, (width, height), interpolation=cv2.INTER_LINEAR
     )
     np.clip(probabilities, 0.0, 1.0, out=probabilities)
-    mask = remove_small_components(probabilities > coarse.threshold, options.min_mark_area)
+    mask = remove_small_components(probabilities > coarse.threshold, min_mark_area)
     return dataclasses.replace(coarse, probabilities=probabilities, mask=mask)
 
 

@@ -49,6 +49,9 @@ class SegmentOptions:
     threshold: float | None = None  # None: the segmenter's own threshold
     batch_size: int = 8
     min_mark_area: int = 12  # connected components smaller than this (px) are noise
+    # Resampling before the network in `process_group`: 1.0 = full resolution, None = from
+    # the grid pitch (model.inference.auto_scale: only large marks are shrunk).
+    scale: float | None = 1.0
 
 
 @dataclass
@@ -174,8 +177,13 @@ def process_group(
     )
 
     stage("segment")
+    # Imported here: model.inference builds on this module.
+    from model.inference import downsample, resolve_scale, upsample_segmentation
+
+    scale = resolve_scale(gray, options.scale)
+    work = downsample(gray, scale)  # tiles are cut from the image the network sees
     tiles_dir = _fresh_dir(layout.tiles_dir(group))
-    tile_plan = plan_tiles(gray.shape[0], gray.shape[1], options.tile_size, options.overlap)
+    tile_plan = plan_tiles(work.shape[0], work.shape[1], options.tile_size, options.overlap)
     if on_tiles_planned is not None:
         on_tiles_planned(len(tile_plan))
     threshold = segmenter.threshold if options.threshold is None else options.threshold
@@ -189,7 +197,7 @@ def process_group(
             pending.append(writer.submit(write_png, tiles_dir / "mask" / name, tile_mask))
 
         segmentation = segment_image(
-            gray,
+            work,
             segmenter,
             options,
             on_progress=on_progress,
@@ -197,8 +205,11 @@ def process_group(
         )
         for future in pending:
             future.result()  # re-raise a failed write here
+    if work is not gray:
+        segmentation = upsample_segmentation(segmentation, gray.shape, options.min_mark_area)
     meta = segmentation.grid.to_dict() | {
         "orig_image": {"h": gray.shape[0], "w": gray.shape[1]},
+        "scale": scale,  # the tiles are of the image resampled by this factor
         "segmenter": segmenter.name,
         "threshold": segmentation.threshold,
         "options": asdict(options),

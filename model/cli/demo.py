@@ -41,7 +41,12 @@ def demo(
     layout = DatasetLayout(out)
     segmenter = load_segmenter("auto")
     reports = run_groups(
-        layout, [group], segmenter, SegmentOptions(), GridSpec(rows, cols), write_tiles=True
+        layout,
+        [group],
+        segmenter,
+        SegmentOptions(scale=None),
+        GridSpec(rows, cols),
+        write_tiles=True,
     )
     if not reports[0].ok:
         raise typer.Exit(1)

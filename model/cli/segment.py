@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import typer
@@ -70,6 +71,14 @@ def segment(
     no_tiles: bool = typer.Option(
         False, "--no-tiles", help="Do not write the per-tile PNGs under tiles/<group>/."
     ),
+    scale: float | None = typer.Option(
+        None,
+        "--scale",
+        min=0.05,
+        max=1.0,
+        help="Resample by this factor before the network (1 = full resolution; default: from "
+        "the grid pitch for the model, shrinking only large marks; 1 for classical).",
+    ),
 ) -> None:
     """Segment and register every group of a dataset.
 
@@ -104,6 +113,9 @@ def segment(
         high_percentile=high,
     )
     segmenter = load_segmenter(segmenter_name, model_dir)
+    if scale is None and segmenter.name == "classical":
+        scale = 1.0  # the threshold baseline works at any mark size
+    options = dataclasses.replace(options, scale=scale)
     reports = run_groups(layout, selected, segmenter, options, grid, write_tiles=not no_tiles)
     failed = [r for r in reports if not r.ok]
     if failed:

@@ -104,3 +104,22 @@ def test_dataset_errors_are_clear(tmp_path):
     (layout.root / "source" / "g3").mkdir()
     with pytest.raises(DatasetError, match="no TIFF, PNG or JPEG"):
         layout.source_image("g3")
+
+
+def test_process_group_can_segment_a_resampled_image(tmp_path):
+    image, labels = disc_grid_scene(rows=4, cols=5)
+    layout = _dataset(tmp_path, image)
+    options = SegmentOptions(tile_size=128, overlap=32, scale=0.5)
+
+    report = process_group(layout, "g1", ClassicalSegmenter(), options, GridSpec(4, 5))
+
+    meta = json.loads((layout.tiles_dir("g1") / "meta.json").read_text())
+    assert meta["scale"] == 0.5
+    assert meta["orig_image"] == {"h": image.shape[0], "w": image.shape[1]}
+    first_tile = read_image(layout.tiles_dir("g1") / "source" / "0000.png")
+    assert first_tile.shape == (128, 128)
+    mask = read_image(report.outputs["mask"])
+    assert mask.shape == image.shape  # back at full resolution
+    assert dice(mask > 0, labels > 0) > 0.8
+    ids = read_image(layout.am_coords_dir("g1") / "am_coordinates.png")
+    assert mark_id_accuracy(ids, labels) == 1.0
