@@ -5,7 +5,7 @@
 Starts the production-shaped stack the tests use (uvicorn with the API, Celery workers, a
 redis-server of its own, moto's S3 over HTTP, a fresh database on the local PostgreSQL) and
 measures:
-  1. GET /tasks/{id}: p50/p99 latency and requests/s, wrk with 16 connections;
+  1. GET /tasks/{id}: p50/p99 latency and requests/s, wrk with 1 and with 16 connections;
   2. POST /tasks with a 5 MB PNG: p50/p99 latency, wrk with 4 connections (no worker running,
      so only the API is measured: receive, sniff, decode check, store, insert, publish);
   3. tasks per minute of one CPU worker on 2048x2048 synthetic slides with a 40x40 grid
@@ -71,7 +71,16 @@ def parse_wrk(output: str) -> dict:
 
 
 def wrk(url: str, *, connections: int, duration: int, script: Path | None = None) -> dict:
-    command = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "30s"]
+    threads = min(2, connections)  # wrk needs a connection per thread
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--latency",
+        "--timeout",
+        "30s",
+    ]
     if script is not None:
         command += ["-s", str(script)]
     output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
@@ -126,12 +135,13 @@ def main() -> None:
                 "/tasks", content=five_mb, headers={"Content-Type": "image/png"}
             ).json()["id"]
 
-        get = wrk(f"{base}/tasks/{task_id}", connections=16, duration=args.duration)
-        print(
-            f"GET /tasks/{{id}}, 16 connections: p50 {get['p50_ms']:.1f} ms, p99 "
-            f"{get['p99_ms']:.1f} ms, {get['requests_per_s']:.0f} req/s "
-            f"({get['requests']} requests, {get['non_2xx']} non-2xx)"
-        )
+        for connections in (1, 16):
+            get = wrk(f"{base}/tasks/{task_id}", connections=connections, duration=args.duration)
+            print(
+                f"GET /tasks/{{id}}, {connections} connection(s): p50 {get['p50_ms']:.1f} ms, "
+                f"p99 {get['p99_ms']:.1f} ms, {get['requests_per_s']:.0f} req/s "
+                f"({get['requests']} requests, {get['non_2xx']} non-2xx)"
+            )
         script = work / "post.lua"
         script.write_text(POST_SCRIPT.format(path=upload))
         post = wrk(f"{base}/tasks", connections=4, duration=args.duration, script=script)
