@@ -1,8 +1,8 @@
 """Errors as RFC 9457 problem details (`application/problem+json`), for every route.
 
-Handlers cover our own `Problem`, Starlette/FastAPI HTTP errors (404 for unknown paths, 405,
-413 from the body limit), request validation (422) and, last, any unexpected error (500,
-logged with its traceback, never shown to the client).
+Handlers cover our own `Problem`, Starlette/FastAPI HTTP errors (404 for unknown paths, 405),
+request validation (422) and, last, any unexpected error (500, logged with its traceback, never
+shown to the client).
 """
 
 from __future__ import annotations
@@ -86,9 +86,6 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no such resource: {request.url.path}"
-    if exc.status_code == 413:
-        limit = request.app.state.settings.max_upload_bytes
-        detail = f"the request body is over the upload limit of {limit} bytes (MAX_UPLOAD_BYTES)"
     return problem_response(request, exc.status_code, detail, headers=exc.headers)
 
 

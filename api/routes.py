@@ -36,6 +36,7 @@ from store.tasks import (
     create_task,
     delete_task,
     get_task,
+    get_task_by_idempotency_key,
     list_tasks,
     request_cancel,
 )
@@ -181,11 +182,10 @@ def _store_and_create(
     svc, received: ReceivedImage, parameters: TaskParameters, idempotency_key: str | None
 ) -> tuple[Task, bool]:
     """Upload the input first, then commit the row: a queued task always has its input."""
-    with svc.sessions() as session:
-        if idempotency_key is not None:
-            from store.tasks import get_task_by_idempotency_key
-
-            if (existing := get_task_by_idempotency_key(session, idempotency_key)) is not None:
+    if idempotency_key is not None:
+        with svc.sessions() as session:
+            existing = get_task_by_idempotency_key(session, idempotency_key)
+            if existing is not None:
                 session.expunge(existing)
                 return existing, False
     task_id = uuid4()
