@@ -29,9 +29,11 @@ def serve(
     workers: int = typer.Option(1, "--workers", min=1, help="API processes."),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
-    """Serve the HTTP API with the settings from the environment (see README). Workers run
-    separately (`amseg worker`). Migrate the database first: `alembic upgrade head`, or let
-    the first API process do it (the default)."""
+    """Serve the HTTP API (settings from the environment; see README).
+
+    Workers run separately (`amseg worker`). The API migrates the database when it starts
+    unless MIGRATE_ON_START=false (then run `alembic upgrade head` once yourself).
+    """
     import uvicorn
 
     uvicorn.run(
@@ -52,9 +54,9 @@ def up(
         Path("amseg-data"), "--data-dir", help="Database, uploads, results and queue live here."
     ),
 ) -> None:
-    """Run the whole service on this machine: the API and one worker, with SQLite, files
-    under --data-dir and a file-based queue. No Docker, Redis or Postgres needed.
+    """Run the service here: API + one worker, nothing to install.
 
+    SQLite, files and a file-based queue live under --data-dir; no Docker, Redis or Postgres.
     Then upload an image: curl -F file=@slide.png 'http://127.0.0.1:8000/tasks?rows=30&cols=30'
     """
     import uvicorn

@@ -34,9 +34,11 @@ def worker(
     ),
     loglevel: str = typer.Option("info", "--loglevel", "-l", help="debug, info, warning, error."),
 ) -> None:
-    """Process queued tasks with the settings from the environment (DATABASE_URL, REDIS_URL,
-    S3_BUCKET, ...; see README). Stop with Ctrl-C: the running task is finished or handed
-    back to the queue."""
+    """Process queued tasks (settings from the environment; see README).
+
+    DATABASE_URL, REDIS_URL, S3_BUCKET and the others must match the API's. Stop with Ctrl-C:
+    the running task is finished, or handed back to the queue.
+    """
     from store.settings import get_settings
     from worker.tasks import app as celery_app
 
