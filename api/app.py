@@ -26,7 +26,7 @@ from api.uploads import BodyLimitMiddleware
 from store.blobs import BlobStore, create_blob_store
 from store.database import create_db_engine, create_session_factory, upgrade_database
 from store.settings import Settings, get_settings
-from worker.celery_app import create_celery, send_process_task
+from worker.celery_app import create_celery, ensure_broker_dirs, send_process_task
 from worker.sweep import sweep_once
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ def build_services(settings: Settings, *, migrate: bool) -> Services:
     if migrate:
         upgrade_database(settings.database_url)
     engine = create_db_engine(settings.database_url)
+    ensure_broker_dirs(settings)
     return Services(
         settings=settings,
         engine=engine,

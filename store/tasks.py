@@ -462,15 +462,20 @@ def release_task(session: Session, task_id: UUID | str) -> bool:
 def fail_abandoned_tasks(
     session: Session, *, stale_after_s: float, max_attempts: int
 ) -> list[UUID]:
-    """Fail RUNNING tasks that went stale on their last allowed attempt (or were cancelled).
+    """Fail RUNNING tasks that went stale on their last allowed attempt (or were cancelled),
+    and QUEUED tasks with no attempt left (handed back after their last one), which nobody
+    could claim any more.
 
     Returns the ids it failed, so the sweep can log them.
     """
     cutoff = utc_now() - timedelta(seconds=stale_after_s)
-    abandoned = and_(
-        Task.status == TaskStatus.RUNNING,
-        Task.heartbeat_at < cutoff,
-        or_(Task.attempts >= max_attempts, Task.cancel_requested.is_(True)),
+    abandoned = or_(
+        and_(
+            Task.status == TaskStatus.RUNNING,
+            Task.heartbeat_at < cutoff,
+            or_(Task.attempts >= max_attempts, Task.cancel_requested.is_(True)),
+        ),
+        and_(Task.status == TaskStatus.QUEUED, Task.attempts >= max_attempts),
     )
     candidates = list(session.scalars(select(Task.id).where(abandoned)))
     failed = [
@@ -485,8 +490,9 @@ def fail_abandoned_tasks(
             error=case(
                 (Task.cancel_requested.is_(True), CANCELLED_ERROR),
                 else_=(
-                    f"The worker stopped responding {max_attempts} times; giving up."
-                    " Submit the image again to retry."
+                    f"The task did not complete in {max_attempts} attempts (its worker stopped"
+                    " responding or lost its database or storage); giving up. Submit the image"
+                    " again to retry."
                 ),
             ),
             finished_at=utc_now(),

@@ -87,11 +87,17 @@ def celery_config(settings: Settings) -> dict:
     return config
 
 
-def create_celery(settings: Settings) -> Celery:
-    """A Celery app configured from `settings` (embedded filesystem broker without REDIS_URL)."""
+def ensure_broker_dirs(settings: Settings) -> None:
+    """Create the embedded broker's folders (no-op with Redis); call before connecting."""
     if not settings.redis_url:
         for folder in ("messages", "control"):
             (settings.broker_dir / folder).mkdir(parents=True, exist_ok=True)
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A Celery app configured from `settings` (embedded filesystem broker without REDIS_URL).
+
+    Creating it connects to nothing and writes nothing."""
     app = Celery("amseg", set_as_current=False)
     app.conf.update(celery_config(settings))
     return app

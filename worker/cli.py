@@ -40,9 +40,11 @@ def worker(
     the running task is finished, or handed back to the queue.
     """
     from store.settings import get_settings
+    from worker.celery_app import ensure_broker_dirs
     from worker.tasks import app as celery_app
 
     settings = get_settings()
+    ensure_broker_dirs(settings)
     argv = [
         "worker",
         f"--queues={queues or settings.task_queue}",

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 
+from botocore.exceptions import BotoCoreError
 from celery import Task as CeleryTask
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
@@ -19,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from store.blobs import create_blob_store
 from store.database import create_db_engine, create_session_factory
 from store.settings import Settings, get_settings
-from store.tasks import fail_task, release_task
+from store.tasks import fail_task, get_task, release_task
 from worker.celery_app import PROCESS_TASK, create_celery
 from worker.processing import WorkerContext, fail_with_error, process_task
 
@@ -95,17 +96,32 @@ def process(self: CeleryTask, task_id: str) -> str:
                 ),
             )
         return "failed: time limit"
-    except (OperationalError, OSError, ConnectionError) as error:
-        # Database or storage trouble: give the task back and try again later.
-        log.warning("task %s hit %s; retrying", task_id, error)
+    except (OperationalError, BotoCoreError, OSError, ConnectionError) as error:
+        # Database or storage trouble: give the task back and try again later, while it has
+        # attempts left (a released task without any could never be claimed again).
         try:
             with context.sessions() as session:
-                release_task(session, task_id)
+                task = get_task(session, task_id)
+                attempts_left = task is not None and (
+                    task.attempts < context.settings.task_max_attempts
+                )
+                if attempts_left and self.request.retries < self.max_retries:
+                    release_task(session, task_id)
+                else:
+                    attempts_left = False
         except Exception:
             log.exception("could not release task %s; the sweep will", task_id)
-        if self.request.retries >= self.max_retries:
+            raise error from None
+        if not attempts_left:
             fail_with_error(context, task_id, error)
             raise
+        log.warning("task %s hit %s; retrying", task_id, error)
         countdown = min(2 ** (self.request.retries + 1), RETRY_BACKOFF_MAX_S)
         raise self.retry(exc=error, countdown=countdown) from error
+    except Exception as error:
+        # A bug, not a passing failure: running it again would fail again. Say so at once
+        # instead of letting the sweep retry it until the attempts run out.
+        log.exception("task %s failed unexpectedly", task_id)
+        fail_with_error(context, task_id, error)
+        return f"failed: {type(error).__name__}"
     return f"{outcome.action} {outcome.detail}".strip()

@@ -395,3 +395,14 @@ def test_release_hands_a_running_task_back_with_its_attempt_counted(session: Ses
     assert not release_task(session, task.id)  # only RUNNING tasks are released
     assert claim(session, task)
     assert get_task(session, task.id).attempts == 2
+
+
+def test_a_queued_task_without_attempts_left_is_failed_by_the_sweep(session: Session) -> None:
+    task = new_task(session)
+    set_columns(session, task, attempts=MAX_ATTEMPTS)  # handed back after its last attempt
+    assert fail_abandoned_tasks(
+        session, stale_after_s=STALE_AFTER_S, max_attempts=MAX_ATTEMPTS
+    ) == [task.id]
+    failed = get_task(session, task.id)
+    assert failed.status == TaskStatus.FAILED
+    assert f"{MAX_ATTEMPTS} attempts" in failed.error

@@ -1,0 +1,80 @@
+"""The Celery task around `process_task`: unexpected errors fail the task at once with a
+message; passing infrastructure errors are retried, then fail (run eagerly here)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from store.blobs import LocalBlobStore, TaskBlob, task_blob_key
+from store.database import create_db_engine, create_session_factory, upgrade_database
+from store.settings import Settings
+from store.tasks import TaskParameters, TaskStatus, create_task, get_task
+from tests.service_stack import png_bytes
+from worker import tasks
+from worker.processing import WorkerContext
+
+
+def context_whose_model_raises(tmp_path: Path, error: Exception) -> WorkerContext:
+    settings = Settings(data_dir=tmp_path, task_max_attempts=2)
+    upgrade_database(settings.database_url)
+
+    def load_segmenter(name: str | None):
+        raise error
+
+    return WorkerContext(
+        settings=settings,
+        sessions=create_session_factory(create_db_engine(settings.database_url)),
+        blobs=LocalBlobStore(settings.blob_dir),
+        load_segmenter=load_segmenter,
+    )
+
+
+def queued_task(context: WorkerContext) -> str:
+    data = png_bytes(np.zeros((16, 16), np.uint8))
+    with context.sessions() as session:
+        task, _ = create_task(
+            session,
+            parameters=TaskParameters(),
+            input_content_type="image/png",
+            input_size=len(data),
+            image_width=16,
+            image_height=16,
+        )
+    context.blobs.put_bytes(task_blob_key(task.id, TaskBlob.INPUT), data)
+    return str(task.id)
+
+
+def test_a_bug_fails_the_task_at_once_with_its_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context = context_whose_model_raises(tmp_path, RuntimeError("boom"))
+    monkeypatch.setattr(tasks, "worker_context", lambda: context)
+    task_id = queued_task(context)
+
+    result = tasks.process.apply(args=[task_id]).get()
+
+    assert result == "failed: RuntimeError"
+    with context.sessions() as session:
+        task = get_task(session, task_id)
+    assert task.status == TaskStatus.FAILED
+    assert task.error == "internal error: RuntimeError: boom"
+    assert task.attempts == 1
+
+
+def test_storage_trouble_is_retried_then_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context = context_whose_model_raises(tmp_path, OSError("disk unplugged"))
+    monkeypatch.setattr(tasks, "worker_context", lambda: context)
+    task_id = queued_task(context)
+
+    result = tasks.process.apply(args=[task_id])
+
+    assert isinstance(result.result, OSError)  # the last try gave up and re-raised
+
+    with context.sessions() as session:
+        task = get_task(session, task_id)
+    assert task.status == TaskStatus.FAILED
+    assert "disk unplugged" in task.error
+    assert task.attempts == 2  # released and claimed again until the attempts ran out
