@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import boto3
 import httpx
 import numpy as np
 from PIL import Image
@@ -102,6 +103,20 @@ class ServiceStack:
         if self.api is not None and self.api.poll() is None:
             os.killpg(self.api.pid, signal.SIGTERM)
             self.api.wait(timeout=20)
+
+    def s3_keys(self, prefix: str = "tasks/") -> list[str]:
+        """The keys in this stack's bucket under `prefix`, read straight from S3."""
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=self.env["S3_ENDPOINT_URL"],
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+        pages = s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.env["S3_BUCKET"], Prefix=prefix
+        )
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=60, **kwargs)

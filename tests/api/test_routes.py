@@ -6,7 +6,6 @@ import sys
 import time
 from collections.abc import Iterator
 
-import boto3
 import httpx
 import numpy as np
 import pytest
@@ -44,20 +43,6 @@ def client(idle_stack: ServiceStack) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def working_stack(make_stack) -> ServiceStack:
     return make_stack(workers=1)
-
-
-def s3_keys(stack: ServiceStack, prefix: str = "tasks/") -> list[str]:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=stack.env["S3_ENDPOINT_URL"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
-    pages = s3.get_paginator("list_objects_v2").paginate(
-        Bucket=stack.env["S3_BUCKET"], Prefix=prefix
-    )
-    return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
 def test_api_key_is_required_except_for_health_and_docs(idle_stack: ServiceStack) -> None:
@@ -103,10 +88,10 @@ def test_delete_queued_task_removes_row_and_blobs(
     idle_stack: ServiceStack, client: httpx.Client
 ) -> None:
     task_id = submit(client, image(11))
-    assert s3_keys(idle_stack, f"tasks/{task_id}/") == [f"tasks/{task_id}/input"]
+    assert idle_stack.s3_keys(f"tasks/{task_id}/") == [f"tasks/{task_id}/input"]
     assert client.delete(f"/tasks/{task_id}").status_code == 204
     assert client.get(f"/tasks/{task_id}").status_code == 404
-    assert s3_keys(idle_stack, f"tasks/{task_id}/") == []
+    assert idle_stack.s3_keys(f"tasks/{task_id}/") == []
     assert client.delete(f"/tasks/{task_id}").status_code == 404
 
 
@@ -151,7 +136,7 @@ def test_delete_running_task_stops_its_worker(working_stack: ServiceStack) -> No
         # The worker is free again and nothing of the task is left in storage.
         follow_up = submit(client, image(14))
         assert working_stack.wait_until_over(client, follow_up)["status"] == "FINISHED"
-    assert s3_keys(working_stack, f"tasks/{task_id}/") == []
+    assert working_stack.s3_keys(f"tasks/{task_id}/") == []
 
 
 def test_grid_that_cannot_be_registered_fails_with_a_message(

@@ -5,7 +5,6 @@ import struct
 import zlib
 from collections.abc import Iterator
 
-import boto3
 import httpx
 import numpy as np
 import pytest
@@ -231,13 +230,4 @@ def test_rejected_uploads_leave_nothing_queued_or_stored(
 
 
 def _stored_task_ids(stack: ServiceStack) -> set[str]:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=stack.env["S3_ENDPOINT_URL"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=stack.env["S3_BUCKET"])
-    keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
-    return {key.split("/")[1] for key in keys if key.startswith("tasks/")}
+    return {key.split("/")[1] for key in stack.s3_keys("tasks/")}
