@@ -45,12 +45,19 @@ def queued_task(context: WorkerContext) -> str:
     return str(task.id)
 
 
+def worker_whose_model_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> tuple[WorkerContext, str]:
+    """The Celery task's context, with a model that raises `error`, and one queued task."""
+    context = context_whose_model_raises(tmp_path, error)
+    monkeypatch.setattr(tasks, "worker_context", lambda: context)
+    return context, queued_task(context)
+
+
 def test_a_bug_fails_the_task_at_once_with_its_message(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    context = context_whose_model_raises(tmp_path, RuntimeError("boom"))
-    monkeypatch.setattr(tasks, "worker_context", lambda: context)
-    task_id = queued_task(context)
+    context, task_id = worker_whose_model_raises(tmp_path, monkeypatch, RuntimeError("boom"))
 
     result = tasks.process.apply(args=[task_id]).get()
 
@@ -65,9 +72,7 @@ def test_a_bug_fails_the_task_at_once_with_its_message(
 def test_storage_trouble_is_retried_then_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    context = context_whose_model_raises(tmp_path, OSError("disk unplugged"))
-    monkeypatch.setattr(tasks, "worker_context", lambda: context)
-    task_id = queued_task(context)
+    context, task_id = worker_whose_model_raises(tmp_path, monkeypatch, OSError("disk unplugged"))
 
     result = tasks.process.apply(args=[task_id])
 
