@@ -6,6 +6,7 @@ model directory (`model.safetensors` + `model_card.json`) that prediction loads 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -84,6 +85,9 @@ class TrainConfig:
     threshold: float = 0.5
     scale_range: tuple[float, float] = (0.5, 2.0)
     augment: bool = True
+    # Exponential moving average of the weights, validated and saved instead of the raw
+    # weights; 0 turns it off. See WeightAverage for the warm-up that keeps short runs sane.
+    ema_decay: float = 0.0
     num_workers: int | None = None  # None: 0 on CPU, up to 4 with CUDA
     threads: int | None = None  # CPU intra-op threads; None: every core (os.cpu_count())
 
@@ -108,6 +112,7 @@ class TrainConfig:
             "threshold",
             "scale_range",
             "augment",
+            "ema_decay",
         ]
         raw = asdict(self)
         return {k: (str(raw[k]) if isinstance(raw[k], Path) else raw[k]) for k in keys}
@@ -588,6 +593,46 @@ def build_network(config: TrainConfig, base: Path | None) -> tuple[torch.nn.Modu
 
 
 # --------------------------------------------------------------------------------------------
+# Weight averaging
+
+
+class WeightAverage:
+    """An exponential moving average of a network's weights and buffers (BatchNorm statistics
+    included), updated after every optimizer step.
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so the average
+    follows the weights closely early on and a short run does not end near its start.
+    """
+
+    def __init__(self, network: torch.nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise AmsegError(f"EMA decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.updates = 0
+        self.network = copy.deepcopy(network).eval()
+        for parameter in self.network.parameters():
+            parameter.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, network: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        live = network.state_dict()
+        for name, average in self.network.state_dict().items():
+            if average.dtype.is_floating_point:
+                average.lerp_(live[name], 1.0 - decay)
+            else:  # e.g. BatchNorm's num_batches_tracked
+                average.copy_(live[name])
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "weights": self.network.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        self.network.load_state_dict(state["weights"])
+
+
+# --------------------------------------------------------------------------------------------
 # Training loop
 
 
@@ -707,6 +752,9 @@ def _train_model(config: TrainConfig, emit: Callable[[TrainEvent], None]) -> Tra
     scheduler = make_scheduler(optimizer, steps_per_epoch * config.epochs, config.warmup_fraction)
     use_amp = device.type == "cuda"  # fp16 autocast pays off only on GPUs
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    average = WeightAverage(network, config.ema_decay) if config.ema_decay > 0 else None
+    # Validated and saved: the averaged weights when averaging, else the trained ones.
+    kept = average.network if average is not None else network
     # Workers would only fight the 2 intra-op threads for the same cores on a small CPU box;
     # with a GPU, a few workers keep it fed.
     workers = config.num_workers
@@ -734,6 +782,8 @@ def _train_model(config: TrainConfig, emit: Callable[[TrainEvent], None]) -> Tra
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if average is not None:
+            average.load_state_dict(state["average"])
         torch.set_rng_state(state["rng"]["torch"])
         history, best = state["history"], state["best"]
         first_epoch = state["epoch"] + 1
@@ -811,6 +861,8 @@ def _train_model(config: TrainConfig, emit: Callable[[TrainEvent], None]) -> Tra
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if average is not None:
+                average.update(network)
             batch_loss = float(loss.detach())
             loss_sum += batch_loss * len(crops)
             seen += len(crops)
@@ -827,7 +879,7 @@ def _train_model(config: TrainConfig, emit: Callable[[TrainEvent], None]) -> Tra
             )
         train_seconds = time.perf_counter() - epoch_started
         emit(TrainEvent("validate", epoch=epoch, epochs=config.epochs))
-        metrics = evaluate(network, card, val_crops, device, config.batch_size * 2, use_amp=use_amp)
+        metrics = evaluate(kept, card, val_crops, device, config.batch_size * 2, use_amp=use_amp)
         record = {
             "epoch": epoch,
             "train_loss": loss_sum / max(seen, 1),
@@ -843,9 +895,18 @@ def _train_model(config: TrainConfig, emit: Callable[[TrainEvent], None]) -> Tra
             best = {"dice": record["val_dice"], "f1": record["val_f1"], "epoch": epoch}
             card.metrics = _metrics(best, record)
             card.training = _training_info(config, device, use_amp, base, crops_per_epoch, history)
-            save_model(out, network, card)
+            save_model(out, kept, card)
         _save_checkpoint(
-            checkpoint_path, network, optimizer, scheduler, scaler, epoch, best, history, config
+            checkpoint_path,
+            network,
+            optimizer,
+            scheduler,
+            scaler,
+            epoch,
+            best,
+            history,
+            config,
+            average,
         )
         _write_history(out, history)
         write_curves(out / CURVES_FILE, history)  # per epoch: long runs can be watched
@@ -927,6 +988,11 @@ def _training_info(
         "seed": config.seed,
         "augmentations": AUGMENTATIONS if config.augment else {},
         "scale_range": list(config.scale_range),
+        "weight_average": (
+            f"EMA decay {config.ema_decay} (warm-up (1+n)/(10+n)); saved weights are the average"
+            if config.ema_decay > 0
+            else None
+        ),
         "device": str(device),
         "amp": use_amp,
         "threads": torch.get_num_threads(),
@@ -957,6 +1023,7 @@ def _save_checkpoint(
     best: dict,
     history: list[dict],
     config: TrainConfig,
+    average: WeightAverage | None = None,
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
@@ -964,6 +1031,7 @@ def _save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
+        "average": average.state_dict() if average is not None else None,
         "epoch": epoch,
         "best": best,
         "history": history,

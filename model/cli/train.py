@@ -84,6 +84,21 @@ def train(
     from_scratch: bool = typer.Option(
         False, "--from-scratch", help="Random initialisation even when a shipped model exists."
     ),
+    scale_range: str = typer.Option(
+        "0.5,2",
+        "--scale-range",
+        help="MIN,MAX zoom of the scale augmentation (log-uniform). The wide default teaches "
+        "marks of many sizes; a narrow range (e.g. 0.7,1.4) suits a last fine-tuning pass on "
+        "data whose mark sizes already match the slides to segment.",
+    ),
+    ema: float = typer.Option(
+        0.0,
+        "--ema",
+        min=0.0,
+        max=0.99999,
+        help="Keep an exponential moving average of the weights with this decay (e.g. 0.999) "
+        "and validate and save the average; 0 = off.",
+    ),
 ) -> None:
     """Train the ablation-mark U-Net and write a model directory.
 
@@ -116,6 +131,20 @@ def train(
         resume=resume,
         crops_per_epoch=crops_per_epoch,
         threads=threads,
+        scale_range=parse_scale_range(scale_range),
+        ema_decay=ema,
     )
     result = train_model(config, on_event=RichReporter(console))
     console.print(f"[bold green]done:[/] {summary_line(result)}", soft_wrap=True)
+
+
+def parse_scale_range(text: str) -> tuple[float, float]:
+    """ "MIN,MAX" -> (MIN, MAX) with 0 < MIN <= MAX, or a clear error."""
+    parts = text.split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise AmsegError(f"--scale-range must be MIN,MAX (e.g. 0.5,2), got {text!r}") from None
+    if not 0.0 < low <= high:
+        raise AmsegError(f"--scale-range needs 0 < MIN <= MAX, got {text!r}")
+    return low, high

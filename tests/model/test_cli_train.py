@@ -60,10 +60,14 @@ def test_train_writes_a_loadable_model_directory(synth_data, tmp_path):
 
     # Fine-tuning from it keeps its architecture and says so.
     tuned = tmp_path / "tuned"
-    again = run([*args, "--init-from", out, "--out", tuned])
+    again = run(
+        [*args, "--init-from", out, "--out", tuned, "--scale-range", "0.8,1.25", "--ema", "0.99"]
+    )
     assert again.exit_code == 0, again.output + repr(again.exception)
     assert "fine-tuning from" in " ".join(again.output.split())
-    assert load_model(tuned)[1].training["init_from"] == str(out)
+    training = load_model(tuned)[1].training
+    assert training["init_from"] == str(out) and training["scale_range"] == [0.8, 1.25]
+    assert "EMA decay 0.99" in training["weight_average"]
 
 
 def test_shipped_matrix_model_is_the_base(synth_data, tmp_path, monkeypatch):
@@ -91,6 +95,8 @@ def test_shipped_matrix_model_is_the_base(synth_data, tmp_path, monkeypatch):
         ("ok", ["--tile-size", "70"], "multiple of 32"),
         ("ok", ["--decoder", "huge"], "light or standard"),
         ("ok", ["--resume"], "no checkpoint"),
+        ("ok", ["--scale-range", "2,1"], "0 < MIN <= MAX"),
+        ("ok", ["--scale-range", "big"], "MIN,MAX"),
     ],
 )
 def test_bad_inputs_give_clear_errors(tmp_path, synth_data, setup, args, message):

@@ -17,6 +17,7 @@ from model.network import ModelCard, build_unet, legacy_card, load_model, save_m
 from model.training import (
     Sample,
     TrainConfig,
+    WeightAverage,
     bce_dice_loss,
     build_network,
     choose_base_model,
@@ -174,6 +175,50 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(disc_data, tmp_pat
     last_whole = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)["model"]
     last_split = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)["model"]
     assert all(torch.equal(last_whole[k], last_split[k]) for k in last_whole)
+
+
+def test_weight_average_follows_the_weights_with_a_warm_up():
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    average = WeightAverage(network, decay=0.9)
+    start = {k: v.clone() for k, v in network.state_dict().items()}
+    with torch.no_grad():
+        network[0].weight.add_(1.0)
+        network[1].running_mean.add_(2.0)
+    average.update(network)  # warm-up decay min(0.9, 2/11): moves 9/11 of the way
+    kept = average.network.state_dict()
+    assert torch.allclose(kept["0.weight"], start["0.weight"] + 9 / 11)
+    assert torch.allclose(kept["1.running_mean"], start["1.running_mean"] + 2 * 9 / 11)
+    assert not any(p.requires_grad for p in average.network.parameters())
+    for _ in range(200):  # long after the warm-up the decay is 0.9 and the average converges
+        average.update(network)
+    assert torch.allclose(average.network[0].weight, network[0].weight)
+    with pytest.raises(AmsegError, match="decay"):
+        WeightAverage(network, decay=1.0)
+
+
+def test_averaged_weights_are_saved_and_resume_exactly(disc_data, tmp_path):
+    one = train_model(tiny_config(disc_data, tmp_path / "one", ema_decay=0.99))
+    saved = load_file(str(tmp_path / "one" / "model.safetensors"))
+    state = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)
+    assert all(torch.equal(saved[k], state["average"]["weights"][k]) for k in saved)
+    assert not all(torch.equal(saved[k], state["model"][k]) for k in saved)
+    assert "EMA decay 0.99" in one.card.training["weight_average"]
+
+    train_model(tiny_config(disc_data, tmp_path / "whole", epochs=2, ema_decay=0.99))
+    saved = load_file(str(tmp_path / "whole" / "model.safetensors"))
+
+    def stop_after_first_epoch(event):
+        if event.kind == "epoch_end" and event.epoch == 1:
+            raise Interrupt
+
+    split = tiny_config(disc_data, tmp_path / "split", epochs=2, ema_decay=0.99)
+    with pytest.raises(Interrupt):
+        train_model(split, on_event=stop_after_first_epoch)
+    split.resume = True
+    train_model(split)
+    resumed = load_file(str(tmp_path / "split" / "model.safetensors"))
+    assert all(torch.equal(saved[k], resumed[k]) for k in saved)
 
 
 def test_resume_refuses_changed_settings_and_missing_checkpoint(disc_data, tmp_path):
