@@ -88,6 +88,7 @@ class TrainConfig:
     # Exponential moving average of the weights, validated and saved instead of the raw
     # weights; 0 turns it off. See WeightAverage for the warm-up that keeps short runs sane.
     ema_decay: float = 0.0
+    loss: str = "bce-dice"  # or "bce-lovasz" (see LOSSES)
     num_workers: int | None = None  # None: 0 on CPU, up to 4 with CUDA
     threads: int | None = None  # CPU intra-op threads; None: every core (os.cpu_count())
 
@@ -113,6 +114,7 @@ class TrainConfig:
             "scale_range",
             "augment",
             "ema_decay",
+            "loss",
         ]
         raw = asdict(self)
         return {k: (str(raw[k]) if isinstance(raw[k], Path) else raw[k]) for k in keys}
@@ -477,6 +479,39 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.
     return bce + (1 - dice)
 
 
+def bce_lovasz_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE-with-logits + the Lovasz hinge of the whole batch (Berman et al., CVPR 2018).
+
+    The Lovasz hinge is a convex surrogate of 1 - IoU of (logits > 0), i.e. of the mask at
+    threshold 0.5, pooled over the batch like the pixel Dice we report. Its gradient weighs
+    every pixel's hinge error by how much that error costs the IoU, so the pixels that decide
+    the outline (our main error) get the most weight.
+    """
+    logits, target = logits.float(), target.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    flat_logits, flat_target = logits.reshape(-1), target.reshape(-1)
+    errors = 1.0 - flat_logits * (2.0 * flat_target - 1.0)
+    errors, order = torch.sort(errors, descending=True)
+    return bce + torch.dot(F.relu(errors), _lovasz_gradient(flat_target[order]))
+
+
+def _lovasz_gradient(sorted_target: torch.Tensor) -> torch.Tensor:
+    """Gradient of the Lovasz extension of the Jaccard loss for errors sorted descending:
+    the increase of 1 - IoU as each pixel in turn is counted as wrong."""
+    positives = sorted_target.sum()
+    intersection = positives - sorted_target.cumsum(0)
+    union = positives + (1.0 - sorted_target).cumsum(0)
+    jaccard = 1.0 - intersection / union
+    jaccard[1:] = jaccard[1:] - jaccard[:-1].clone()
+    return jaccard
+
+
+LOSSES = {
+    "bce-dice": (bce_dice_loss, "BCE-with-logits + (1 - soft Dice over the batch)"),
+    "bce-lovasz": (bce_lovasz_loss, "BCE-with-logits + Lovasz hinge over the batch"),
+}
+
+
 # --------------------------------------------------------------------------------------------
 # Model choice
 
@@ -752,6 +787,9 @@ def _train_model(config: TrainConfig, emit: Callable[[TrainEvent], None]) -> Tra
     scheduler = make_scheduler(optimizer, steps_per_epoch * config.epochs, config.warmup_fraction)
     use_amp = device.type == "cuda"  # fp16 autocast pays off only on GPUs
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    if config.loss not in LOSSES:
+        raise AmsegError(f"unknown loss {config.loss!r}; use one of {', '.join(LOSSES)}")
+    train_loss = LOSSES[config.loss][0]
     average = WeightAverage(network, config.ema_decay) if config.ema_decay > 0 else None
     # Validated and saved: the averaged weights when averaging, else the trained ones.
     kept = average.network if average is not None else network
@@ -855,7 +893,7 @@ def _train_model(config: TrainConfig, emit: Callable[[TrainEvent], None]) -> Tra
             target = masks.to(device, non_blocking=True).float()
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 logits = network(_to_input(crops, card, device))[:, 0]
-            loss = bce_dice_loss(logits, target)
+            loss = train_loss(logits, target)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -984,7 +1022,8 @@ def _training_info(
         "weight_decay": config.weight_decay,
         "optimizer": "AdamW (every parameter, one group)",
         "schedule": f"linear warm-up {config.warmup_fraction:.0%} of steps, cosine to 1 %",
-        "loss": "BCE-with-logits + (1 - soft Dice over the batch)",
+        "loss": LOSSES[config.loss][1],
+        "validation_loss": LOSSES["bce-dice"][1],
         "seed": config.seed,
         "augmentations": AUGMENTATIONS if config.augment else {},
         "scale_range": list(config.scale_range),
@@ -1211,6 +1250,7 @@ __all__ = [
     "TrainEvent",
     "TrainResult",
     "bce_dice_loss",
+    "bce_lovasz_loss",
     "choose_base_model",
     "evaluate",
     "object_counts",

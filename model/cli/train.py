@@ -91,6 +91,12 @@ def train(
         "marks of many sizes; a narrow range (e.g. 0.7,1.4) suits a last fine-tuning pass on "
         "data whose mark sizes already match the slides to segment.",
     ),
+    loss: str = typer.Option(
+        "bce-dice",
+        "--loss",
+        help="Training loss: bce-dice (BCE + soft Dice) or bce-lovasz (BCE + Lovasz hinge, "
+        "which weighs the pixels that decide the outline most; for fine-tuning).",
+    ),
     ema: float = typer.Option(
         0.0,
         "--ema",
@@ -133,6 +139,7 @@ def train(
         threads=threads,
         scale_range=parse_scale_range(scale_range),
         ema_decay=ema,
+        loss=loss,
     )
     result = train_model(config, on_event=RichReporter(console))
     console.print(f"[bold green]done:[/] {summary_line(result)}", soft_wrap=True)

@@ -97,6 +97,7 @@ def test_shipped_matrix_model_is_the_base(synth_data, tmp_path, monkeypatch):
         ("ok", ["--resume"], "no checkpoint"),
         ("ok", ["--scale-range", "2,1"], "0 < MIN <= MAX"),
         ("ok", ["--scale-range", "big"], "MIN,MAX"),
+        ("ok", ["--loss", "focal"], "unknown loss"),
     ],
 )
 def test_bad_inputs_give_clear_errors(tmp_path, synth_data, setup, args, message):
