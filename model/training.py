@@ -1025,7 +1025,7 @@ def _training_info(
         "loss": LOSSES[config.loss][1],
         "validation_loss": LOSSES["bce-dice"][1],
         "seed": config.seed,
-        "augmentations": AUGMENTATIONS if config.augment else {},
+        "augmentations": _augmentations(config),
         "scale_range": list(config.scale_range),
         "weight_average": (
             f"EMA decay {config.ema_decay} (warm-up (1+n)/(10+n)); saved weights are the average"
@@ -1038,6 +1038,15 @@ def _training_info(
         "init_from": str(base) if base is not None else None,
         "wall_time_s": round(sum(r["seconds"] for r in history), 1),
     }
+
+
+def _augmentations(config: TrainConfig) -> dict:
+    """AUGMENTATIONS as this run used them (its own zoom range), {} without augmentation."""
+    if not config.augment:
+        return {}
+    low, high = config.scale_range
+    scale = f"log-uniform zoom {low:g}-{high:g}x: crop tile/scale px, resize to tile"
+    return {**AUGMENTATIONS, "scale": scale}
 
 
 def _write_card(out: Path, card: ModelCard) -> None:

@@ -67,6 +67,7 @@ def test_train_writes_a_loadable_model_directory(synth_data, tmp_path):
     assert "fine-tuning from" in " ".join(again.output.split())
     training = load_model(tuned)[1].training
     assert training["init_from"] == str(out) and training["scale_range"] == [0.8, 1.25]
+    assert training["augmentations"]["scale"].startswith("log-uniform zoom 0.8-1.25x")
     assert "EMA decay 0.99" in training["weight_average"]
 
 
