@@ -626,7 +626,7 @@ def _parabola(values: np.ndarray) -> float:
 # Auto scale: shrink only grids with a pitch >= 1.5 x TARGET_PITCH_PX, and never below it, i.e.
 # only marks beyond the 8-60 px the model is trained on (pitch <= ~3.3 mark sizes). Within that
 # range full resolution is best: on 14 unseen slides with 35-60 px marks the shipped model's
-# pooled Dice is 0.921 at scale 1, 0.919 / 0.912 / 0.899 at 0.8 / 0.67 / 0.5
+# pooled Dice is 0.922 at scale 1, 0.918 / 0.912 / 0.898 at 0.8 / 0.67 / 0.5
 # (benchmarks/scale_rule.py --network); the earlier 80-px target shrank grids from 120 px on.
 TARGET_PITCH_PX = 160.0
 _SCALE_STEP = 0.5  # scale = 1 / k with k = 1, 1.5, 2, 2.5, ...: few distinct, reproducible sizes
