@@ -752,6 +752,8 @@ def _train_model(config: TrainConfig, emit: Callable[[TrainEvent], None]) -> Tra
     if config.matrix is not None and config.matrix.upper() not in MATRICES:
         raise AmsegError(f"unknown matrix {config.matrix!r}; use DHB or DAN")
     matrix = config.matrix.upper() if config.matrix else None
+    if config.loss not in LOSSES:
+        raise AmsegError(f"unknown loss {config.loss!r}; use one of {', '.join(LOSSES)}")
     if config.epochs < 1 or config.batch_size < 1:
         raise AmsegError("epochs and batch size must be at least 1")
     if config.tile_size < 32 or config.tile_size % 32:
@@ -787,8 +789,6 @@ def _train_model(config: TrainConfig, emit: Callable[[TrainEvent], None]) -> Tra
     scheduler = make_scheduler(optimizer, steps_per_epoch * config.epochs, config.warmup_fraction)
     use_amp = device.type == "cuda"  # fp16 autocast pays off only on GPUs
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    if config.loss not in LOSSES:
-        raise AmsegError(f"unknown loss {config.loss!r}; use one of {', '.join(LOSSES)}")
     train_loss = LOSSES[config.loss][0]
     average = WeightAverage(network, config.ema_decay) if config.ema_decay > 0 else None
     # Validated and saved: the averaged weights when averaging, else the trained ones.
