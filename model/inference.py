@@ -630,6 +630,9 @@ def _parabola(values: np.ndarray) -> float:
 # (benchmarks/scale_rule.py --network); the earlier 80-px target shrank grids from 120 px on.
 TARGET_PITCH_PX = 160.0
 _SCALE_STEP = 0.5  # scale = 1 / k with k = 1, 1.5, 2, 2.5, ...: few distinct, reproducible sizes
+# A user-given scale may also enlarge (e.g. 1.5 sharpens outlines of marks under ~15 px at
+# 2.25x the network time); the auto rule never does, to keep the default fast.
+MAX_SCALE = 4.0
 
 
 def auto_scale(pitch: float | None) -> float:
@@ -659,8 +662,11 @@ def resolve_scale(image: np.ndarray, scale: float | None) -> float:
     """The scale to run at: `scale` itself, or the auto rule on the estimated pitch."""
     if scale is None:
         return auto_scale(estimate_mark_pitch(image))
-    if not 0.0 < scale <= 1.0:
-        raise AmsegError(f"scale must be in (0, 1] (1 = full resolution), got {scale}")
+    if not 0.0 < scale <= MAX_SCALE:
+        raise AmsegError(
+            f"scale must be in (0, {MAX_SCALE:g}] (1 = full resolution, above 1 enlarges), "
+            f"got {scale}"
+        )
     return float(scale)
 
 
@@ -676,9 +682,9 @@ def predict_image(
     """Segment an image of any size, optionally resampled down first; output has its size.
 
     `scale` None picks a scale from the grid pitch (`auto_scale`), 1.0 runs at full
-    resolution. At scale < 1 the image is area-downsampled, segmented with `segment_image`,
-    and the probabilities are linearly upsampled and thresholded at full resolution (the
-    returned `grid` and `window` then describe the downsampled image).
+    resolution. Otherwise the image is resampled (`resample`), segmented with
+    `segment_image`, and the probabilities are resized back and thresholded at the input's
+    size (the returned `grid` and `window` then describe the resampled image).
     """
     gray = to_grayscale(image)
     scale = resolve_scale(gray, scale)
@@ -688,35 +694,41 @@ def predict_image(
         options = dataclasses.replace(options, batch_size=runtime.batch_size)
     if on_tiles_planned is not None:
         on_tiles_planned(count_tiles(gray.shape, options, scale))
-    small = downsample(gray, scale)
-    if small is gray:
+    work = resample(gray, scale)
+    if work is gray:
         return segment_image(gray, segmenter, options, on_progress=on_progress)
-    coarse = segment_image(small, segmenter, options, on_progress=on_progress)
-    return upsample_segmentation(coarse, gray.shape, options.min_mark_area)
+    resampled = segment_image(work, segmenter, options, on_progress=on_progress)
+    return restore_segmentation(resampled, gray.shape, options.min_mark_area)
 
 
-def downsample(gray: np.ndarray, scale: float) -> np.ndarray:
-    """`gray` area-resampled by `scale`; the same array when that keeps its size."""
+def resample(gray: np.ndarray, scale: float) -> np.ndarray:
+    """`gray` resized by `scale` (area averaging to shrink, bicubic to enlarge); the same
+    array when that keeps its size."""
     height, width = gray.shape
-    small_height, small_width = scaled_shape(height, width, scale)
-    if (small_height, small_width) == (height, width):
+    new_height, new_width = scaled_shape(height, width, scale)
+    if (new_height, new_width) == (height, width):
         return gray
-    return _resize(gray, small_width, small_height, cv2.INTER_AREA)
+    enlarging = new_height * new_width > height * width
+    return _resize(gray, new_width, new_height, cv2.INTER_CUBIC if enlarging else cv2.INTER_AREA)
 
 
-def upsample_segmentation(
-    coarse: Segmentation, shape: tuple[int, int], min_mark_area: int
+def restore_segmentation(
+    resampled: Segmentation, shape: tuple[int, int], min_mark_area: int
 ) -> Segmentation:
-    """A segmentation of a downsampled image brought back to `shape`: probabilities are
-    linearly upsampled, then thresholded at full resolution (smoother edges than upsampling
-    the mask). `grid` and `window` keep describing the downsampled image."""
+    """A segmentation of a resampled image brought back to `shape`: the probabilities are
+    resized (linearly when growing, area-averaged when shrinking), then thresholded at the
+    input's size (smoother edges than resizing the mask). `grid` and `window` keep describing
+    the resampled image."""
     height, width = shape
+    growing = height * width > resampled.probabilities.size
     probabilities = cv2.resize(
-        coarse.probabilities, (width, height), interpolation=cv2.INTER_LINEAR
+        resampled.probabilities,
+        (width, height),
+        interpolation=cv2.INTER_LINEAR if growing else cv2.INTER_AREA,
     )
     np.clip(probabilities, 0.0, 1.0, out=probabilities)
-    mask = remove_small_components(probabilities > coarse.threshold, min_mark_area)
-    return dataclasses.replace(coarse, probabilities=probabilities, mask=mask)
+    mask = remove_small_components(probabilities > resampled.threshold, min_mark_area)
+    return dataclasses.replace(resampled, probabilities=probabilities, mask=mask)
 
 
 def _resize(gray: np.ndarray, width: int, height: int, interpolation: int) -> np.ndarray:

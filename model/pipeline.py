@@ -178,10 +178,10 @@ def process_group(
 
     stage("segment")
     # Imported here: model.inference builds on this module.
-    from model.inference import downsample, resolve_scale, upsample_segmentation
+    from model.inference import resample, resolve_scale, restore_segmentation
 
     scale = resolve_scale(gray, options.scale)
-    work = downsample(gray, scale)  # tiles are cut from the image the network sees
+    work = resample(gray, scale)  # tiles are cut from the image the network sees
     tiles_dir = _fresh_dir(layout.tiles_dir(group))
     tile_plan = plan_tiles(work.shape[0], work.shape[1], options.tile_size, options.overlap)
     if on_tiles_planned is not None:
@@ -206,7 +206,7 @@ def process_group(
         for future in pending:
             future.result()  # re-raise a failed write here
     if work is not gray:
-        segmentation = upsample_segmentation(segmentation, gray.shape, options.min_mark_area)
+        segmentation = restore_segmentation(segmentation, gray.shape, options.min_mark_area)
     meta = segmentation.grid.to_dict() | {
         "orig_image": {"h": gray.shape[0], "w": gray.shape[1]},
         "scale": scale,  # the tiles are of the image resampled by this factor

@@ -36,8 +36,9 @@ def predict(
         None,
         "--scale",
         min=0.05,
-        max=1.0,
-        help="Resample by this factor before the network (1 = full resolution; "
+        max=4.0,
+        help="Resample by this factor before the network (1 = full resolution; above 1 "
+        "enlarges, e.g. 1.5: sharper outlines of small marks for 2.25x the network time; "
         "default: from the grid pitch, shrinking only images with large marks).",
     ),
     tile_size: int | None = typer.Option(

@@ -75,9 +75,11 @@ def segment(
         None,
         "--scale",
         min=0.05,
-        max=1.0,
-        help="Resample by this factor before the network (1 = full resolution; default: from "
-        "the grid pitch for the model, shrinking only large marks; 1 for classical).",
+        max=4.0,
+        help="Resample by this factor before the network (1 = full resolution; above 1 "
+        "enlarges, e.g. 1.5: sharper outlines of small marks for 2.25x the network time; "
+        "default: from the grid pitch for the model, shrinking only large marks; 1 for "
+        "classical).",
     ),
 ) -> None:
     """Segment and register every group of a dataset.

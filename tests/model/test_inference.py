@@ -30,6 +30,7 @@ from model.inference import (
     get_segmenter,
     predict_image,
     reduced_precision_agreement,
+    resample,
     resolve_runtime,
 )
 from model.network import IMAGENET_MEAN, IMAGENET_STD, ModelCard, build_from_card, save_model
@@ -175,7 +176,7 @@ def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
     ("shape", "dtype"),
     [((97, 131), np.uint8), ((150, 77), np.uint16), ((83, 101, 3), np.uint8)],
 )
-@pytest.mark.parametrize("scale", [1.0, 0.5])
+@pytest.mark.parametrize("scale", [1.0, 0.5, 1.5])
 def test_predict_image_keeps_the_input_size(model_dir, shape, dtype, scale):
     segmenter = get_segmenter(model_dir, backend="torch", precision="fp32")
     image = np.random.default_rng(1).integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
@@ -191,8 +192,19 @@ def test_predict_image_keeps_the_input_size(model_dir, shape, dtype, scale):
 
 def test_predict_image_rejects_a_bad_scale(model_dir):
     segmenter = get_segmenter(model_dir, backend="torch", precision="fp32")
-    with pytest.raises(AmsegError, match="scale"):
-        predict_image(np.zeros((64, 64), np.uint8), segmenter, OPTIONS, scale=1.5)
+    for bad in (0.0, -1.0, 4.5):
+        with pytest.raises(AmsegError, match="scale"):
+            predict_image(np.zeros((64, 64), np.uint8), segmenter, OPTIONS, scale=bad)
+
+
+def test_resample_shrinks_by_area_and_enlarges_smoothly():
+    image = np.zeros((40, 60), np.uint16)
+    image[10:30, 20:40] = 1000
+    assert resample(image, 1.0) is image
+    small, big = resample(image, 0.5), resample(image, 1.5)
+    assert small.shape == (20, 30) and big.shape == (60, 90) and big.dtype == np.uint16
+    assert small[5:15, 10:20].min() == 1000 and small.sum() * 4 == image.sum()  # area average
+    assert big[17:43, 32:58].min() >= 990 and big[:10].max() == 0 and big[:, :20].max() == 0
 
 
 def grid_image(pitch_y: float, pitch_x: float, angle_deg: float, size: int = 1200) -> np.ndarray:

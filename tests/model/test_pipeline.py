@@ -106,15 +106,17 @@ def test_dataset_errors_are_clear(tmp_path):
         layout.source_image("g3")
 
 
-def test_process_group_can_segment_a_resampled_image(tmp_path):
+@pytest.mark.parametrize("scale", [0.5, 1.5])
+def test_process_group_can_segment_a_resampled_image(tmp_path, scale):
     image, labels = disc_grid_scene(rows=4, cols=5)
     layout = _dataset(tmp_path, image)
-    options = SegmentOptions(tile_size=128, overlap=32, scale=0.5)
+    options = SegmentOptions(tile_size=128, overlap=32, scale=scale)
 
     report = process_group(layout, "g1", ClassicalSegmenter(), options, GridSpec(4, 5))
 
     meta = json.loads((layout.tiles_dir("g1") / "meta.json").read_text())
-    assert meta["scale"] == 0.5
+    assert meta["scale"] == scale
+    assert meta["image"] == {"h": round(image.shape[0] * scale), "w": round(image.shape[1] * scale)}
     assert meta["orig_image"] == {"h": image.shape[0], "w": image.shape[1]}
     first_tile = read_image(layout.tiles_dir("g1") / "source" / "0000.png")
     assert first_tile.shape == (128, 128)
