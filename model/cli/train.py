@@ -44,6 +44,15 @@ def train(
     in_channels: int | None = typer.Option(
         None, "--in-channels", help="Network input channels: 1 (gray) or 3 (gray replicated)."
     ),
+    full_res_skip: int | None = typer.Option(
+        None,
+        "--full-res-skip",
+        min=0,
+        help="Channels of a full-resolution skip connection into the last decoder block "
+        "(sharper outlines of small marks; 0 = plain U-Net; default: the base model's, else "
+        "0). On a base model without one it is added with zero weights, so fine-tuning starts "
+        "from that model's accuracy.",
+    ),
     legacy: bool = typer.Option(
         False,
         "--legacy",
@@ -125,6 +134,7 @@ def train(
         encoder=encoder,
         decoder=decoder,
         in_channels=in_channels,
+        full_res_skip=full_res_skip,
         legacy=legacy,
         init_from=init_from,
         from_scratch=from_scratch,

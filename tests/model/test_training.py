@@ -15,15 +15,18 @@ from model.imageio import write_png
 from model.metrics import dice_counts, dice_from_counts, object_counts
 from model.network import ModelCard, build_unet, legacy_card, load_model, save_model
 from model.training import (
+    ADDED_LAYERS_LR_FACTOR,
     Sample,
     TrainConfig,
     WeightAverage,
+    added_layer_prefixes,
     bce_dice_loss,
     bce_lovasz_loss,
     build_network,
     choose_base_model,
     evaluate,
     load_training_data,
+    parameter_groups,
     plan_epoch,
     requested_card,
     sample_crop,
@@ -372,3 +375,33 @@ def test_legacy_and_three_channel_configurations(disc_data, tmp_path):
     network, card = load_model(tmp_path / "rgb")
     assert card.in_channels == 3 and len(card.input_mean) == 3
     assert network.encoder.conv1.in_channels == 3
+
+
+def test_fine_tuning_can_add_a_full_resolution_skip(disc_data, tmp_path):
+    base = tmp_path / "base"
+    save_model(base, build_unet(**TINY).eval(), ModelCard(**TINY))
+    plain, _ = load_model(base)
+    config = tiny_config(disc_data, tmp_path / "out", init_from=base, full_res_skip=4)
+    wider, card = build_network(config, base)
+    x = torch.randn(1, 1, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(plain(x), wider.eval()(x))  # starts from the base model's outputs
+    assert card.full_res_skip == 4
+    # The added layers learn faster than the rest (they start from zero).
+    fresh = added_layer_prefixes(card, base)
+    groups = parameter_groups(wider, fresh, 1e-3)
+    assert [g.get("lr") for g in groups] == [None, 1e-3 * ADDED_LAYERS_LR_FACTOR]
+    assert sum(len(g["params"]) for g in groups) == len(list(wider.parameters()))
+    assert added_layer_prefixes(card, None) == []
+    result = train_model(config)
+    assert (
+        result.card.full_res_skip == 4 and "added to the base" in result.card.training["optimizer"]
+    )
+    assert load_model(tmp_path / "out")[1].full_res_skip == 4
+    # A base that has a skip of another width is refused; not asking keeps the base's own.
+    with pytest.raises(AmsegError, match="full-resolution skip of 4"):
+        build_network(tiny_config(disc_data, tmp_path / "x", full_res_skip=8), tmp_path / "out")
+    assert (
+        build_network(tiny_config(disc_data, tmp_path / "x"), tmp_path / "out")[1].full_res_skip
+        == 4
+    )
