@@ -145,7 +145,14 @@ def make_inputs(
     import torch
 
     from model.imageio import write_png
-    from model.network import ModelCard, build_from_card, legacy_card, save_model
+    from model.network import (
+        CARD_FILE,
+        DEFAULT_MODEL_DIR,
+        ModelCard,
+        build_from_card,
+        legacy_card,
+        save_model,
+    )
 
     try:
         from model.synth import generate_slide, random_spec
@@ -162,7 +169,9 @@ def make_inputs(
         what = "random texture (model.synth missing)"
     slide = write_png(workdir / "slide.png", image)
     torch.manual_seed(0)
-    new_card = ModelCard()
+    # The shipped model's architecture (random weights: speed does not depend on them).
+    shipped = DEFAULT_MODEL_DIR / CARD_FILE
+    new_card = ModelCard.from_json(shipped.read_text()) if shipped.is_file() else ModelCard()
     new_dir = save_model(workdir / "default-model", build_from_card(new_card), new_card)
     old_dir = save_model(workdir / "legacy-model", build_from_card(legacy_card()), legacy_card())
     return slide, new_dir, old_dir, what

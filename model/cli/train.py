@@ -49,9 +49,10 @@ def train(
         "--full-res-skip",
         min=0,
         help="Channels of a full-resolution skip connection into the last decoder block "
-        "(sharper outlines of small marks; 0 = plain U-Net; default: the base model's, else "
-        "0). On a base model without one it is added with zero weights, so fine-tuning starts "
-        "from that model's accuracy.",
+        "(smp's U-Net has none: its finest skip is at half resolution; 0 = plain U-Net; "
+        "default: the base model's, else 0). On a base model without one it is added with zero "
+        "weights, so fine-tuning starts from that model's outputs; the added layers learn at "
+        "10x --lr.",
     ),
     legacy: bool = typer.Option(
         False,
