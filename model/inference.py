@@ -27,7 +27,13 @@ from scipy import ndimage
 from model.errors import AmsegError
 from model.imageio import to_grayscale
 from model.metrics import dice
-from model.pipeline import Segmentation, SegmentOptions, remove_small_components, segment_image
+from model.pipeline import (
+    MAX_SCALE,
+    Segmentation,
+    SegmentOptions,
+    remove_small_components,
+    segment_image,
+)
 from model.segmenters import Segmenter
 from model.tiling import plan_tiles
 
@@ -631,8 +637,8 @@ def _parabola(values: np.ndarray) -> float:
 TARGET_PITCH_PX = 160.0
 _SCALE_STEP = 0.5  # scale = 1 / k with k = 1, 1.5, 2, 2.5, ...: few distinct, reproducible sizes
 # A user-given scale may also enlarge (e.g. 1.5 sharpens outlines of marks under ~15 px at
-# 2.25x the network time); the auto rule never does, to keep the default fast.
-MAX_SCALE = 4.0
+# 2.25x the network time); the auto rule never does, to keep the default fast. MAX_SCALE
+# (pipeline.py) caps it: beyond 2x, 8 px marks are 16+ px, and time and memory grow as scale².
 
 
 def auto_scale(pitch: float | None) -> float:

@@ -20,6 +20,7 @@ import segmentation_models_pytorch as smp
 import torch
 from safetensors.torch import load_file, save_file
 from segmentation_models_pytorch.base import modules as smp_modules
+from segmentation_models_pytorch.base.initialization import initialize_decoder
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder, UnetDecoderBlock
 
 from model import __version__
@@ -88,8 +89,15 @@ class FullResUnetDecoder(UnetDecoder):
     at little cost (one conv at full resolution with a handful of channels).
     """
 
-    def __init__(self, encoder_channels, decoder_channels, full_res_skip: int) -> None:
-        super().__init__(encoder_channels, decoder_channels, n_blocks=len(decoder_channels))
+    def __init__(
+        self, encoder_channels, decoder_channels, full_res_skip: int, add_center_block: bool
+    ) -> None:
+        super().__init__(
+            encoder_channels,
+            decoder_channels,
+            n_blocks=len(decoder_channels),
+            add_center_block=add_center_block,
+        )
         in_channels = decoder_channels[-2] if len(decoder_channels) > 1 else encoder_channels[-1]
         self.full_res_stem = smp_modules.Conv2dReLU(
             encoder_channels[0], full_res_skip, kernel_size=3, padding=1
@@ -130,8 +138,14 @@ def build_unet(
         raise AmsegError(f"full_res_skip must be >= 0, got {full_res_skip}")
     if full_res_skip:
         network.decoder = FullResUnetDecoder(
-            network.encoder.out_channels, tuple(decoder_channels), full_res_skip
+            network.encoder.out_channels,
+            tuple(decoder_channels),
+            full_res_skip,
+            # smp adds a center block for VGG encoders; keep whatever it chose.
+            add_center_block=not isinstance(network.decoder.center, torch.nn.Identity),
         )
+        # smp initialises its modules in Unet.__init__; the swapped-in decoder needs the same.
+        initialize_decoder(network.decoder)
     return network
 
 
@@ -152,7 +166,11 @@ def add_full_res_skip(
     new[:, : old.shape[1]] = old  # smp concatenates [upsampled, skip]
     state[key] = new
     missing, unexpected = wider.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.startswith("decoder.full_res_stem.") for k in missing)
+    if unexpected or not all(k.startswith("decoder.full_res_stem.") for k in missing):
+        raise AmsegError(
+            f"cannot widen this {card.encoder} U-Net: its weights do not fit the card "
+            f"({len(missing)} missing, {len(unexpected)} unexpected tensors)"
+        )
     return wider.to(next(network.parameters()).device)
 
 
@@ -200,6 +218,16 @@ def load_model(
     card = ModelCard.from_json(card_path.read_text())
     network = build_from_card(card)
     state = load_file(str(weights_path), device="cpu")
+    # Shapes first: smp's load_state_dict would drop a misfit tensor with a loud warning.
+    expected = network.state_dict()
+    misfits = [k for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    if misfits:
+        key = misfits[0]
+        raise AmsegError(
+            f"{weights_path}: weights do not fit the {card.encoder} U-Net its card describes "
+            f"(tensor shapes differ: {key} is {tuple(state[key].shape)} in the file, "
+            f"{tuple(expected[key].shape)} in the network; {len(misfits)} such tensors)"
+        )
     missing, unexpected = network.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise AmsegError(

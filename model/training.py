@@ -593,13 +593,20 @@ def choose_base_model(config: TrainConfig) -> tuple[Path | None, str]:
     shipped = shipped_base_model(config.matrix)
     if shipped is None:
         return None, "training from random initialisation (no shipped model to fine-tune)"
-    if _explicit_architecture(config):
-        _, shipped_card = _read_card(shipped)
-        if not _same_architecture(requested_card(config), shipped_card):
-            return None, (
-                f"training from random initialisation (the shipped model {shipped} has a "
-                "different architecture than the one asked for)"
-            )
+    _, shipped_card = _read_card(shipped)
+    # A full-resolution skip can be added to a plain shipped model, not taken away.
+    drops_skip = shipped_card.full_res_skip and config.full_res_skip not in (
+        None,
+        shipped_card.full_res_skip,
+    )
+    if drops_skip or (
+        _explicit_architecture(config)
+        and not _same_architecture(requested_card(config), shipped_card)
+    ):
+        return None, (
+            f"training from random initialisation (the shipped model {shipped} has a "
+            "different architecture than the one asked for)"
+        )
     return shipped, f"fine-tuning from the shipped model {shipped}"
 
 
@@ -650,7 +657,9 @@ ADDED_LAYERS_LR_FACTOR = 10.0
 
 
 def added_layer_prefixes(card: ModelCard, base: Path | None) -> list[str]:
-    """Parameter-name prefixes of the layers `build_network` added to the base model."""
+    """Parameter-name prefixes of the layers `build_network` added to the base model: the new
+    stem, and the last decoder block, rebuilt wider (its base weights copied in; the whole
+    block learns faster, as one tensor holds both its old and its new input channels)."""
     if base is None or not card.full_res_skip or _read_card(base)[1].full_res_skip:
         return []
     last = len(card.decoder_channels) - 1
@@ -857,6 +866,11 @@ def _train_model(config: TrainConfig, emit: Callable[[TrainEvent], None]) -> Tra
             ]
             raise AmsegError(
                 f"--resume: settings differ from the interrupted run ({', '.join(changed)})"
+            )
+        if len(state["optimizer"]["param_groups"]) != len(optimizer.param_groups):
+            raise AmsegError(
+                f"--resume: the base model {base} changed since the interrupted run (it no "
+                "longer needs the layers that run added); start a new run instead"
             )
         network.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -1068,8 +1082,8 @@ def _training_info(
         "lr": config.lr,
         "weight_decay": config.weight_decay,
         "optimizer": (
-            f"AdamW (every parameter; the layers added to the base model, {', '.join(fresh)}, "
-            f"at {ADDED_LAYERS_LR_FACTOR:g}x the learning rate)"
+            f"AdamW (every parameter; the layers added or widened for the base model, "
+            f"{', '.join(fresh)}, at {ADDED_LAYERS_LR_FACTOR:g}x the learning rate)"
             if fresh
             else "AdamW (every parameter, one group)"
         ),

@@ -12,7 +12,7 @@ from model.cli.app import app
 from model.cli.console import console, progress_bar
 from model.errors import AmsegError
 from model.imageio import read_image, write_png
-from model.pipeline import SegmentOptions
+from model.pipeline import MAX_SCALE, SegmentOptions
 from model.tiling import DEFAULT_OVERLAP
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def predict(
         None,
         "--scale",
         min=0.05,
-        max=4.0,
+        max=MAX_SCALE,
         help="Resample by this factor before the network (1 = full resolution; above 1 "
         "enlarges, e.g. 1.5: sharper outlines of small marks for 2.25x the network time; "
         "default: from the grid pitch, shrinking only images with large marks).",

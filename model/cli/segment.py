@@ -11,7 +11,7 @@ from model.cli.app import app
 from model.cli.console import console, progress_bar
 from model.dataset import DatasetLayout
 from model.errors import AmsegError
-from model.pipeline import GridSpec, GroupReport, SegmentOptions, process_group
+from model.pipeline import MAX_SCALE, GridSpec, GroupReport, SegmentOptions, process_group
 from model.registration import MAX_ID
 from model.segmenters import ClassicalSegmenter, Segmenter
 
@@ -75,7 +75,7 @@ def segment(
         None,
         "--scale",
         min=0.05,
-        max=4.0,
+        max=MAX_SCALE,
         help="Resample by this factor before the network (1 = full resolution; above 1 "
         "enlarges, e.g. 1.5: sharper outlines of small marks for 2.25x the network time; "
         "default: from the grid pitch for the model, shrinking only large marks; 1 for "

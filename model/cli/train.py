@@ -51,8 +51,9 @@ def train(
         help="Channels of a full-resolution skip connection into the last decoder block "
         "(smp's U-Net has none: its finest skip is at half resolution; 0 = plain U-Net; "
         "default: the base model's, else 0). On a base model without one it is added with zero "
-        "weights, so fine-tuning starts from that model's outputs; the added layers learn at "
-        "10x --lr.",
+        "weights, so fine-tuning starts from that model's outputs; the new layers and the last "
+        "decoder block learn at 10x --lr. Dropping or resizing the skip of the shipped model "
+        "trains from random weights.",
     ),
     legacy: bool = typer.Option(
         False,

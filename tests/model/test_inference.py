@@ -26,15 +26,17 @@ from model.inference import (
     TARGET_PITCH_PX,
     TorchSegmenter,
     auto_scale,
+    count_tiles,
     estimate_mark_pitch,
     get_segmenter,
     predict_image,
     reduced_precision_agreement,
     resample,
     resolve_runtime,
+    restore_segmentation,
 )
 from model.network import IMAGENET_MEAN, IMAGENET_STD, ModelCard, build_from_card, save_model
-from model.pipeline import SegmentOptions
+from model.pipeline import MAX_SCALE, Segmentation, SegmentOptions
 from model.torch_runtime import ProbabilityNet
 
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
@@ -187,12 +189,13 @@ def test_predict_image_keeps_the_input_size(model_dir, shape, dtype, scale):
     assert segmentation.probabilities.shape == shape[:2]
     assert segmentation.mask.shape == shape[:2] and segmentation.mask.dtype == bool
     assert 0.0 <= segmentation.probabilities.min() <= segmentation.probabilities.max() <= 1.0
-    assert planned and planned[0] >= 1
+    assert planned == [count_tiles(shape[:2], OPTIONS, scale)]
+    assert count_tiles(shape[:2], OPTIONS, 1.5) > count_tiles(shape[:2], OPTIONS, 1.0)
 
 
 def test_predict_image_rejects_a_bad_scale(model_dir):
     segmenter = get_segmenter(model_dir, backend="torch", precision="fp32")
-    for bad in (0.0, -1.0, 4.5):
+    for bad in (0.0, -1.0, MAX_SCALE + 0.5):
         with pytest.raises(AmsegError, match="scale"):
             predict_image(np.zeros((64, 64), np.uint8), segmenter, OPTIONS, scale=bad)
 
@@ -205,6 +208,24 @@ def test_resample_shrinks_by_area_and_enlarges_smoothly():
     assert small.shape == (20, 30) and big.shape == (60, 90) and big.dtype == np.uint16
     assert small[5:15, 10:20].min() == 1000 and small.sum() * 4 == image.sum()  # area average
     assert big[17:43, 32:58].min() >= 990 and big[:10].max() == 0 and big[:, :20].max() == 0
+    # Bicubic, not nearest: the enlarged edge passes through intermediate values.
+    edge = big[30, 26:34]
+    assert ((edge > 50) & (edge < 950)).sum() >= 2
+
+
+def test_restoring_an_enlarged_segmentation_averages_before_thresholding():
+    """Back from scale 3: each 3x3 block of probabilities is area-averaged, then thresholded.
+    A lone confident pixel per block (mean 1/9) must not survive, as it would by sampling."""
+    probabilities = np.zeros((9, 9), np.float32)
+    probabilities[1::3, 1::3] = 1.0
+    enlarged = Segmentation(probabilities, probabilities > 0.5, None, None, 0.5)
+    restored = restore_segmentation(enlarged, (3, 3), min_mark_area=0)
+    assert restored.probabilities.shape == (3, 3)
+    np.testing.assert_allclose(restored.probabilities, 1 / 9, atol=1e-6)
+    assert not restored.mask.any()
+    probabilities[:] = 0.8  # and a uniform field stays what it was
+    restored = restore_segmentation(enlarged, (3, 3), min_mark_area=0)
+    assert restored.mask.all() and np.allclose(restored.probabilities, 0.8)
 
 
 def grid_image(pitch_y: float, pitch_x: float, angle_deg: float, size: int = 1200) -> np.ndarray:

@@ -52,7 +52,8 @@ def test_adding_the_skip_keeps_the_function_then_trains(tmp_path):
     wider = add_full_res_skip(plain, card, 4).eval()
     x = torch.randn(2, 1, 64, 64)
     with torch.inference_mode():
-        assert torch.equal(plain(x), wider(x))
+        # Zero weights on the new channels: the same sums, up to the kernel's summation order.
+        torch.testing.assert_close(wider(x), plain(x), rtol=0, atol=1e-6)
     # The new input channels start at zero but receive gradients.
     wider.train()
     wider(x).sum().backward()
@@ -73,7 +74,7 @@ def test_model_directory_round_trip_keeps_the_skip(tmp_path):
     # Weights of a plain U-Net do not fit a card that promises the skip, and the error says so.
     save_model(tmp_path / "plain", build_unet(**TINY), ModelCard(**TINY))
     (tmp_path / "plain" / "model_card.json").write_text(card.to_json())
-    with pytest.raises((AmsegError, RuntimeError)):
+    with pytest.raises(AmsegError, match="tensor shapes differ"):
         load_model(tmp_path / "plain")
 
 
@@ -83,3 +84,24 @@ def test_old_cards_without_the_field_load_as_plain_u_nets():
     assert ModelCard.from_json(text).full_res_skip == 0
     with pytest.raises(AmsegError, match=">= 0"):
         build_unet(**TINY, full_res_skip=-1)
+
+
+def test_the_swapped_in_decoder_gets_smps_initialisation():
+    """smp initialises its modules (Kaiming) in Unet.__init__; the decoder swapped in after it
+    must get the same, or a model with the skip starts from smaller decoder weights."""
+    torch.manual_seed(0)
+    plain = build_unet(**TINY)
+    torch.manual_seed(0)
+    wider = build_unet(**TINY, full_res_skip=4)
+    # Same encoder and block shapes except the last block: compare the first block's conv.
+    plain_std = plain.decoder.blocks[0].conv1[0].weight.std()
+    wider_std = wider.decoder.blocks[0].conv1[0].weight.std()
+    assert abs(float(wider_std / plain_std) - 1.0) < 0.25
+
+
+def test_the_skip_keeps_smps_center_block():
+    """smp adds a center block for VGG encoders; the decoder with the skip keeps it."""
+    plain = build_unet("vgg11", (16, 8, 8, 8, 8), 1)
+    wider = build_unet("vgg11", (16, 8, 8, 8, 8), 1, full_res_skip=4)
+    assert not isinstance(plain.decoder.center, torch.nn.Identity)
+    assert type(wider.decoder.center) is type(plain.decoder.center)

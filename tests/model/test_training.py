@@ -385,7 +385,7 @@ def test_fine_tuning_can_add_a_full_resolution_skip(disc_data, tmp_path):
     wider, card = build_network(config, base)
     x = torch.randn(1, 1, 64, 64)
     with torch.inference_mode():
-        assert torch.equal(plain(x), wider.eval()(x))  # starts from the base model's outputs
+        torch.testing.assert_close(wider.eval()(x), plain(x), rtol=0, atol=1e-6)  # as the base
     assert card.full_res_skip == 4
     # The added layers learn faster than the rest (they start from zero).
     fresh = added_layer_prefixes(card, base)
@@ -395,9 +395,18 @@ def test_fine_tuning_can_add_a_full_resolution_skip(disc_data, tmp_path):
     assert added_layer_prefixes(card, None) == []
     result = train_model(config)
     assert (
-        result.card.full_res_skip == 4 and "added to the base" in result.card.training["optimizer"]
+        result.card.full_res_skip == 4
+        and "added or widened for the base" in result.card.training["optimizer"]
     )
     assert load_model(tmp_path / "out")[1].full_res_skip == 4
+    # --resume after the base model itself gained the skip: its optimizer no longer fits.
+    save_model(base, *load_model(tmp_path / "out"))
+    with pytest.raises(AmsegError, match="changed since the interrupted run"):
+        train_model(
+            tiny_config(
+                disc_data, tmp_path / "out", init_from=base, full_res_skip=4, epochs=2, resume=True
+            )
+        )
     # A base that has a skip of another width is refused; not asking keeps the base's own.
     with pytest.raises(AmsegError, match="full-resolution skip of 4"):
         build_network(tiny_config(disc_data, tmp_path / "x", full_res_skip=8), tmp_path / "out")
@@ -405,3 +414,15 @@ def test_fine_tuning_can_add_a_full_resolution_skip(disc_data, tmp_path):
         build_network(tiny_config(disc_data, tmp_path / "x"), tmp_path / "out")[1].full_res_skip
         == 4
     )
+
+
+def test_dropping_the_shipped_models_skip_trains_from_random_weights(tmp_path, monkeypatch):
+    shipped = tmp_path / "weights" / "default"
+    save_model(shipped, build_unet(**TINY, full_res_skip=4), ModelCard(**TINY, full_res_skip=4))
+    monkeypatch.setattr("model.training.DEFAULT_MODEL_DIR", shipped)
+    for asked, expected in [(None, shipped), (4, shipped), (0, None), (8, None)]:
+        base, note = choose_base_model(TrainConfig(data=tmp_path, full_res_skip=asked))
+        assert base == expected, (asked, note)
+    # A plain shipped model can be widened.
+    save_model(shipped, build_unet(**TINY), ModelCard(**TINY))
+    assert choose_base_model(TrainConfig(data=tmp_path, full_res_skip=8))[0] == shipped
