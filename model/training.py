@@ -594,12 +594,12 @@ def choose_base_model(config: TrainConfig) -> tuple[Path | None, str]:
     if shipped is None:
         return None, "training from random initialisation (no shipped model to fine-tune)"
     _, shipped_card = _read_card(shipped)
-    # A full-resolution skip can be added to a plain shipped model, not taken away.
-    drops_skip = shipped_card.full_res_skip and config.full_res_skip not in (
+    # A full-resolution skip can be added to a plain shipped model, not removed or resized.
+    changes_skip = shipped_card.full_res_skip > 0 and config.full_res_skip not in (
         None,
         shipped_card.full_res_skip,
     )
-    if drops_skip or (
+    if changes_skip or (
         _explicit_architecture(config)
         and not _same_architecture(requested_card(config), shipped_card)
     ):
@@ -869,8 +869,8 @@ def _train_model(config: TrainConfig, emit: Callable[[TrainEvent], None]) -> Tra
             )
         if len(state["optimizer"]["param_groups"]) != len(optimizer.param_groups):
             raise AmsegError(
-                f"--resume: the base model {base} changed since the interrupted run (it no "
-                "longer needs the layers that run added); start a new run instead"
+                f"--resume: the base model {base} changed since the interrupted run (its "
+                "full-resolution skip differs); start a new run instead"
             )
         network.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
