@@ -19,6 +19,15 @@ if TYPE_CHECKING:
     from model.inference import TorchSegmenter
 
 
+def scale_help(default: str) -> str:
+    """Help of --scale, shared by predict and segment; `default` says what happens without it."""
+    return (
+        "Resample by this factor before the network (1 = full resolution; above 1 enlarges, "
+        "e.g. 1.5: sharper outlines of small marks for 2.25x the network time; "
+        f"default: {default})."
+    )
+
+
 @app.command()
 def predict(
     images: list[Path] = typer.Argument(..., help="Image files (PNG, TIFF, JPEG; 8/16-bit)."),
@@ -37,9 +46,7 @@ def predict(
         "--scale",
         min=0.05,
         max=MAX_SCALE,
-        help="Resample by this factor before the network (1 = full resolution; above 1 "
-        "enlarges, e.g. 1.5: sharper outlines of small marks for 2.25x the network time; "
-        "default: from the grid pitch, shrinking only images with large marks).",
+        help=scale_help("from the grid pitch, shrinking only images with large marks"),
     ),
     tile_size: int | None = typer.Option(
         None, "--tile-size", min=64, help="Tile edge in px (default: the model's)."

@@ -9,6 +9,7 @@ import typer
 
 from model.cli.app import app
 from model.cli.console import console, progress_bar
+from model.cli.predict import scale_help
 from model.dataset import DatasetLayout
 from model.errors import AmsegError
 from model.pipeline import MAX_SCALE, GridSpec, GroupReport, SegmentOptions, process_group
@@ -76,10 +77,9 @@ def segment(
         "--scale",
         min=0.05,
         max=MAX_SCALE,
-        help="Resample by this factor before the network (1 = full resolution; above 1 "
-        "enlarges, e.g. 1.5: sharper outlines of small marks for 2.25x the network time; "
-        "default: from the grid pitch for the model, shrinking only large marks; 1 for "
-        "classical).",
+        help=scale_help(
+            "from the grid pitch for the model, shrinking only large marks; 1 for classical"
+        ),
     ),
 ) -> None:
     """Segment and register every group of a dataset.
