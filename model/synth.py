@@ -25,6 +25,9 @@ MAX_MARKS = 65535
 SHAPES = ("crescent", "chevron", "ellipse", "blob", "mixed")
 POLARITIES = ("bright", "dark")
 BIT_DEPTHS = (8, 16)
+# Matrix styles `random_spec` draws from (see there), with their shares.
+BACKGROUNDS = ("granular", "mottled", "smooth")
+_BACKGROUND_WEIGHTS = (0.5, 0.35, 0.15)
 
 # Shapes drawn for "mixed" slides and how often; crescents dominate real data.
 _MIXED_SHAPES = ("crescent", "chevron", "ellipse", "blob")
@@ -195,6 +198,7 @@ def random_spec(
     mark_size: float | None = None,
     bit_depth: int | None = None,
     low_contrast_fraction: float = 0.25,
+    background: str | None = None,
     **overrides: object,
 ) -> SlideSpec:
     """Draw a varied, realistic slide spec; given sizes are respected, `overrides` win last.
@@ -204,7 +208,8 @@ def random_spec(
     like the edge of an acquisition region). With rows/cols the pitch is chosen so that the
     grid roughly spans the image, unless a given mark size forbids it.
     `low_contrast_fraction` is the chance of faint marks on a mid-grey matrix (the hardest
-    slides; raise it to make training sets richer in them).
+    slides; raise it to make training sets richer in them). `background` fixes the matrix
+    style (one of BACKGROUNDS) instead of drawing it, e.g. "mottled" for the hardest matrix.
     """
     if height < 1 or width < 1:
         raise SynthSpecError(f"slide size must be positive, got {width}x{height}")
@@ -214,6 +219,10 @@ def random_spec(
         raise SynthSpecError(f"bit depth must be 8 or 16, got {bit_depth}")
     if not 0.0 <= low_contrast_fraction <= 1.0:
         raise SynthSpecError(f"low-contrast fraction must be in 0..1, got {low_contrast_fraction}")
+    if background is not None and background not in BACKGROUNDS:
+        raise SynthSpecError(
+            f"unknown background {background!r}; choose one of {', '.join(BACKGROUNDS)}"
+        )
     rng = np.random.default_rng(seed)
 
     if mark_size is None:
@@ -302,7 +311,8 @@ def random_spec(
     # "mottled": high-contrast fibrous texture with bright crystal patches as bright as the
     # marks, which are then barely visible and often fragmented (tile_013); "smooth": a
     # quieter matrix.
-    style = str(rng.choice(["granular", "mottled", "smooth"], p=[0.5, 0.35, 0.15]))
+    style = str(rng.choice(BACKGROUNDS, p=_BACKGROUND_WEIGHTS))  # drawn always: same rng stream
+    style = background or style
     if style == "granular":
         texture = rng.uniform(0.3, 0.5)
         clump, patch, ridge = rng.uniform(0.15, 0.45), rng.uniform(0.15, 0.4), maybe(0.4, 0, 0.3)

@@ -14,6 +14,7 @@ from model.cli.app import app
 from model.cli.console import console
 from model.errors import AmsegError
 from model.synth import (
+    BACKGROUNDS,
     MAX_MARKS,
     generate_slide,
     random_spec,
@@ -113,6 +114,13 @@ def synth(
         max=1.0,
         help="Share of slides with faint marks on a mid-grey matrix, the hardest kind.",
     ),
+    background: str = typer.Option(
+        "any",
+        "--background",
+        help="Matrix style: granular (fine speckle on a dark matrix), mottled (fibrous, with "
+        "crystal patches as bright as the marks: the hardest), smooth, or any (drawn per "
+        "slide: 50 / 35 / 15 %).",
+    ),
 ) -> None:
     """Generate synthetic post-MALDI microscopy slides with exact ground-truth masks and ids.
 
@@ -120,6 +128,9 @@ def synth(
     determined by --seed and i, so a run can be repeated exactly.
     """
     _check_options(count, height, width, rows, cols, mark_size, bit_depth, layout, valid_fraction)
+    if background != "any" and background not in BACKGROUNDS:
+        choices = ", ".join((*BACKGROUNDS, "any"))
+        raise SynthOptionError(f"--background must be one of {choices}, got {background!r}")
     out_dir = Path(out_dir)
     valid_count = round(count * valid_fraction) if layout == "train" else 0
     grids: set[tuple[int, int]] = set()
@@ -142,6 +153,7 @@ def synth(
                 mark_size=mark_size,
                 bit_depth=bit_depth,
                 low_contrast_fraction=low_contrast_fraction,
+                background=None if background == "any" else background,
             )
             slide = generate_slide(spec, slide_rng_seed)
             group = f"slide_{index:03d}"

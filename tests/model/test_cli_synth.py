@@ -31,6 +31,7 @@ def test_help_lists_every_option() -> None:
         "--layout",
         "--valid-fraction",
         "--dataset",
+        "--background",
     ):
         assert option in result.output
 
@@ -96,6 +97,17 @@ def test_dataset_layout_prints_segment_command(tmp_path) -> None:
     assert "--rows 5 --cols 6" in result.output.replace("\n", " ")
 
 
+def test_background_option_fixes_the_matrix_style(tmp_path) -> None:
+    args = ["synth", str(tmp_path), "--count", "3", "--layout", "dataset", "--height", "200"]
+    args += ["--width", "200", "--background", "mottled", "--low-contrast-fraction", "0"]
+    result = runner.invoke(app, args, terminal_width=300)
+    assert result.exit_code == 0, result.output
+    for group in ("slide_000", "slide_001", "slide_002"):
+        spec = json.loads((tmp_path / "ground_truth" / group / "spec.json").read_text())
+        # Only the mottled matrix has fibrous ridges of 0.5 or more and marks this bright.
+        assert spec["ridge_strength"] >= 0.5 and spec["contrast"] >= 0.85
+
+
 def test_same_seed_writes_same_files(tmp_path) -> None:
     for name in ("a", "b"):
         args = [
@@ -129,6 +141,7 @@ def test_same_seed_writes_same_files(tmp_path) -> None:
         ("--bit-depth", "12", "--bit-depth"),
         ("--layout", "zip", "--layout"),
         ("--valid-fraction", "1.5", "--valid-fraction"),
+        ("--background", "glossy", "--background"),
     ],
 )
 def test_bad_options_fail_with_a_clear_error(tmp_path, option, value, fragment) -> None:

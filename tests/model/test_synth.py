@@ -327,6 +327,23 @@ def test_fit_grid_inside_puts_every_node_in_the_image(seed):
     assert slide.present.sum() > 0.5 * spec.rows * spec.cols
 
 
+def test_background_fixes_the_matrix_style_and_keeps_seeds_reproducible() -> None:
+    # Drawn freely, about a third of slides are mottled (patch strength >= 0.6, ridges >= 0.5);
+    # asked for, every one is, and smooth ones never have ridges.
+    free = [random_spec(seed) for seed in range(40)]
+    assert 0 < sum(spec.ridge_strength >= 0.5 for spec in free) < 40
+    mottled = [random_spec(seed, background="mottled") for seed in range(40)]
+    assert all(s.patch_strength >= 0.6 and s.ridge_strength >= 0.5 for s in mottled)
+    assert all(random_spec(seed, background="smooth").ridge_strength == 0 for seed in range(40))
+    assert random_spec(5, background="mottled") == random_spec(5, background="mottled")
+    # Where the drawn style already is the asked one, the spec is the same as without it.
+    for seed, spec in enumerate(free):
+        if spec.ridge_strength >= 0.5:
+            assert random_spec(seed, background="mottled") == spec
+    with pytest.raises(SynthSpecError, match="background"):
+        random_spec(0, background="glossy")
+
+
 def test_low_contrast_fraction_controls_faint_slides() -> None:
     def faint_share(fraction: float) -> float:
         specs = [random_spec(seed, low_contrast_fraction=fraction) for seed in range(60)]
