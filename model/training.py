@@ -1173,14 +1173,14 @@ def write_curves(path: Path, history: list[dict]) -> Path:
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
     epochs = [r["epoch"] for r in history]
-    losses = [r["train_loss"] for r in history] + [r["val_loss"] for r in history]
-    top = max(max(losses) * 1.05, 1e-6)
+    losses = [r[k] for r in history for k in ("train_loss", "val_loss")]
+    metrics = [r[k] for r in history for k in ("val_dice", "val_f1")]
     panel_w = (width - 3 * margin) // 2
     panels = [
         (
             margin,
             "loss",
-            (0.0, top),
+            _value_range(losses, 0.0, math.inf),
             [
                 ("train loss", "train_loss", (31, 119, 180)),
                 ("val loss", "val_loss", (255, 127, 14)),
@@ -1189,7 +1189,7 @@ def write_curves(path: Path, history: list[dict]) -> Path:
         (
             2 * margin + panel_w,
             "validation metric",
-            (0.0, 1.0),
+            _value_range(metrics, 0.0, 1.0),
             [("val Dice", "val_dice", (44, 160, 44)), ("val F1", "val_f1", (214, 39, 40))],
         ),
     ]
@@ -1210,7 +1210,8 @@ def write_curves(path: Path, history: list[dict]) -> Path:
             _, y = to_xy(x_low, value)
             draw.line([left - 4, y, left, y], fill="black")
             draw.line([left, y, right, y], fill=(230, 230, 230))
-            draw.text((left - 40, y - 6), f"{value:.2f}", fill="black", font=font)
+            digits = 2 if y_high - y_low >= 0.1 else 3
+            draw.text((left - 44, y - 6), f"{value:.{digits}f}", fill="black", font=font)
         for ep in _epoch_ticks(x_low, x_high):
             x, _ = to_xy(ep, y_low)
             draw.line([x, plot_bottom, x, plot_bottom + 4], fill="black")
@@ -1224,12 +1225,22 @@ def write_curves(path: Path, history: list[dict]) -> Path:
                 draw.line(points, fill=colour, width=2)
             for x, y in points:
                 draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-            legend_y = plot_top + 8 + 14 * k
-            draw.line([right - 110, legend_y + 6, right - 90, legend_y + 6], fill=colour, width=2)
-            draw.text((right - 85, legend_y), label, fill="black", font=font)
+            # Legend in the band above the plot, where it cannot hide a curve.
+            legend_x = right - 110 * (len(series) - k)
+            draw.line([legend_x, 16, legend_x + 20, 16], fill=colour, width=2)
+            draw.text((legend_x + 25, 10), label, fill="black", font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
+
+
+def _value_range(values: list[float], floor: float, ceiling: float) -> tuple[float, float]:
+    """The y range of a panel: the data with 10 % padding, within [floor, ceiling], so the small
+    changes of a fine-tune stay visible (a fixed 0..1 axis flattens them)."""
+    low, high = min(values), max(values)
+    pad = max((high - low) * 0.1, 0.005)
+    low, high = max(floor, low - pad), min(ceiling, high + pad)
+    return (low, high) if high > low else (low - 0.005, low + 0.005)
 
 
 def _epoch_ticks(low: int, high: int) -> list[int]:

@@ -19,6 +19,7 @@ from model.training import (
     Sample,
     TrainConfig,
     WeightAverage,
+    _value_range,
     added_layer_prefixes,
     bce_dice_loss,
     bce_lovasz_loss,
@@ -97,6 +98,16 @@ def test_every_parameter_is_trained_including_the_head(disc_data, tmp_path):
     unchanged = [k for k in before if torch.equal(before[k], after[k])]
     assert not unchanged, f"parameters never updated: {unchanged}"
     assert any(k.startswith("segmentation_head") for k in before)
+
+
+def test_curve_axes_zoom_on_the_data_within_their_bounds():
+    # A fine-tune's Dice moves by thousandths: the axis must zoom in, not span 0..1.
+    low, high = _value_range([0.9165, 0.9193, 0.9170], 0.0, 1.0)
+    assert 0.9 < low < 0.9165 and 0.9193 < high < 0.93
+    # Padding never leaves the metric's bounds, and a flat series still gets a range.
+    assert _value_range([0.1, 0.999], 0.0, 1.0) == (pytest.approx(0.0101), 1.0)
+    assert _value_range([0.5, 0.5], 0.0, 1.0) == (pytest.approx(0.495), pytest.approx(0.505))
+    assert _value_range([1.0, 1.0], 0.0, 1.0)[1] == 1.0
 
 
 def test_training_writes_model_card_curves_and_history(disc_data, tmp_path):
