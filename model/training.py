@@ -1239,8 +1239,7 @@ def _value_range(values: list[float], floor: float, ceiling: float) -> tuple[flo
     changes of a fine-tune stay visible (a fixed 0..1 axis flattens them)."""
     low, high = min(values), max(values)
     pad = max((high - low) * 0.1, 0.005)
-    low, high = max(floor, low - pad), min(ceiling, high + pad)
-    return (low, high) if high > low else (low - 0.005, low + 0.005)
+    return max(floor, low - pad), min(ceiling, high + pad)
 
 
 def _epoch_ticks(low: int, high: int) -> list[int]:
