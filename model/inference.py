@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-from scipy import fft as sp_fft
-from scipy import ndimage
 
 from model.errors import AmsegError
 from model.imageio import to_grayscale
@@ -475,11 +473,18 @@ def estimate_mark_pitch(image: np.ndarray) -> float | None:
     if max_lag <= 2 * min_lag:
         return None  # too small an image to hold two periods of any plausible grid
 
-    finite = work[np.isfinite(work)]
-    low, high = np.percentile(finite, (1.0, 99.5)) if finite.size else (0.0, 0.0)
+    # Clip window from every other row and column: a quarter of the sorting, same percentiles
+    # to well within the precision a clip needs. Only float input can hold NaN or inf.
+    sample = work[::2, ::2] if min(work.shape) >= 64 else work
+    floating = np.issubdtype(gray.dtype, np.floating)
+    if floating:
+        sample = sample[np.isfinite(sample)]
+    low, high = np.percentile(sample, (1.0, 99.5)) if sample.size else (0.0, 0.0)
     if high <= low:
         return None
-    work = np.clip(np.nan_to_num(work, nan=low), low, high)
+    if floating:
+        work = np.nan_to_num(work, nan=low)
+    work = np.clip(work, low, high)
     work = (work - low) / (high - low)
     # Remove vignetting and gradients; periods up to max_lag keep >= 99 % of their amplitude.
     work -= _smooth(work, max_lag / 2.0)
@@ -509,17 +514,19 @@ def _autocorrelation(work: np.ndarray, max_lag: int) -> np.ndarray | None:
     """Unbiased autocorrelation for lags |dy|, |dx| <= max_lag, normalized to acf(0) = 1.
 
     Zero padding makes it a linear (not circular) correlation, and dividing by the number of
-    overlapping pixel pairs at each lag removes the bias towards short lags.
+    overlapping pixel pairs at each lag removes the bias towards short lags. OpenCV's DFT
+    (packed real spectrum) rather than scipy.fft: as fast, and no ~0.1 s scipy import.
     """
     height, width = work.shape
-    centred = (work - work.mean()).astype(np.float32)
-    shape = (sp_fft.next_fast_len(height + max_lag), sp_fft.next_fast_len(width + max_lag))
-    spectrum = sp_fft.rfft2(centred, s=shape, workers=-1)
-    full = sp_fft.irfft2(spectrum.real**2 + spectrum.imag**2, s=shape, workers=-1)
+    shape = (cv2.getOptimalDFTSize(height + max_lag), cv2.getOptimalDFTSize(width + max_lag))
+    padded = np.zeros(shape, np.float32)
+    padded[:height, :width] = work - work.mean()
+    spectrum = cv2.dft(padded)
+    full = cv2.idft(cv2.mulSpectrums(spectrum, spectrum, 0, conjB=True), flags=cv2.DFT_REAL_OUTPUT)
     if full[0, 0] <= 0:
         return None
     lags = np.arange(-max_lag, max_lag + 1)
-    acf = full[np.ix_(lags % shape[0], lags % shape[1])]
+    acf = full[np.ix_(lags % shape[0], lags % shape[1])].astype(np.float64)
     acf /= np.outer(height - np.abs(lags), width - np.abs(lags))
     return (acf / acf[max_lag, max_lag]).astype(np.float32)
 
@@ -537,7 +544,8 @@ def _lattice_vectors(
     short_range = radius < min_lag
     noise = float(np.sqrt(np.sum(acf[short_range] ** 2) / pixels))
     floor = max(_MIN_PEAK, _NOISE_SIGMAS * noise)
-    peaks = (acf == ndimage.maximum_filter(acf, size=3, mode="nearest")) & (acf > floor)
+    local_max = cv2.dilate(acf, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    peaks = (acf == local_max) & (acf > floor)
     # Half plane: the autocorrelation is symmetric, v and -v are the same peak.
     peaks &= annulus & ((dy > 0) | ((dy == 0) & (dx > 0)))
     ys, xs = np.nonzero(peaks)

@@ -25,8 +25,6 @@ from model.normalize import (
     intensity_window,
     to_uint8,
 )
-from model.overlay import render_overlay
-from model.registration import register_marks, write_registration
 from model.segmenters import Segmenter
 from model.tiling import (
     DEFAULT_OVERLAP,
@@ -221,6 +219,11 @@ def process_group(
     (tiles_dir / "meta.json").write_text(json.dumps(meta, indent=2))
 
     stage("stitch")
+    # Imported here: registration and overlays need scipy.spatial/optimize, which
+    # `amseg predict` (segment_image only) would otherwise load for nothing.
+    from model.overlay import render_overlay
+    from model.registration import register_marks, write_registration
+
     stitched_dir = _fresh_dir(layout.stitched_dir(group))
     mask_u8 = segmentation.mask.astype(np.uint8) * 255
     write_tiff(stitched_dir / "mask.tiff", mask_u8)

@@ -11,10 +11,10 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 
 import cv2
 import numpy as np
-from scipy.special import ndtri
 
 from model.errors import AmsegError
 from model.imageio import write_png, write_tiff
@@ -946,7 +946,7 @@ def _background(spec: SlideSpec, rng: np.random.Generator, fine: np.ndarray) -> 
 
 def _normal_quantile(p: float) -> float:
     """Inverse standard-normal CDF, so a threshold on unit noise covers a share `1 - p`."""
-    return float(ndtri(min(max(p, 1e-6), 1 - 1e-6)))
+    return NormalDist().inv_cdf(min(max(p, 1e-6), 1 - 1e-6))
 
 
 def _marks_layer(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -14,7 +14,9 @@ from model.cli.app import app
 from model.cli.console import progress_bar
 from model.errors import DatasetError
 from model.imageio import read_image, to_grayscale
-from model.registration import Registration, register_marks, write_registration
+
+if TYPE_CHECKING:
+    from model.registration import Registration
 
 MASK_NAMES = ("mask.tiff", "mask.tif", "mask.png")
 SOURCE_NAMES = ("source.tiff", "source.tif", "source.png")
@@ -125,6 +127,9 @@ def _register_group(ds_path: Path, group: str, rows: int, cols: int) -> tuple[Re
 def _register_files(
     mask_path: Path, image_path: Path | None, out_dir: Path, rows: int, cols: int
 ) -> tuple[Registration, dict[str, Path]]:
+    # Imported here: registration needs scipy, which other commands need not load.
+    from model.registration import register_marks, write_registration
+
     registration = register_marks(_read_mask(mask_path), rows, cols)
     source = to_grayscale(read_image(image_path)) if image_path is not None else None
     return registration, write_registration(out_dir, registration, source=source)

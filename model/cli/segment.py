@@ -13,7 +13,6 @@ from model.cli.predict import scale_help
 from model.dataset import DatasetLayout
 from model.errors import AmsegError
 from model.pipeline import MAX_SCALE, GridSpec, GroupReport, SegmentOptions, process_group
-from model.registration import MAX_ID
 from model.segmenters import ClassicalSegmenter, Segmenter
 
 SEGMENTERS = ("auto", "model", "classical")
@@ -101,6 +100,8 @@ def segment(
             "percentiles must satisfy 0 <= --low-percentile < --high-percentile <= 100"
         )
     grid = None if no_register else GridSpec(rows, cols)  # type: ignore[arg-type]
+    from model.registration import MAX_ID  # here: scipy loads only for commands that use it
+
     if grid is not None and grid.rows * grid.cols > MAX_ID:
         # Checked before segmenting so a long run does not fail only at registration.
         raise AmsegError(f"a {rows}x{cols} grid has more than {MAX_ID} marks, the uint16 id limit")

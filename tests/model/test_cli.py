@@ -36,3 +36,21 @@ def test_user_error_is_one_line_without_traceback(amseg, tmp_path):
     assert lines[0].startswith("error: ")
     assert str(bad) in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_predict_path_does_not_load_scipy():
+    """`amseg predict` loads every command module and the inference stack, then estimates the
+    grid pitch; scipy (~0.1-0.2 s to import) is only for commands that register or
+    synthesise, so none of that may pull it in."""
+    code = (
+        "import sys, numpy as np\n"
+        "import model.cli\n"
+        "from model.inference import estimate_mark_pitch, predict_image\n"
+        "image = np.zeros((256, 256), np.uint8)\n"
+        "image[4::16, 4::16] = 255\n"
+        "assert estimate_mark_pitch(image) is not None\n"
+        "print(sorted(m for m in sys.modules if m == 'scipy' or m.startswith('scipy.')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

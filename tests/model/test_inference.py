@@ -275,6 +275,15 @@ def test_pitch_of_a_generated_slide_within_5_percent():
     assert abs(pitch / min(spec.pitch_x, spec.pitch_y) - 1) < 0.05
 
 
+def test_pitch_of_float_input_with_nan_and_inf():
+    image = grid_image(40.0, 46.0, 3.0).astype(np.float32) / 60000
+    image[100:140, 200:260] = np.nan  # dead pixels, saturated ones
+    image[500, 10:30] = np.inf
+    pitch = estimate_mark_pitch(image)
+    assert pitch is not None
+    assert abs(pitch / 40.0 - 1) < 0.05
+
+
 def test_no_pitch_without_a_grid():
     rng = np.random.default_rng(0)
     texture = cv2.GaussianBlur(rng.random((800, 900), dtype=np.float32), (0, 0), 2.0)
