@@ -121,6 +121,24 @@ def test_openvino_fp32_agrees_with_eager_and_is_cached(model_dir, tmp_path_facto
     np.testing.assert_allclose(again.predict_batch(batch), expected, atol=1e-4)
 
 
+@pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino not installed")
+def test_openvino_keeps_the_compiled_network_and_survives_a_damaged_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMSEG_CACHE_DIR", str(tmp_path / "cache"))
+    directory = make_model_dir(tmp_path / "model")
+    first = TorchSegmenter.from_model_dir(directory, backend="openvino", precision="fp32")
+    blobs = list((tmp_path / "cache").rglob("compiled/*.blob"))
+    assert len(blobs) == 1
+    batch = tiles(2)
+    expected = first.predict_batch(batch)
+    blob = blobs[0]
+    size = blob.stat().st_size
+    blob.chmod(0o600)
+    blob.write_bytes(blob.read_bytes()[: size // 10])  # as if a process died writing it
+    again = TorchSegmenter.from_model_dir(directory, backend="openvino", precision="fp32")
+    np.testing.assert_allclose(again.predict_batch(batch), expected, atol=1e-5)
+    assert blob.stat().st_size == size  # compiled afresh and written back whole
+
+
 @pytest.mark.parametrize("backend", ["torch", "openvino"])
 def test_bf16_runs_and_stays_close(model_dir, backend):
     """Only closeness in probability: random weights say nothing about bf16 masks."""
