@@ -94,8 +94,8 @@ def test_the_swapped_in_decoder_gets_smps_initialisation():
     torch.manual_seed(0)
     wider = build_unet(**TINY, full_res_skip=4)
     # Same encoder and block shapes except the last block: compare the first block's conv.
-    plain_std = plain.decoder.blocks[0].conv1[0].weight.std()
-    wider_std = wider.decoder.blocks[0].conv1[0].weight.std()
+    plain_std = plain.decoder.blocks[0].conv1[0].weight.detach().std()
+    wider_std = wider.decoder.blocks[0].conv1[0].weight.detach().std()
     assert abs(float(wider_std / plain_std) - 1.0) < 0.25
 
 
