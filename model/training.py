@@ -88,6 +88,9 @@ class TrainConfig:
     max_val_crops: int = 256
     threshold: float = 0.5
     scale_range: tuple[float, float] = (0.5, 2.0)
+    # Mark sizes (px) the zoom may show: each image's zoom range is narrowed so that its
+    # typical mark stays within MIN..MAX (see zoom_range); None zooms every image alike.
+    mark_range: tuple[float, float] | None = None
     augment: bool = True
     # Exponential moving average of the weights, validated and saved instead of the raw
     # weights; 0 turns it off. See WeightAverage for the warm-up that keeps short runs sane.
@@ -117,6 +120,7 @@ class TrainConfig:
             "max_val_crops",
             "threshold",
             "scale_range",
+            "mark_range",
             "augment",
             "ema_decay",
             "loss",
@@ -287,6 +291,32 @@ def mark_sizes(samples: list[Sample]) -> np.ndarray:
     return np.asarray(sizes, dtype=np.float64)
 
 
+def typical_mark_px(sample: Sample) -> float | None:
+    """Median extent of the sample's marks (px), None when its mask has none."""
+    sizes = mark_sizes([sample])
+    return float(np.median(sizes)) if sizes.size else None
+
+
+def zoom_range(
+    scale_range: tuple[float, float],
+    mark_px: float | None,
+    mark_range: tuple[float, float] | None,
+) -> tuple[float, float]:
+    """The zoom range for an image whose marks are `mark_px` across: `scale_range` narrowed so
+    that zoomed marks stay within `mark_range` px where it can, and never widened.
+
+    E.g. 0.7-1.4x on 9 px marks shows them at 6.3-12.6 px, below the 8 px that prediction
+    meets; with mark_range (8, 60) the zoom becomes 0.89-1.4x. Marks already outside the range
+    get the nearest end of `scale_range` (the zoom closest to bringing them in).
+    """
+    low, high = scale_range
+    if mark_range is None or not mark_px:
+        return low, high
+    narrowed_low = min(max(low, mark_range[0] / mark_px), high)
+    narrowed_high = max(min(high, mark_range[1] / mark_px), narrowed_low)
+    return narrowed_low, narrowed_high
+
+
 def plan_epoch(areas: list[int], count: int, rng: np.random.Generator) -> np.ndarray:
     """Image index of every crop of an epoch, shuffled.
 
@@ -410,23 +440,24 @@ class CropDataset(torch.utils.data.Dataset):
         epoch: int,
         tile: int,
         augment: bool,
-        scale_range: tuple[float, float],
+        scale_ranges: list[tuple[float, float]],
     ) -> None:
         self.samples, self.plan = samples, plan
         self.seed, self.epoch, self.tile = seed, epoch, tile
-        self.augment, self.scale_range = augment, scale_range
+        self.augment, self.scale_ranges = augment, scale_ranges  # one zoom range per sample
 
     def __len__(self) -> int:
         return len(self.plan)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
+        which = int(self.plan[index])
         crop, mask = sample_crop(
-            self.samples[int(self.plan[index])],
+            self.samples[which],
             rng,
             self.tile,
             augment=self.augment,
-            scale_range=self.scale_range,
+            scale_range=self.scale_ranges[which],
         )
         return torch.from_numpy(crop), torch.from_numpy(mask)
 
@@ -858,12 +889,13 @@ def _train_model(config: TrainConfig, emit: Callable[[TrainEvent], None]) -> Tra
     if config.resume:
         # CPU first: the RNG state must stay a CPU tensor; load_state_dict moves the rest.
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if state["identity"] != _json_roundtrip(config.identity()):
-            changed = [
-                k
-                for k, v in _json_roundtrip(config.identity()).items()
-                if state["identity"][k] != v
-            ]
+        # A setting added after the checkpoint was written is absent there: None, its off value.
+        changed = [
+            k
+            for k, v in _json_roundtrip(config.identity()).items()
+            if state["identity"].get(k) != v
+        ]
+        if changed:
             raise AmsegError(
                 f"--resume: settings differ from the interrupted run ({', '.join(changed)})"
             )
@@ -903,11 +935,19 @@ def _train_model(config: TrainConfig, emit: Callable[[TrainEvent], None]) -> Tra
             "p95": round(float(high), 1),
         }
         # The scale augmentation shows marks from s_min to s_max times their size.
+        low_zoom = zoom_range(config.scale_range, float(low), config.mark_range)[0]
+        high_zoom = zoom_range(config.scale_range, float(high), config.mark_range)[1]
         data_summary["mark_px_learned"] = [
-            round(float(low) * config.scale_range[0], 1),
-            round(float(high) * config.scale_range[1], 1),
+            round(float(low) * low_zoom, 1),
+            round(float(high) * high_zoom, 1),
         ]
     card.data = data_summary
+    if config.mark_range is None:
+        scale_ranges = [config.scale_range] * len(train)
+    else:
+        scale_ranges = [
+            zoom_range(config.scale_range, typical_mark_px(s), config.mark_range) for s in train
+        ]
     emit(
         TrainEvent(
             "start",
@@ -935,7 +975,7 @@ def _train_model(config: TrainConfig, emit: Callable[[TrainEvent], None]) -> Tra
                 epoch=epoch,
                 tile=config.tile_size,
                 augment=config.augment,
-                scale_range=config.scale_range,
+                scale_ranges=scale_ranges,
             ),
             batch_size=config.batch_size,
             shuffle=False,  # the plan is already shuffled, reproducibly
@@ -1093,6 +1133,7 @@ def _training_info(
         "seed": config.seed,
         "augmentations": _augmentations(config),
         "scale_range": list(config.scale_range),
+        "mark_range": list(config.mark_range) if config.mark_range else None,
         "weight_average": (
             f"EMA decay {config.ema_decay} (warm-up (1+n)/(10+n)); saved weights are the average"
             if config.ema_decay > 0
@@ -1112,6 +1153,11 @@ def _augmentations(config: TrainConfig) -> dict:
         return {}
     low, high = config.scale_range
     scale = f"log-uniform zoom {low:g}-{high:g}x: crop tile/scale px, resize to tile"
+    if config.mark_range:
+        scale += (
+            f", narrowed per image to keep its median mark within "
+            f"{config.mark_range[0]:g}-{config.mark_range[1]:g} px"
+        )
     return {**AUGMENTATIONS, "scale": scale}
 
 

@@ -102,6 +102,13 @@ def train(
         "marks of many sizes; a narrow range (e.g. 0.7,1.4) suits a last fine-tuning pass on "
         "data whose mark sizes already match the slides to segment.",
     ),
+    mark_range: str = typer.Option(
+        "none",
+        "--mark-range",
+        help="MIN,MAX mark size in px that the zoom may show, e.g. 8,60 (the sizes prediction "
+        "meets): each image's zoom range is narrowed so its median mark stays inside, so "
+        "9 px marks are not shrunk to 6 px. none = zoom every image alike.",
+    ),
     loss: str = typer.Option(
         "bce-dice",
         "--loss",
@@ -150,6 +157,7 @@ def train(
         crops_per_epoch=crops_per_epoch,
         threads=threads,
         scale_range=parse_scale_range(scale_range),
+        mark_range=parse_mark_range(mark_range),
         ema_decay=ema,
         loss=loss,
     )
@@ -159,11 +167,22 @@ def train(
 
 def parse_scale_range(text: str) -> tuple[float, float]:
     """ "MIN,MAX" -> (MIN, MAX) with 0 < MIN <= MAX, or a clear error."""
+    return _parse_range(text, "--scale-range", "0.5,2")
+
+
+def parse_mark_range(text: str) -> tuple[float, float] | None:
+    """ "none" -> None, "MIN,MAX" -> (MIN, MAX) with 0 < MIN <= MAX, or a clear error."""
+    if text.strip().lower() == "none":
+        return None
+    return _parse_range(text, "--mark-range", "8,60")
+
+
+def _parse_range(text: str, option: str, example: str) -> tuple[float, float]:
     parts = text.split(",")
     try:
         low, high = (float(p) for p in parts)
     except ValueError:
-        raise AmsegError(f"--scale-range must be MIN,MAX (e.g. 0.5,2), got {text!r}") from None
+        raise AmsegError(f"{option} must be MIN,MAX (e.g. {example}), got {text!r}") from None
     if not 0.0 < low <= high:
-        raise AmsegError(f"--scale-range needs 0 < MIN <= MAX, got {text!r}")
+        raise AmsegError(f"{option} needs 0 < MIN <= MAX, got {text!r}")
     return low, high

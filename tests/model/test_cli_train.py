@@ -61,13 +61,17 @@ def test_train_writes_a_loadable_model_directory(synth_data, tmp_path):
     # Fine-tuning from it keeps its architecture and says so.
     tuned = tmp_path / "tuned"
     again = run(
-        [*args, "--init-from", out, "--out", tuned, "--scale-range", "0.8,1.25", "--ema", "0.99"]
-    )
+        [*args, "--init-from", out, "--out", tuned, "--scale-range", "0.8,1.25", "--ema", "0.99",
+         "--mark-range", "8,60"]
+    )  # fmt: skip
     assert again.exit_code == 0, again.output + repr(again.exception)
     assert "fine-tuning from" in " ".join(again.output.split())
     training = load_model(tuned)[1].training
     assert training["init_from"] == str(out) and training["scale_range"] == [0.8, 1.25]
     assert training["augmentations"]["scale"].startswith("log-uniform zoom 0.8-1.25x")
+    assert training["mark_range"] == [8, 60]
+    assert "within 8-60 px" in training["augmentations"]["scale"]
+    assert load_model(out)[1].training["mark_range"] is None
     assert "EMA decay 0.99" in training["weight_average"]
 
 
@@ -98,6 +102,8 @@ def test_shipped_matrix_model_is_the_base(synth_data, tmp_path, monkeypatch):
         ("ok", ["--resume"], "no checkpoint"),
         ("ok", ["--scale-range", "2,1"], "0 < MIN <= MAX"),
         ("ok", ["--scale-range", "big"], "MIN,MAX"),
+        ("ok", ["--mark-range", "60,8"], "0 < MIN <= MAX"),
+        ("ok", ["--mark-range", "8"], "--mark-range must be MIN,MAX"),
         ("ok", ["--loss", "focal"], "unknown loss"),
     ],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -32,7 +33,9 @@ from model.training import (
     requested_card,
     sample_crop,
     train_model,
+    typical_mark_px,
     validation_crops,
+    zoom_range,
 )
 
 TINY = {"encoder": "resnet18", "decoder_channels": (16, 8, 8, 8, 8)}
@@ -242,6 +245,18 @@ def test_resume_refuses_changed_settings_and_missing_checkpoint(disc_data, tmp_p
     train_model(tiny_config(disc_data, tmp_path / "out"))
     with pytest.raises(AmsegError, match="lr"):
         train_model(tiny_config(disc_data, tmp_path / "out", resume=True, lr=1e-2))
+    with pytest.raises(AmsegError, match="mark_range"):
+        train_model(tiny_config(disc_data, tmp_path / "out", resume=True, mark_range=(8, 60)))
+
+
+def test_resume_accepts_a_checkpoint_from_before_a_setting_existed(disc_data, tmp_path):
+    train_model(tiny_config(disc_data, tmp_path / "out"))
+    path = tmp_path / "out" / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    del state["identity"]["mark_range"]  # written before --mark-range existed
+    torch.save(state, path)
+    result = train_model(tiny_config(disc_data, tmp_path / "out", resume=True, epochs=2))
+    assert result.epochs_run == 2
 
 
 def test_loss_decreases_on_bright_discs(disc_data, tmp_path):
@@ -313,6 +328,48 @@ def test_crops_of_small_images_are_padded_and_masks_stay_binary():
     assert np.array_equal(again[0], first[0])
     images, _, valids = validation_crops([sample], 64, 10)
     assert images.shape == (1, 64, 64) and valids.sum() == 40 * 40
+
+
+def test_zoom_range_keeps_marks_within_the_mark_range():
+    # 9 px marks: no zoom below 8/9; 60 px marks: none above 1; in-range sizes keep the range.
+    assert zoom_range((0.7, 1.4), 9.0, (8.0, 60.0)) == pytest.approx((8 / 9, 1.4))
+    assert zoom_range((0.7, 1.4), 60.0, (8.0, 60.0)) == pytest.approx((0.7, 1.0))
+    assert zoom_range((0.7, 1.4), 25.0, (8.0, 60.0)) == (0.7, 1.4)
+    # Outside the range already: the nearest end of the scale range, never beyond it.
+    assert zoom_range((0.7, 1.4), 4.0, (8.0, 60.0)) == (1.4, 1.4)
+    assert zoom_range((0.7, 1.4), 120.0, (8.0, 60.0)) == (0.7, 0.7)
+    # Off, or no marks to measure: the scale range unchanged.
+    assert zoom_range((0.5, 2.0), 9.0, None) == (0.5, 2.0)
+    assert zoom_range((0.5, 2.0), None, (8.0, 60.0)) == (0.5, 2.0)
+
+
+def test_crops_of_small_marks_are_not_shrunk_below_the_mark_range():
+    mask = np.zeros((256, 256), np.uint8)
+    for y in range(16, 256, 32):
+        for x in range(16, 256, 32):
+            cv2.circle(mask, (x, y), 5, 1, -1)  # 11 px discs
+    sample = Sample(Path("x.png"), "ds", "g", mask.astype(np.float32), mask)
+    assert typical_mark_px(sample) == 11.0
+    low, high = zoom_range((0.5, 1.0), typical_mark_px(sample), (8.0, 60.0))
+    assert low == pytest.approx(8 / 11) and high == 1.0
+
+    def disc_widths(scale_range: tuple[float, float]) -> list[int]:
+        widths = []
+        for i in range(30):
+            _, crop_mask = sample_crop(
+                sample, np.random.default_rng(i), 64, augment=True, scale_range=scale_range
+            )
+            _, _, stats, _ = cv2.connectedComponentsWithStats(crop_mask)
+            inner = stats[1:][(stats[1:, 0] > 0) & (stats[1:, 1] > 0)]  # not cut by the crop
+            inner = inner[(inner[:, 0] + inner[:, 2] < 64) & (inner[:, 1] + inner[:, 3] < 64)]
+            widths.extend(inner[:, 2].tolist())
+        return widths
+
+    # Unrestricted, the 0.5x end shrinks the discs to 5-6 px; restricted, to 8 px give or take
+    # the pixel that resampling the mask costs.
+    assert min(disc_widths((0.5, 1.0))) <= 6
+    assert min(disc_widths((low, high))) >= 7
+    assert typical_mark_px(Sample(Path("y.png"), "ds", "g", mask * 0.0, mask * 0)) is None
 
 
 def test_object_counts_match_at_iou_one_half():
