@@ -293,7 +293,10 @@ def mark_sizes(samples: list[Sample]) -> np.ndarray:
 
 def typical_mark_px(sample: Sample) -> float | None:
     """Median extent of the sample's marks (px), None when its mask has none."""
-    sizes = mark_sizes([sample])
+    return _median_or_none(mark_sizes([sample]))
+
+
+def _median_or_none(sizes: np.ndarray) -> float | None:
     return float(np.median(sizes)) if sizes.size else None
 
 
@@ -918,7 +921,9 @@ def _train_model(config: TrainConfig, emit: Callable[[TrainEvent], None]) -> Tra
             emit(TrainEvent("note", message="the checkpoint already covers every epoch"))
 
     val_crops = validation_crops(valid, config.tile_size, config.max_val_crops)
-    sizes = mark_sizes(train)
+    # Marks measured once per image: for the card's summary and the per-image zoom ranges.
+    sizes_per_image = [mark_sizes([s]) for s in train]
+    sizes = np.concatenate(sizes_per_image) if sizes_per_image else np.zeros(0)
     data_summary = {
         "root": str(Path(config.data).resolve()),
         "train": split_summary(train, Path(config.data) / "train"),
@@ -942,12 +947,10 @@ def _train_model(config: TrainConfig, emit: Callable[[TrainEvent], None]) -> Tra
             round(float(high) * high_zoom, 1),
         ]
     card.data = data_summary
-    if config.mark_range is None:
-        scale_ranges = [config.scale_range] * len(train)
-    else:
-        scale_ranges = [
-            zoom_range(config.scale_range, typical_mark_px(s), config.mark_range) for s in train
-        ]
+    scale_ranges = [
+        zoom_range(config.scale_range, _median_or_none(image_sizes), config.mark_range)
+        for image_sizes in sizes_per_image
+    ]
     emit(
         TrainEvent(
             "start",
