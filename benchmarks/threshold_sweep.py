@@ -56,13 +56,16 @@ def main() -> None:
     if args.write:
         card_path = args.model / "model_card.json"
         card = json.loads(card_path.read_text())
+        previous = card.get("threshold")
         card["threshold"] = best
         card.setdefault("metrics", {})["threshold_calibration"] = {
+            # Training's validation metrics were taken at the previous threshold.
+            "previous_threshold": previous,
             "slides": args.slides,
             "size": args.size,
             "first_seed": args.first_seed,
             "dice_by_threshold": {f"{t:.2f}": round(s, 4) for t, s in scores.items()},
-            "command": "benchmarks/threshold_sweep.py --write",
+            "command": f"benchmarks/threshold_sweep.py --slides {args.slides} --write",
         }
         card_path.write_text(json.dumps(card, indent=2) + "\n")
         print(f"wrote threshold {best} to {card_path}")
