@@ -1,11 +1,12 @@
 """Pick a model's probability threshold on synthetic calibration slides (not the benchmark ones).
 
-    .venv/bin/python benchmarks/threshold_sweep.py [--model DIR] [--slides 12] [--write]
+    .venv/bin/python benchmarks/threshold_sweep.py [--model DIR] [--slides 48] [--write]
 
 Calibration slides use seeds from 800000, apart from both the training seeds (amseg synth
 --seed 1000/2000) and the benchmark seeds of model_accuracy.py (900000+), so the threshold is
 not tuned on the slides it is then scored on. Prints the pooled pixel Dice per threshold;
---write stores the best one as "threshold" in the model card.
+--write stores the best one as "threshold" in the model card. 48 slides by default: with 12,
+which slides were drawn moved the Dice more than the threshold did.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
-    parser.add_argument("--slides", type=int, default=12)
+    parser.add_argument("--slides", type=int, default=48)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--first-seed", type=int, default=800_000)
     parser.add_argument("--write", action="store_true", help="store the best in the card")
@@ -59,7 +60,8 @@ def main() -> None:
         previous = card.get("threshold")
         card["threshold"] = best
         card.setdefault("metrics", {})["threshold_calibration"] = {
-            # Training's validation metrics were taken at the previous threshold.
+            # The threshold replaced: for a model fresh from training, the one its
+            # validation metrics were taken at.
             "previous_threshold": previous,
             "slides": args.slides,
             "size": args.size,
