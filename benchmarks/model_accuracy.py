@@ -3,6 +3,7 @@ and the agreement of reduced precision with fp32 on the real crops.
 
     .venv/bin/python benchmarks/model_accuracy.py [--model DIR] [--slides 12] [--size 1024]
         [--scale S]   (default: the auto scale of amseg predict; e.g. 1.5 to enlarge first)
+        [--per-slide] (a line per slide: mark size, scale the network ran at, mask share, Dice)
 
 Slide seeds start at 900000, far from the seeds training data are made with (amseg synth
 --seed 1000 for the shipped model). Slides have marks of 8-60 px, 8- and 16-bit, every
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=900_000)
     parser.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma-separated names")
     parser.add_argument("--scale", type=float, default=None, help="default: auto")
+    parser.add_argument("--per-slide", action="store_true", help="print every slide's result")
     args = parser.parse_args()
 
     slides = []
@@ -56,14 +58,20 @@ def main() -> None:
         segmenter = TorchSegmenter.from_model_dir(args.model, **RUNTIMES[name])
         options = SegmentOptions(tile_size=segmenter.tile_size)
         pixels, objects, per_slide, seconds = np.zeros(3), np.zeros(3), [], 0.0
-        for _seed, slide in slides:
+        for seed, slide in slides:
             start = time.perf_counter()
-            mask = predict_image(slide.image, segmenter, options, scale=args.scale).mask
+            result = predict_image(slide.image, segmenter, options, scale=args.scale)
             seconds += time.perf_counter() - start
-            counts = dice_counts(mask, slide.mask)
+            counts = dice_counts(result.mask, slide.mask)
             pixels += counts
-            objects += object_counts(mask, slide.mask)
+            objects += object_counts(result.mask, slide.mask)
             per_slide.append(dice_from_counts(counts))
+            if args.per_slide:
+                print(
+                    f"  seed {seed}: marks {slide.spec.mark_size:4.1f} px, scale "
+                    f"{result.scale:.2f}, mask share {result.mask.mean():.4f} (truth "
+                    f"{slide.mask.mean():.4f}), Dice {per_slide[-1]:.3f}"
+                )
         print(
             f"{name:<22} Dice {dice_from_counts(pixels):.4f} (per slide min "
             f"{min(per_slide):.3f}, median {np.median(per_slide):.3f}), object F1 "

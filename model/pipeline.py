@@ -65,6 +65,9 @@ class Segmentation:
     window: IntensityWindow
     grid: TileGrid
     threshold: float
+    # The network saw the image resampled by this factor; `grid` and `window` describe that
+    # resampled image (see inference.predict_image).
+    scale: float = 1.0
 
 
 def segment_image(
@@ -180,17 +183,20 @@ def process_group(
 
     stage("segment")
     # Imported here: model.inference builds on this module.
-    from model.inference import resample, resolve_scale, restore_segmentation
+    from model.inference import predict_image
 
-    scale = resolve_scale(gray, options.scale)
-    work = resample(gray, scale)  # tiles are cut from the image the network sees
-    tiles_dir = _fresh_dir(layout.tiles_dir(group))
-    tile_plan = plan_tiles(work.shape[0], work.shape[1], options.tile_size, options.overlap)
-    if on_tiles_planned is not None:
-        on_tiles_planned(len(tile_plan))
+    tiles_dir = layout.tiles_dir(group)
     threshold = segmenter.threshold if options.threshold is None else options.threshold
     with ThreadPoolExecutor(max_workers=2) as writer:
         pending = []
+
+        def fresh_tiles(_scale: float) -> None:
+            # Each network pass (a second one may follow, see predict_image) leaves only its
+            # own tiles: those of the image it saw.
+            for future in pending:
+                future.result()
+            pending.clear()
+            _fresh_dir(tiles_dir)
 
         def save_tile(tile: Tile, pixels: np.ndarray, prediction: np.ndarray) -> None:
             name = f"{tile.index:04d}.png"
@@ -198,20 +204,21 @@ def process_group(
             tile_mask = (prediction > threshold).astype(np.uint8) * 255
             pending.append(writer.submit(write_png, tiles_dir / "mask" / name, tile_mask))
 
-        segmentation = segment_image(
-            work,
+        segmentation = predict_image(
+            gray,
             segmenter,
             options,
+            scale=options.scale,
+            on_tiles_planned=on_tiles_planned,
             on_progress=on_progress,
+            on_pass=fresh_tiles,
             on_tile=save_tile if write_tiles else None,
         )
         for future in pending:
             future.result()  # re-raise a failed write here
-    if work is not gray:
-        segmentation = restore_segmentation(segmentation, gray.shape, options.min_mark_area)
     meta = segmentation.grid.to_dict() | {
         "orig_image": {"h": gray.shape[0], "w": gray.shape[1]},
-        "scale": scale,  # the tiles are of the image resampled by this factor
+        "scale": segmentation.scale,  # the tiles are of the image resampled by this factor
         "segmenter": segmenter.name,
         "threshold": segmentation.threshold,
         "options": asdict(options),

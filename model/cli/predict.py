@@ -46,7 +46,10 @@ def predict(
         "--scale",
         min=0.05,
         max=MAX_SCALE,
-        help=scale_help("from the grid pitch, shrinking only images with large marks"),
+        help=scale_help(
+            "from the grid pitch, shrinking only images with large marks; a second pass 1.5x "
+            "enlarged when a grid shows but no marks are found"
+        ),
     ),
     tile_size: int | None = typer.Option(
         None, "--tile-size", min=64, help="Tile edge in px (default: the model's)."
@@ -95,7 +98,7 @@ def predict(
         for path in images:
             task = progress.add_task(f"{path.name}: tiles", total=None)
             try:
-                written = _predict_one(
+                written, used_scale = _predict_one(
                     path,
                     out_dir,
                     segmenter,
@@ -114,7 +117,8 @@ def predict(
                 failed += 1
                 console.print(f"[red]✗[/] {path}: {type(error).__name__}: {error}")
             else:
-                console.print(f"[green]✓[/] {path} → {', '.join(str(p) for p in written)}")
+                at = "" if used_scale == 1.0 else f" (network at scale {used_scale:g})"
+                console.print(f"[green]✓[/] {path} → {', '.join(str(p) for p in written)}{at}")
             progress.remove_task(task)
             progress.advance(overall)
     if failed:
@@ -130,7 +134,8 @@ def _predict_one(
     scale: float | None,
     write_probabilities: bool,
     **callbacks,
-) -> list[Path]:
+) -> tuple[list[Path], float]:
+    """Writes the outputs of one image; returns their paths and the scale the network ran at."""
     from model.inference import predict_image
 
     image = read_image(path)  # ImageInputError (an AmsegError) names the file
@@ -139,4 +144,4 @@ def _predict_one(
     if write_probabilities:
         prob = np.rint(segmentation.probabilities * 255.0).astype(np.uint8)
         written.append(write_png(out_dir / f"{path.stem}_prob.png", prob))
-    return written
+    return written, segmentation.scale

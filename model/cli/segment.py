@@ -77,7 +77,8 @@ def segment(
         min=0.05,
         max=MAX_SCALE,
         help=scale_help(
-            "from the grid pitch for the model, shrinking only large marks; 1 for classical"
+            "from the grid pitch for the model, shrinking only large marks (a second pass 1.5x "
+            "enlarged when a grid shows but no marks are found); 1 for classical"
         ),
     ),
 ) -> None:

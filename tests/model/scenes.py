@@ -1,9 +1,14 @@
-"""Small synthetic scenes with known marks for pipeline tests (fast, no generator needed)."""
+"""Small synthetic scenes with known marks for pipeline tests (fast, no generator needed),
+and a segmenter with a known blind spot."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import cv2
 import numpy as np
+
+from model.segmenters import ClassicalSegmenter
 
 
 def disc_grid_scene(
@@ -30,3 +35,21 @@ def disc_grid_scene(
     image = 60 + 12 * texture + rng.normal(0, 4, (height, width))
     image[labels > 0] += 90
     return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+@dataclass
+class SmallMarkBlindSegmenter:
+    """The classical baseline, blind to marks narrower than `min_width` px (a morphological
+    opening of its probabilities): stands in for a network that misses marks too small for it,
+    so that enlarging the image first is what makes them visible."""
+
+    min_width: int = 17
+    name: str = "small-mark-blind"
+    threshold: float = 0.5
+    base: ClassicalSegmenter = field(default_factory=ClassicalSegmenter)
+
+    def predict_batch(self, tiles: np.ndarray) -> np.ndarray:
+        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (self.min_width, self.min_width))
+        return np.stack(
+            [cv2.morphologyEx(p, cv2.MORPH_OPEN, disc) for p in self.base.predict_batch(tiles)]
+        )

@@ -23,21 +23,26 @@ from model.errors import AmsegError
 from model.imageio import read_image
 from model.inference import (
     BF16_DICE_METRIC,
+    MISSED_GRID_RETRY_SCALE,
     TARGET_PITCH_PX,
     TorchSegmenter,
     auto_scale,
     count_tiles,
     estimate_mark_pitch,
     get_segmenter,
+    missed_grid_retry_scale,
     predict_image,
     reduced_precision_agreement,
     resample,
     resolve_runtime,
     restore_segmentation,
 )
+from model.metrics import dice
 from model.network import IMAGENET_MEAN, IMAGENET_STD, ModelCard, build_from_card, save_model
 from model.pipeline import MAX_SCALE, Segmentation, SegmentOptions
+from model.segmenters import ClassicalSegmenter
 from model.torch_runtime import ProbabilityNet
+from tests.model.scenes import SmallMarkBlindSegmenter, disc_grid_scene
 
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
 TINY = {"encoder": "resnet18", "decoder_channels": (16, 8, 8, 8, 8), "tile_size": 64}
@@ -318,6 +323,53 @@ def test_auto_scale_shrinks_only_large_grids():
     for pitch in np.linspace(10, 400, 60):
         # After scaling the pitch never drops below the target: marks stay large enough.
         assert pitch * auto_scale(pitch) >= min(pitch, TARGET_PITCH_PX) - 1e-9
+
+
+def test_missed_grid_retry_fires_only_for_a_grid_without_marks():
+    empty = np.zeros((400, 400), bool)
+    found = empty.copy()
+    found[100:120, 100:120] = True  # 0.25 % of the image: marks were found
+    assert missed_grid_retry_scale(None, 1.0, empty) is None  # no grid: nothing to find
+    assert missed_grid_retry_scale(30.0, 1.0, found) is None
+    assert missed_grid_retry_scale(30.0, 1.0, empty) == MISSED_GRID_RETRY_SCALE
+    assert missed_grid_retry_scale(300.0, 0.5, empty) == pytest.approx(0.75)
+    assert missed_grid_retry_scale(30.0, MAX_SCALE, empty) is None  # cannot enlarge further
+
+
+def test_marks_too_small_for_the_segmenter_are_found_on_a_second_enlarged_pass():
+    image, labels = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    blind = SmallMarkBlindSegmenter(min_width=17)  # 15 px discs vanish, 22 px ones do not
+    options = SegmentOptions(tile_size=128, overlap=32)
+    assert not predict_image(image, blind, options, scale=1.0).mask.any()
+
+    totals, passes, tiles_seen = [], [], []
+    result = predict_image(
+        image,
+        blind,
+        options,
+        on_tiles_planned=totals.append,
+        on_pass=passes.append,
+        on_tile=lambda tile, pixels, prediction: tiles_seen.append(pixels.shape),
+    )
+
+    assert passes == [1.0, MISSED_GRID_RETRY_SCALE]
+    assert result.scale == MISSED_GRID_RETRY_SCALE
+    assert result.mask.shape == image.shape
+    assert dice(result.mask, labels > 0) > 0.9
+    first, second = count_tiles(image.shape, options), count_tiles(image.shape, options, 1.5)
+    assert totals == [first, first + second]  # progress bars learn of the extra tiles
+    assert len(tiles_seen) == first + second
+
+
+def test_no_second_pass_when_marks_are_found_or_the_scale_is_given():
+    image, _ = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    options = SegmentOptions(tile_size=128, overlap=32)
+    passes = []
+    predict_image(image, ClassicalSegmenter(), options, on_pass=passes.append)
+    assert passes == [1.0]
+    passes.clear()
+    predict_image(image, SmallMarkBlindSegmenter(), options, scale=1.0, on_pass=passes.append)
+    assert passes == [1.0]  # the user's scale is kept even when nothing is found
 
 
 def test_probability_net_rejects_mismatched_normalization():

@@ -11,7 +11,7 @@ from model.imageio import read_image, write_png, write_tiff
 from model.metrics import dice, mark_id_accuracy
 from model.pipeline import GridSpec, SegmentOptions, process_group, segment_image
 from model.segmenters import ClassicalSegmenter
-from tests.model.scenes import disc_grid_scene
+from tests.model.scenes import SmallMarkBlindSegmenter, disc_grid_scene
 
 SMALL_TILES = SegmentOptions(tile_size=128, overlap=32)
 
@@ -125,3 +125,24 @@ def test_process_group_can_segment_a_resampled_image(tmp_path, scale):
     assert dice(mask > 0, labels > 0) > 0.8
     ids = read_image(layout.am_coords_dir("g1") / "am_coordinates.png")
     assert mark_id_accuracy(ids, labels) == 1.0
+
+
+def test_process_group_keeps_only_the_tiles_of_the_pass_it_used(tmp_path):
+    """A second, enlarged pass (marks too small for the segmenter) replaces the first's tiles."""
+    image, labels = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    layout = _dataset(tmp_path, image)
+    options = SegmentOptions(tile_size=128, overlap=32, scale=None)
+
+    report = process_group(layout, "g1", SmallMarkBlindSegmenter(), options, GridSpec(8, 9))
+
+    meta = json.loads((layout.tiles_dir("g1") / "meta.json").read_text())
+    assert meta["scale"] == 1.5
+    assert meta["image"] == {"h": round(image.shape[0] * 1.5), "w": round(image.shape[1] * 1.5)}
+    planned = meta["tile"]["rows"] * meta["tile"]["cols"]
+    for kind in ("source", "mask"):
+        assert len(list((layout.tiles_dir("g1") / kind).iterdir())) == planned
+    tile_masks = [read_image(p) for p in (layout.tiles_dir("g1") / "mask").iterdir()]
+    assert any(m.any() for m in tile_masks)  # the second pass's tiles, which see the marks
+    assert dice(read_image(report.outputs["mask"]) > 0, labels > 0) > 0.9
+    ids = read_image(layout.am_coords_dir("g1") / "am_coordinates.png")
+    assert mark_id_accuracy(ids, labels) > 0.95
