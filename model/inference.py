@@ -696,14 +696,16 @@ def checked_scale(scale: float) -> float:
 
 
 # A second look at small faint marks: when the image has a clear mark grid but the network,
-# run at the auto scale, marks less than this share of it, it runs once more with the image
-# enlarged by MISSED_GRID_RETRY_SCALE and keeps that result. A grid of marks covers 1-20 % of
-# a slide; faint 8-10 px marks can fall below what the network sees at full resolution
-# (unseen seed 700010: Dice 0.02 at scale 1, 0.81 enlarged 1.5x). Of 444 unseen generated
-# slides it fired on that one only; the smallest mask share of the others was 1.1 %
-# (benchmarks/model_accuracy.py --per-slide). Slides it does not fire on cost nothing.
+# run at the auto scale, marks less than MISSED_GRID_MASK_FRACTION of it, it runs once more on
+# the image enlarged by MISSED_GRID_RETRY_SCALE, and keeps that result if it marks at least
+# RETRY_GAIN times as many pixels. A grid of marks covers 1-20 % of a slide; faint 8-10 px
+# marks can fall below what the network sees at full resolution (unseen seed 700010: Dice
+# 0.02 at scale 1, 0.81 enlarged 1.5x). Of 444 unseen generated slides it fired on that one
+# only; the smallest mask share of the others was 1.1 % (benchmarks/model_accuracy.py
+# --per-slide). Slides it does not fire on cost nothing.
 MISSED_GRID_MASK_FRACTION = 0.002
 MISSED_GRID_RETRY_SCALE = 1.5
+RETRY_GAIN = 2.0
 
 
 def missed_grid_retry_scale(pitch: float | None, scale: float, mask: np.ndarray) -> float | None:
@@ -728,7 +730,8 @@ def predict_image(
     """Segment an image of any size, optionally resampled first; output has its size.
 
     `scale` None picks a scale from the grid pitch (`auto_scale`) and, when a grid is there
-    but no marks were found, looks again enlarged (`missed_grid_retry_scale`); a number runs
+    but no marks were found, looks again enlarged (`missed_grid_retry_scale`) and keeps what
+    clearly finds more; a number runs
     at exactly that scale (1.0 = full resolution). Otherwise the image is resampled
     (`resample`), segmented with `segment_image`, and the probabilities are resized back and
     thresholded at the input's size (the returned `grid` and `window` then describe the
@@ -736,7 +739,7 @@ def predict_image(
 
     `on_tiles_planned` gets the number of network tiles, again with the new total if a second
     pass is added; `on_pass` gets the scale of each pass before it starts; `on_tile` sees
-    every tile of every pass (see `segment_image`).
+    every tile of every pass (see `segment_image`); the result's `scale` says which was kept.
     """
     gray = to_grayscale(image)
     pitch = None
@@ -767,7 +770,11 @@ def predict_image(
     if retry is not None:
         if on_tiles_planned is not None:
             on_tiles_planned(planned + count_tiles(gray.shape, options, retry))
-        segmentation = segment_at(retry)
+        second = segment_at(retry)
+        # Kept only when it clearly finds more: a small grid whose few marks were found at
+        # full resolution stays as it was.
+        if np.count_nonzero(second.mask) >= RETRY_GAIN * np.count_nonzero(segmentation.mask):
+            segmentation = second
     return segmentation
 
 

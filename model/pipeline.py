@@ -187,35 +187,48 @@ def process_group(
 
     tiles_dir = layout.tiles_dir(group)
     threshold = segmenter.threshold if options.threshold is None else options.threshold
-    with ThreadPoolExecutor(max_workers=2) as writer:
-        pending = []
+    # Each network pass writes its tiles to a folder of its own (a second, enlarged pass may
+    # follow, see predict_image); the pass whose mask is kept becomes tiles/<group>/.
+    pass_dirs: list[tuple[float, Path]] = []
+    try:
+        with ThreadPoolExecutor(max_workers=2) as writer:
+            pending = []
 
-        def fresh_tiles(_scale: float) -> None:
-            # Each network pass (a second one may follow, see predict_image) leaves only its
-            # own tiles: those of the image it saw.
+            def start_pass(pass_scale: float) -> None:
+                folder = tiles_dir.with_name(f".{tiles_dir.name}.pass{len(pass_dirs)}")
+                pass_dirs.append((pass_scale, _fresh_dir(folder)))
+
+            def save_tile(tile: Tile, pixels: np.ndarray, prediction: np.ndarray) -> None:
+                folder, name = pass_dirs[-1][1], f"{tile.index:04d}.png"
+                source = to_uint8(pixels)
+                pending.append(writer.submit(write_png, folder / "source" / name, source))
+                tile_mask = (prediction > threshold).astype(np.uint8) * 255
+                pending.append(writer.submit(write_png, folder / "mask" / name, tile_mask))
+
+            segmentation = predict_image(
+                gray,
+                segmenter,
+                options,
+                scale=options.scale,
+                on_tiles_planned=on_tiles_planned,
+                on_progress=on_progress,
+                on_pass=start_pass,
+                on_tile=save_tile if write_tiles else None,
+            )
             for future in pending:
-                future.result()
-            pending.clear()
-            _fresh_dir(tiles_dir)
-
-        def save_tile(tile: Tile, pixels: np.ndarray, prediction: np.ndarray) -> None:
-            name = f"{tile.index:04d}.png"
-            pending.append(writer.submit(write_png, tiles_dir / "source" / name, to_uint8(pixels)))
-            tile_mask = (prediction > threshold).astype(np.uint8) * 255
-            pending.append(writer.submit(write_png, tiles_dir / "mask" / name, tile_mask))
-
-        segmentation = predict_image(
-            gray,
-            segmenter,
-            options,
-            scale=options.scale,
-            on_tiles_planned=on_tiles_planned,
-            on_progress=on_progress,
-            on_pass=fresh_tiles,
-            on_tile=save_tile if write_tiles else None,
-        )
-        for future in pending:
-            future.result()  # re-raise a failed write here
+                future.result()  # re-raise a failed write here
+    except BaseException:
+        # The writer threads are done (the pool waited for them): no half-written pass stays.
+        for _, folder in pass_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    kept = [folder for pass_scale, folder in pass_dirs if pass_scale == segmentation.scale][-1]
+    for _, folder in pass_dirs:
+        if folder != kept:
+            shutil.rmtree(folder)
+    if tiles_dir.exists():
+        shutil.rmtree(tiles_dir)
+    kept.rename(tiles_dir)
     meta = segmentation.grid.to_dict() | {
         "orig_image": {"h": gray.shape[0], "w": gray.shape[1]},
         "scale": segmentation.scale,  # the tiles are of the image resampled by this factor

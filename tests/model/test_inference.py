@@ -361,6 +361,20 @@ def test_marks_too_small_for_the_segmenter_are_found_on_a_second_enlarged_pass()
     assert len(tiles_seen) == first + second
 
 
+def test_a_second_pass_that_finds_no_more_does_not_replace_the_first(monkeypatch):
+    # Force the second look on a scene whose marks the first pass finds: the enlarged pass
+    # finds about as many mark pixels, so the full-resolution result stays.
+    monkeypatch.setattr(inference, "MISSED_GRID_MASK_FRACTION", 1.0)
+    image, labels = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    passes = []
+    result = predict_image(
+        image, ClassicalSegmenter(), SegmentOptions(128, 32), on_pass=passes.append
+    )
+    assert passes == [1.0, MISSED_GRID_RETRY_SCALE]
+    assert result.scale == 1.0
+    assert dice(result.mask, labels > 0) > 0.9
+
+
 def test_no_second_pass_when_marks_are_found_or_the_scale_is_given():
     image, _ = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
     options = SegmentOptions(tile_size=128, overlap=32)

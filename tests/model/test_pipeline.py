@@ -146,3 +146,44 @@ def test_process_group_keeps_only_the_tiles_of_the_pass_it_used(tmp_path):
     assert dice(read_image(report.outputs["mask"]) > 0, labels > 0) > 0.9
     ids = read_image(layout.am_coords_dir("g1") / "am_coordinates.png")
     assert mark_id_accuracy(ids, labels) > 0.95
+
+
+def test_process_group_keeps_the_first_pass_tiles_when_the_second_finds_no_more(
+    tmp_path, monkeypatch
+):
+    from model import inference
+
+    monkeypatch.setattr(inference, "MISSED_GRID_MASK_FRACTION", 1.0)  # always look twice
+    image, _ = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    layout = _dataset(tmp_path, image)
+    options = SegmentOptions(tile_size=128, overlap=32, scale=None)
+
+    process_group(layout, "g1", ClassicalSegmenter(), options, GridSpec(8, 9))
+
+    meta = json.loads((layout.tiles_dir("g1") / "meta.json").read_text())
+    assert meta["scale"] == 1.0
+    assert meta["image"] == {"h": image.shape[0], "w": image.shape[1]}
+    planned = meta["tile"]["rows"] * meta["tile"]["cols"]
+    assert len(list((layout.tiles_dir("g1") / "source").iterdir())) == planned
+    assert sorted(p.name for p in layout.tiles_dir("g1").parent.iterdir()) == ["g1"]
+
+
+def test_a_failed_segmentation_leaves_no_half_written_tiles(tmp_path):
+    class FailsOnSecondBatch(ClassicalSegmenter):
+        calls = 0
+
+        def predict_batch(self, tiles):
+            FailsOnSecondBatch.calls += 1
+            if FailsOnSecondBatch.calls == 2:
+                raise RuntimeError("out of memory")
+            return super().predict_batch(tiles)
+
+    image, _ = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    layout = _dataset(tmp_path, image)
+    options = SegmentOptions(tile_size=128, overlap=32, batch_size=2)
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        process_group(layout, "g1", FailsOnSecondBatch(), options)
+
+    tiles_root = layout.tiles_dir("g1").parent
+    assert not tiles_root.exists() or list(tiles_root.iterdir()) == []
