@@ -131,6 +131,7 @@ class GroupReport:
     outputs: dict[str, str] = field(default_factory=dict)
     marks_found: int | None = None
     qc: dict | None = None
+    scale: float | None = None  # the network saw the image resampled by this factor
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,7 @@ def process_group(
     mask_u8 = segmentation.mask.astype(np.uint8) * 255
     write_tiff(stitched_dir / "mask.tiff", mask_u8)
     write_png(stitched_dir / "overlay.png", render_overlay(normalized, segmentation.mask))
-    report = GroupReport(group=group, ok=True)
+    report = GroupReport(group=group, ok=True, scale=segmentation.scale)
     report.outputs["mask"] = str(stitched_dir / "mask.tiff")
 
     if grid is not None:

@@ -182,6 +182,8 @@ def _print_report(report: GroupReport) -> None:
         line += f": {qc.get('found')} of {qc.get('expected')} marks on the grid"
         if qc.get("angle_deg") is not None:
             line += f", angle {qc['angle_deg']:.2f}°"
+    if report.scale is not None and report.scale != 1.0:
+        line += f" (network at scale {report.scale:g})"
     console.print(line)
     for warning in (report.qc or {}).get("warnings", []):
         console.print(f"  [yellow]warning:[/] {warning}")

@@ -136,7 +136,7 @@ def test_process_group_keeps_only_the_tiles_of_the_pass_it_used(tmp_path):
     report = process_group(layout, "g1", SmallMarkBlindSegmenter(), options, GridSpec(8, 9))
 
     meta = json.loads((layout.tiles_dir("g1") / "meta.json").read_text())
-    assert meta["scale"] == 1.5
+    assert meta["scale"] == report.scale == 1.5
     assert meta["image"] == {"h": round(image.shape[0] * 1.5), "w": round(image.shape[1] * 1.5)}
     planned = meta["tile"]["rows"] * meta["tile"]["cols"]
     for kind in ("source", "mask"):
