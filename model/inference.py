@@ -651,7 +651,8 @@ def _parabola(values: np.ndarray) -> float:
 TARGET_PITCH_PX = 160.0
 _SCALE_STEP = 0.5  # scale = 1 / k with k = 1, 1.5, 2, 2.5, ...: few distinct, reproducible sizes
 # A user-given scale may also enlarge (e.g. 1.5 sharpens outlines of marks under ~15 px at
-# 2.25x the network time); the auto rule never does, to keep the default fast. MAX_SCALE
+# 2.25x the network time); auto_scale never does, to keep the default fast (predict_image
+# enlarges only for a second look when a grid shows but no marks were found). MAX_SCALE
 # (pipeline.py) caps it: beyond 2x, 8 px marks are 16+ px, and time and memory grow as scale².
 
 
