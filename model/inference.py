@@ -731,9 +731,9 @@ def predict_image(
     """Segment an image of any size, optionally resampled first; output has its size.
 
     `scale` None picks a scale from the grid pitch (`auto_scale`) and, when a grid is there
-    but no marks were found, looks again enlarged (`missed_grid_retry_scale`) and keeps what
-    clearly finds more; a number runs
-    at exactly that scale (1.0 = full resolution). Otherwise the image is resampled
+    but no marks were found, looks again enlarged (`missed_grid_retry_scale`) and keeps that
+    look if it clearly finds more; a number runs at exactly that scale (1.0 = full
+    resolution). Otherwise the image is resampled
     (`resample`), segmented with `segment_image`, and the probabilities are resized back and
     thresholded at the input's size (the returned `grid` and `window` then describe the
     resampled image, and `scale` says by how much).
@@ -771,10 +771,14 @@ def predict_image(
     if retry is not None:
         if on_tiles_planned is not None:
             on_tiles_planned(planned + count_tiles(gray.shape, options, retry))
-        second = segment_at(retry)
+        try:
+            second = segment_at(retry)
+        except MemoryError:
+            return segmentation  # the enlarged look is optional: keep what was found
         # Kept only when it clearly finds more: a small grid whose few marks were found at
-        # full resolution stays as it was.
-        if np.count_nonzero(second.mask) >= RETRY_GAIN * np.count_nonzero(segmentation.mask):
+        # full resolution stays as it was, and so does an image with no marks at all.
+        found, found_again = np.count_nonzero(segmentation.mask), np.count_nonzero(second.mask)
+        if found_again > 0 and found_again >= RETRY_GAIN * found:
             segmentation = second
     return segmentation
 

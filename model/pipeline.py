@@ -6,6 +6,7 @@ dataset functions add the old on-disk layout around it (see `model.dataset`).
 
 from __future__ import annotations
 
+import glob
 import json
 import shutil
 from collections.abc import Callable
@@ -187,6 +188,10 @@ def process_group(
     from model.inference import predict_image
 
     tiles_dir = layout.tiles_dir(group)
+    # Earlier tiles of the group go first (also pass folders a killed run left behind).
+    for stale in (tiles_dir, *tiles_dir.parent.glob(f".{glob.escape(tiles_dir.name)}.pass*")):
+        if stale.exists():
+            shutil.rmtree(stale)
     threshold = segmenter.threshold if options.threshold is None else options.threshold
     # Each network pass writes its tiles to a folder of its own (a second, enlarged pass may
     # follow, see predict_image); the pass whose mask is kept becomes tiles/<group>/.
@@ -227,8 +232,6 @@ def process_group(
     for _, folder in pass_dirs:
         if folder != kept:
             shutil.rmtree(folder)
-    if tiles_dir.exists():
-        shutil.rmtree(tiles_dir)
     kept.rename(tiles_dir)
     meta = segmentation.grid.to_dict() | {
         "orig_image": {"h": gray.shape[0], "w": gray.shape[1]},

@@ -176,6 +176,7 @@ def _run(
             options,
             on_tiles_planned=tiles.planned,
             on_progress=tiles.advance,
+            on_pass=tiles.pass_started,
         )
         outputs: dict[TaskBlob, Path] = {
             TaskBlob.MASK: write_png(scratch_dir / TaskBlob.MASK.value, segmentation.mask)
@@ -219,10 +220,18 @@ class _TileProgress:
         still_ours: Callable[[], bool],
     ) -> None:
         self.report, self.start, self.end, self.still_ours = report, start, end, still_ours
-        self.total, self.done, self.last = 0, 0, start
+        self.total, self.done, self.last, self.passes = 0, 0, start, 0
 
     def planned(self, total: int) -> None:
         self.total = max(total, 1)
+
+    def pass_started(self, scale: float) -> None:
+        """predict_image looks again, enlarged, when a grid shows but no marks were found. Its
+        tiles are added to the total, so the bar (never moving back) waits until they are done;
+        the stage says why."""
+        self.passes += 1
+        if self.passes > 1:
+            self.report(self.last, f"segmenting again at scale {scale:g}")
 
     def advance(self, count: int) -> None:
         if not self.still_ours():

@@ -46,6 +46,7 @@ class SmallMarkBlindSegmenter:
     min_width: int = 17
     name: str = "small-mark-blind"
     threshold: float = 0.5
+    tile_size: int = 128  # what the worker tiles with, as for a model
     base: ClassicalSegmenter = field(default_factory=ClassicalSegmenter)
 
     def predict_batch(self, tiles: np.ndarray) -> np.ndarray:

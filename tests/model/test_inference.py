@@ -375,6 +375,36 @@ def test_a_second_pass_that_finds_no_more_does_not_replace_the_first(monkeypatch
     assert dice(result.mask, labels > 0) > 0.9
 
 
+def test_a_second_pass_that_finds_nothing_either_is_not_kept():
+    class SeesNothing(ClassicalSegmenter):
+        def predict_batch(self, tiles):
+            return np.zeros_like(tiles)
+
+    image, _ = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    passes = []
+    result = predict_image(image, SeesNothing(), SegmentOptions(128, 32), on_pass=passes.append)
+    assert passes == [1.0, MISSED_GRID_RETRY_SCALE]
+    assert result.scale == 1.0 and not result.mask.any()
+
+
+def test_a_second_pass_that_runs_out_of_memory_leaves_the_first(monkeypatch):
+    class MemoryBound(SmallMarkBlindSegmenter):
+        def predict_batch(self, tiles):
+            if self.enlarged:
+                raise MemoryError
+            return super().predict_batch(tiles)
+
+    image, _ = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    segmenter = MemoryBound()
+    segmenter.enlarged = False
+
+    def on_pass(scale):
+        segmenter.enlarged = scale > 1.0
+
+    result = predict_image(image, segmenter, SegmentOptions(128, 32), on_pass=on_pass)
+    assert result.scale == 1.0
+
+
 def test_no_second_pass_when_marks_are_found_or_the_scale_is_given():
     image, _ = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
     options = SegmentOptions(tile_size=128, overlap=32)

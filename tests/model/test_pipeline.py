@@ -187,3 +187,17 @@ def test_a_failed_segmentation_leaves_no_half_written_tiles(tmp_path):
 
     tiles_root = layout.tiles_dir("g1").parent
     assert not tiles_root.exists() or list(tiles_root.iterdir()) == []
+
+
+def test_earlier_tiles_and_left_over_pass_folders_are_replaced(tmp_path):
+    image, _ = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    layout = _dataset(tmp_path, image)
+    tiles_root = layout.tiles_dir("g1").parent
+    (layout.tiles_dir("g1") / "source").mkdir(parents=True)
+    (layout.tiles_dir("g1") / "source" / "9999.png").write_bytes(b"stale")
+    (tiles_root / ".g1.pass1" / "source").mkdir(parents=True)  # from a killed run
+
+    process_group(layout, "g1", ClassicalSegmenter(), SegmentOptions(128, 32, scale=None))
+
+    assert sorted(p.name for p in tiles_root.iterdir()) == ["g1"]
+    assert not (layout.tiles_dir("g1") / "source" / "9999.png").exists()

@@ -149,3 +149,35 @@ def test_task_out_of_attempts_is_skipped(context: WorkerContext) -> None:
         session.commit()
     assert process_task(context, task_id).action == "skipped"
     assert state(context, task_id).status == TaskStatus.QUEUED
+
+
+def test_marks_too_small_at_first_are_found_on_the_second_look(
+    context: WorkerContext, monkeypatch
+) -> None:
+    """The worker goes through predict_image's enlarged second look and says so as it runs."""
+    from dataclasses import replace
+
+    import worker.processing as processing
+    from tests.model.scenes import SmallMarkBlindSegmenter, disc_grid_scene
+
+    image, labels = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    blind = replace(context, load_segmenter=lambda name: SmallMarkBlindSegmenter())
+    reports = []
+    real_report = processing.report_progress
+
+    def spy(session, task_id, *, progress, stage=None):
+        reports.append((progress, stage))
+        return real_report(session, task_id, progress=progress, stage=stage)
+
+    monkeypatch.setattr(processing, "report_progress", spy)
+    task_id = queue(blind, png_bytes(image), rows=8, cols=9)
+
+    assert process_task(blind, task_id).action == "finished"
+
+    task = state(blind, task_id)
+    ids = read_image(blind.blobs.path_for(task.result_keys["labels.png"]))
+    assert mark_id_accuracy(ids, labels) >= 0.95
+    stages = [stage for _, stage in reports if stage]
+    assert "segmenting again at scale 1.5" in stages
+    progress = [value for value, _ in reports]
+    assert progress == sorted(progress)  # the bar never moves back
