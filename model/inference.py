@@ -679,13 +679,6 @@ def count_tiles(shape: tuple[int, int], options: SegmentOptions, scale: float = 
     return len(plan_tiles(height, width, options.tile_size, options.overlap))
 
 
-def resolve_scale(image: np.ndarray, scale: float | None) -> float:
-    """The scale to run at: `scale` itself, or the auto rule on the estimated pitch."""
-    if scale is None:
-        return auto_scale(estimate_mark_pitch(image))
-    return checked_scale(scale)
-
-
 def checked_scale(scale: float) -> float:
     """A user-given scale, or a clear error when it is out of range."""
     if not 0.0 < scale <= MAX_SCALE:
@@ -733,10 +726,10 @@ def predict_image(
     `scale` None picks a scale from the grid pitch (`auto_scale`) and, when a grid is there
     but no marks were found, looks again enlarged (`missed_grid_retry_scale`) and keeps that
     look if it clearly finds more; a number runs at exactly that scale (1.0 = full
-    resolution). Otherwise the image is resampled
-    (`resample`), segmented with `segment_image`, and the probabilities are resized back and
-    thresholded at the input's size (the returned `grid` and `window` then describe the
-    resampled image, and `scale` says by how much).
+    resolution). Away from 1 the image is resampled (`resample`), segmented with
+    `segment_image`, and the probabilities are resized back and thresholded at the input's
+    size (the returned `grid` and `window` then describe the resampled image, and `scale`
+    says by how much).
 
     `on_tiles_planned` gets the number of network tiles, again with the new total if a second
     pass is added; `on_pass` gets the scale of each pass before it starts; `on_tile` sees

@@ -36,7 +36,7 @@ from model.tiling import (
     predict_tiled,
 )
 
-# Largest --scale of the neural segmenter (inference.resolve_scale): 2x makes 8 px marks 16 px;
+# Largest --scale of the neural segmenter (inference.checked_scale): 2x makes 8 px marks 16 px;
 # beyond it time and memory (4x the pixels at 2x) grow with no use for marks of 8-60 px.
 MAX_SCALE = 2.0
 
