@@ -58,14 +58,17 @@ def pseudo_label_group(
     crop_size: int = DEFAULT_CROP,
     tile_size: int | None = None,
 ) -> GroupPseudoLabels:
-    """Segment one group image and write its confident crops; earlier crops are replaced."""
-    from model.pipeline import SegmentOptions, segment_image
+    """Segment one group image as `amseg predict` does (auto scale, and the enlarged second
+    look when a grid shows but no marks were found) and write its confident crops; earlier
+    crops are replaced."""
+    from model.inference import predict_image
+    from model.pipeline import SegmentOptions
 
     if not 0.5 < min_confidence < 1.0:
         raise AmsegError(f"--min-confidence must lie in (0.5, 1), got {min_confidence}")
     image = to_grayscale(read_image(layout.source_image(group)))
     options = SegmentOptions() if tile_size is None else SegmentOptions(tile_size=tile_size)
-    segmentation = segment_image(image, segmenter, options)
+    segmentation = predict_image(image, segmenter, options)
     if image.dtype not in (np.uint8, np.uint16):
         image = to_uint8(normalize_intensity(image))  # PNG holds only 8/16-bit integers
     target = Path(train_dir) / "train" / f"pseudo_{layout.root.name}" / group

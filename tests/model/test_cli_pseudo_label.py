@@ -111,3 +111,31 @@ def test_bad_options_and_groups_are_user_errors(dataset, tmp_path, monkeypatch):
 def test_uncertain_fraction_is_exclusive():
     probabilities = np.array([0.0, 0.1, 0.5, 0.9, 1.0], np.float32)
     assert pseudo_label_cli.uncertain_fraction(probabilities, 0.9) == pytest.approx(0.2)
+
+
+def test_marks_found_only_on_the_second_look_are_labelled(tmp_path):
+    """Pseudo-labels come from predict_image: marks too small for the segmenter at full
+    resolution are found enlarged, not written as confident background."""
+    from model.dataset import DatasetLayout
+    from model.imageio import write_png
+    from tests.model.scenes import SmallMarkBlindSegmenter, disc_grid_scene
+
+    image, labels = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    (tmp_path / "ds" / "source" / "g1").mkdir(parents=True)
+    write_png(tmp_path / "ds" / "source" / "g1" / "slide.png", image)
+    blind = SmallMarkBlindSegmenter()
+
+    result = pseudo_label_cli.pseudo_label_group(
+        DatasetLayout(tmp_path / "ds"),
+        "g1",
+        blind,
+        tmp_path / "train",
+        crop_size=128,
+        tile_size=128,
+        min_confidence=0.6,
+        max_uncertain=1.0,
+    )
+
+    assert result.kept == result.crops and result.kept_with_marks > 0
+    masks = [read_image(p) > 0 for p in sorted((result.directory / "mask").glob("*.png"))]
+    assert sum(int(m.sum()) for m in masks) > 0.5 * int((labels > 0).sum())
