@@ -134,6 +134,13 @@ async def create_task_route(
         float | None, Query(ge=0.0, le=1.0, description="Probability threshold")
     ] = None,
     tile_size: Annotated[int | None, Query(ge=64, le=4096, description="Tile edge, px")] = None,
+    accurate: Annotated[
+        bool | None,
+        Query(
+            description="Enlarge grids of small marks 1.5x first: sharper outlines, 2.25x the "
+            "network time on those images (default: the worker's setting)"
+        ),
+    ] = None,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -148,7 +155,12 @@ async def create_task_route(
     svc = services(request)
     try:
         parameters = TaskParameters(
-            rows=rows, cols=cols, model=model, threshold=threshold, tile_size=tile_size
+            rows=rows,
+            cols=cols,
+            model=model,
+            threshold=threshold,
+            tile_size=tile_size,
+            accurate=accurate,
         )
         svc.settings.model_dir_for(parameters.model)
     except (ValidationError, ValueError) as error:

@@ -3,6 +3,7 @@ and the agreement of reduced precision with fp32 on the real crops.
 
     .venv/bin/python benchmarks/model_accuracy.py [--model DIR] [--slides 12] [--size 1024]
         [--scale S]   (default: the auto scale of amseg predict; e.g. 1.5 to enlarge first)
+        [--accurate]  (the auto scale of amseg predict --accurate: small marks enlarged)
         [--per-slide] (a line per slide: mark size, scale the network ran at, mask share, Dice)
 
 Slide seeds start at 900000, far from the seeds training data are made with (amseg synth
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=900_000)
     parser.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma-separated names")
     parser.add_argument("--scale", type=float, default=None, help="default: auto")
+    parser.add_argument("--accurate", action="store_true", help="as amseg predict --accurate")
     parser.add_argument("--per-slide", action="store_true", help="print every slide's result")
     args = parser.parse_args()
 
@@ -51,12 +53,12 @@ def main() -> None:
     sizes = [s.spec.mark_size for _, s in slides]
     print(
         f"{len(slides)} slides {args.size}², mark size {min(sizes):.0f}-{max(sizes):.0f} px, "
-        f"scale {args.scale or 'auto'}"
+        f"scale {args.scale or ('auto, accurate' if args.accurate else 'auto')}"
     )
 
     for name in args.runtimes.split(","):
         segmenter = TorchSegmenter.from_model_dir(args.model, **RUNTIMES[name])
-        options = SegmentOptions(tile_size=segmenter.tile_size)
+        options = SegmentOptions(tile_size=segmenter.tile_size, accurate=args.accurate)
         pixels, objects, per_slide, seconds = np.zeros(3), np.zeros(3), [], 0.0
         for seed, slide in slides:
             start = time.perf_counter()

@@ -203,7 +203,7 @@ def main() -> None:
         "--variants",
         default="auto,scale1,fp32,torch",
         help="new-path variants: auto (all defaults), scale1 (--scale 1), fp32 (--precision "
-        "fp32 --scale 1), torch (--backend torch --scale 1)",
+        "fp32 --scale 1), torch (--backend torch --scale 1), accurate (--accurate)",
     )
     args = parser.parse_args()
 
@@ -227,6 +227,7 @@ def main() -> None:
         "scale1": ["--scale", "1"],
         "fp32": ["--scale", "1", "--precision", "fp32"],
         "torch": ["--scale", "1", "--backend", "torch"],
+        "accurate": ["--accurate"],
     }
     chosen = {name: base + variants[name] for name in args.variants.split(",")}
     cold = run_child("new", [*base, "--scale", "1"])  # fills the export cache

@@ -651,15 +651,29 @@ def _parabola(values: np.ndarray) -> float:
 TARGET_PITCH_PX = 160.0
 _SCALE_STEP = 0.5  # scale = 1 / k with k = 1, 1.5, 2, 2.5, ...: few distinct, reproducible sizes
 # A user-given scale may also enlarge (e.g. 1.5 sharpens outlines of marks under ~15 px at
-# 2.25x the network time); auto_scale never does, to keep the default fast (predict_image
-# enlarges only for a second look when a grid shows but no marks were found). MAX_SCALE
-# (pipeline.py) caps it: beyond 2x, 8 px marks are 16+ px, and time and memory grow as scale².
+# 2.25x the network time). The default auto scale never does, to keep prediction fast
+# (predict_image enlarges only for a second look when a grid shows but no marks were found).
+# MAX_SCALE (pipeline.py) caps it: beyond 2x, 8 px marks are 16+ px, and time and memory grow
+# as scale².
+#
+# The accurate policy (SegmentOptions.accurate, `--accurate`) trades time for outlines: it
+# enlarges grids with a pitch under SMALL_PITCH_PX (marks under ~20-35 px) by SMALL_MARK_SCALE.
+# On the three 48-slide unseen sets (seeds 600000+, 700000+, 900000+) the shipped model's
+# pooled Dice goes 0.9252 / 0.9447 / 0.9477 -> 0.9346 / 0.9498 / 0.9516
+# (benchmarks/model_accuracy.py --accurate), where enlarging every slide gives 0.9291 / 0.9495
+# / 0.9509: large faint marks lose when enlarged. Cut-offs of 50-80 px score within 0.0005 of
+# 60 (BENCHMARKS.md).
+SMALL_PITCH_PX = 60.0
+SMALL_MARK_SCALE = 1.5
 
 
-def auto_scale(pitch: float | None) -> float:
-    """Scale factor (<= 1) for an image whose grid pitch is `pitch` px; 1.0 when unknown."""
+def auto_scale(pitch: float | None, *, accurate: bool = False) -> float:
+    """Scale factor for an image whose grid pitch is `pitch` px (1.0 when unknown): <= 1, or
+    SMALL_MARK_SCALE for a small pitch under the accurate policy."""
     if pitch is None or not np.isfinite(pitch) or pitch <= 0:
         return 1.0
+    if accurate and pitch < SMALL_PITCH_PX:
+        return SMALL_MARK_SCALE
     divisor = np.floor(pitch / TARGET_PITCH_PX / _SCALE_STEP) * _SCALE_STEP
     return 1.0 if divisor < 1.5 else float(1.0 / divisor)
 
@@ -710,6 +724,15 @@ def missed_grid_retry_scale(pitch: float | None, scale: float, mask: np.ndarray)
     return retry if retry > scale else None
 
 
+def options_for(segmenter: Segmenter, options: SegmentOptions) -> SegmentOptions:
+    """`options` as `predict_image` runs them with `segmenter`: a GPU segmenter wants more
+    tiles per call than the CPU default hands it."""
+    runtime = getattr(segmenter, "runtime", None)
+    if isinstance(runtime, Runtime) and runtime.batch_size > options.batch_size:
+        return dataclasses.replace(options, batch_size=runtime.batch_size)
+    return options
+
+
 def predict_image(
     image: np.ndarray,
     segmenter: Segmenter,
@@ -723,13 +746,13 @@ def predict_image(
 ) -> Segmentation:
     """Segment an image of any size, optionally resampled first; output has its size.
 
-    `scale` None picks a scale from the grid pitch (`auto_scale`) and, when a grid is there
-    but no marks were found, looks again enlarged (`missed_grid_retry_scale`) and keeps that
-    look if it clearly finds more; a number runs at exactly that scale (1.0 = full
-    resolution). Away from 1 the image is resampled (`resample`), segmented with
-    `segment_image`, and the probabilities are resized back and thresholded at the input's
-    size (the returned `grid` and `window` then describe the resampled image, and `scale`
-    says by how much).
+    `scale` None picks a scale from the grid pitch (`auto_scale`, enlarging small marks when
+    `options.accurate`) and, when a grid is there but no marks were found, looks again
+    enlarged (`missed_grid_retry_scale`) and keeps that look if it clearly finds more; a
+    number runs at exactly that scale (1.0 = full resolution). Away from 1 the image is
+    resampled (`resample`), segmented with `segment_image`, and the probabilities are resized
+    back and thresholded at the input's size (the returned `grid` and `window` then describe
+    the resampled image, and `scale` says by how much).
 
     `on_tiles_planned` gets the number of network tiles, again with the new total if a second
     pass is added; `on_pass` gets the scale of each pass before it starts; `on_tile` sees
@@ -739,13 +762,10 @@ def predict_image(
     pitch = None
     if scale is None:
         pitch = estimate_mark_pitch(gray)
-        scale = auto_scale(pitch)
+        scale = auto_scale(pitch, accurate=options.accurate)
     else:
         scale = checked_scale(scale)
-    runtime = getattr(segmenter, "runtime", None)
-    if isinstance(runtime, Runtime) and runtime.batch_size > options.batch_size:
-        # A GPU segmenter wants more tiles per call than the CPU default hands it.
-        options = dataclasses.replace(options, batch_size=runtime.batch_size)
+    options = options_for(segmenter, options)
     planned = count_tiles(gray.shape, options, scale)
     if on_tiles_planned is not None:
         on_tiles_planned(planned)

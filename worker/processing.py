@@ -9,6 +9,7 @@ updates, and a task that is already FINISHED or FAILED is left as it is.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import threading
@@ -162,13 +163,10 @@ def _run(
         options = SegmentOptions(
             tile_size=parameters.tile_size or segmenter.tile_size,
             threshold=parameters.threshold,
+            accurate=_accurate(parameters, context.settings, segmenter),
         )
         if options.overlap > options.tile_size // 2:
-            options = SegmentOptions(
-                tile_size=options.tile_size,
-                overlap=options.tile_size // 2,
-                threshold=options.threshold,
-            )
+            options = dataclasses.replace(options, overlap=options.tile_size // 2)
         tiles = _TileProgress(progress, PROGRESS_LOADED, PROGRESS_SEGMENTED, still_ours)
         segmentation = predict_image(
             image,
@@ -201,6 +199,17 @@ def _run(
                 context.blobs.put_stream(key, handle, content_type=blob.content_type)
             result_keys[blob.value] = key
     return result_keys
+
+
+def _accurate(parameters: TaskParameters, settings: Settings, segmenter: object) -> bool:
+    """Whether a task enlarges small marks: its own choice, else the worker's setting, else
+    on only where the network runs on a GPU."""
+    if parameters.accurate is not None:
+        return parameters.accurate
+    if settings.accurate_segmentation is not None:
+        return settings.accurate_segmentation
+    runtime = getattr(segmenter, "runtime", None)
+    return getattr(runtime, "device", "cpu") == "cuda"
 
 
 def _mask_overlay(scratch_dir: Path, image: np.ndarray, mask: np.ndarray) -> Path:

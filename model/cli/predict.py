@@ -28,6 +28,13 @@ def scale_help(default: str) -> str:
     )
 
 
+ACCURATE_HELP = (
+    "Enlarge images whose grid pitch is under 60 px (marks under ~20-35 px) 1.5x before the "
+    "network: sharper outlines of small marks (unseen generated slides: Dice +0.002 to +0.009) "
+    "for 2.25x the network time on those images. Ignored when --scale is given."
+)
+
+
 @app.command()
 def predict(
     images: list[Path] = typer.Argument(..., help="Image files (PNG, TIFF, JPEG; 8/16-bit)."),
@@ -51,6 +58,7 @@ def predict(
             "enlarged when a grid shows but no marks are found"
         ),
     ),
+    accurate: bool = typer.Option(False, "--accurate", help=ACCURATE_HELP),
     tile_size: int | None = typer.Option(
         None, "--tile-size", min=64, help="Tile edge in px (default: the model's)."
     ),
@@ -87,7 +95,9 @@ def predict(
         overlap = min(DEFAULT_OVERLAP, tile // 2)
     if overlap > tile // 2:
         raise AmsegError(f"--overlap {overlap} must be at most half the tile size ({tile // 2})")
-    options = SegmentOptions(tile_size=tile, overlap=overlap, threshold=threshold)
+    options = SegmentOptions(
+        tile_size=tile, overlap=overlap, threshold=threshold, accurate=accurate
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"model: {segmenter.describe()}")
 

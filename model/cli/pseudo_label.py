@@ -3,6 +3,7 @@ training data (TRAIN_DIR/train/pseudo_<dataset>/<group>/{source,mask}/NNNN.png).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,17 +58,20 @@ def pseudo_label_group(
     max_uncertain: float = DEFAULT_MAX_UNCERTAIN,
     crop_size: int = DEFAULT_CROP,
     tile_size: int | None = None,
+    accurate: bool = True,
 ) -> GroupPseudoLabels:
     """Segment one group image as `amseg predict` does (auto scale, and the enlarged second
-    look when a grid shows but no marks were found) and write its confident crops; earlier
-    crops are replaced."""
+    look when a grid shows but no marks were found; with `accurate`, as `--accurate` does) and
+    write its confident crops; earlier crops are replaced."""
     from model.inference import predict_image
     from model.pipeline import SegmentOptions
 
     if not 0.5 < min_confidence < 1.0:
         raise AmsegError(f"--min-confidence must lie in (0.5, 1), got {min_confidence}")
     image = to_grayscale(read_image(layout.source_image(group)))
-    options = SegmentOptions() if tile_size is None else SegmentOptions(tile_size=tile_size)
+    options = SegmentOptions(accurate=accurate)
+    if tile_size is not None:
+        options = dataclasses.replace(options, tile_size=tile_size)
     segmentation = predict_image(image, segmenter, options)
     if image.dtype not in (np.uint8, np.uint16):
         image = to_uint8(normalize_intensity(image))  # PNG holds only 8/16-bit integers
@@ -134,6 +138,13 @@ def pseudo_label(
     crop_size: int = typer.Option(
         DEFAULT_CROP, "--crop-size", min=32, help="Edge of the written training crops in px."
     ),
+    accurate: bool = typer.Option(
+        True,
+        "--accurate/--fast",
+        help="Enlarge grids of small marks 1.5x before the network, as amseg predict "
+        "--accurate does (default: labels are worth the time); --fast segments as amseg "
+        "predict does by default.",
+    ),
 ) -> None:
     """Turn confident predictions of a dataset into training crops (pseudo-labels).
 
@@ -157,6 +168,7 @@ def pseudo_label(
             max_uncertain=max_uncertain,
             crop_size=crop_size,
             tile_size=tile_size,
+            accurate=accurate,
         )
         total += report.crops
         kept += report.kept

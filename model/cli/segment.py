@@ -9,7 +9,7 @@ import typer
 
 from model.cli.app import app
 from model.cli.console import console, progress_bar
-from model.cli.predict import scale_help
+from model.cli.predict import ACCURATE_HELP, scale_help
 from model.dataset import DatasetLayout
 from model.errors import AmsegError
 from model.pipeline import MAX_SCALE, GridSpec, GroupReport, SegmentOptions, process_group
@@ -81,6 +81,7 @@ def segment(
             "enlarged when a grid shows but no marks are found); 1 for classical"
         ),
     ),
+    accurate: bool = typer.Option(False, "--accurate", help=ACCURATE_HELP),
 ) -> None:
     """Segment and register every group of a dataset.
 
@@ -115,6 +116,7 @@ def segment(
         threshold=threshold,
         low_percentile=low,
         high_percentile=high,
+        accurate=accurate,
     )
     segmenter = load_segmenter(segmenter_name, model_dir)
     if scale is None and segmenter.name == "classical":

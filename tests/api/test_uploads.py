@@ -134,6 +134,7 @@ def test_multipart_without_a_file_field(client: httpx.Client) -> None:
         {"rows": 300, "cols": 300},  # over the uint16 id range
         {"threshold": 2},
         {"tile_size": 10},
+        {"accurate": "maybe"},
         {"model": "../../etc/passwd"},
         {"model": "no-such-model"},
     ],
@@ -231,3 +232,12 @@ def test_rejected_uploads_leave_nothing_queued_or_stored(
 
 def _stored_task_ids(stack: ServiceStack) -> set[str]:
     return {key.split("/")[1] for key in stack.s3_keys("tasks/")}
+
+
+def test_accurate_is_stored_with_the_task(client: httpx.Client) -> None:
+    for value, stored in (("true", True), ("false", False), (None, None)):
+        params = {} if value is None else {"accurate": value}
+        created = post_raw(client, small_png(), "image/png", **params)
+        assert created.status_code == 201, created.text
+        task = client.get(f"/tasks/{created.json()['id']}").json()
+        assert task["parameters"]["accurate"] is stored

@@ -100,3 +100,22 @@ def test_segment_defaults_to_classical_without_a_model(monkeypatch, tmp_path):
     assert isinstance(load_segmenter("auto"), ClassicalSegmenter)
     with pytest.raises(AmsegError, match="no trained default model"):
         load_segmenter("model")
+
+
+def test_accurate_enlarges_small_marks_and_says_so(model_dir, tmp_path):
+    from model.imageio import write_png
+    from tests.model.scenes import disc_grid_scene
+
+    small, _ = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    write_png(tmp_path / "small.png", small)
+    common = ["-o", str(tmp_path / "out"), "--model", str(model_dir), "--backend", "torch"]
+    common += ["--precision", "fp32"]  # the same mask on every CPU
+    fast = run(str(tmp_path / "small.png"), *common, "--tile-size", "64", "--overlap", "16")
+    accurate = run(
+        str(tmp_path / "small.png"), *common, "--tile-size", "64", "--overlap", "16", "--accurate"
+    )
+    assert fast.exit_code == 0 and accurate.exit_code == 0, fast.output + accurate.output
+    assert "network at scale" not in " ".join(fast.output.split())
+    assert "(network at scale 1.5)" in " ".join(accurate.output.split())
+    mask = np.asarray(Image.open(tmp_path / "out" / "small_mask.png"))
+    assert mask.shape == small.shape

@@ -134,8 +134,26 @@ def test_marks_found_only_on_the_second_look_are_labelled(tmp_path):
         tile_size=128,
         min_confidence=0.6,
         max_uncertain=1.0,
+        accurate=False,  # the second look, not the accurate policy, must find them here
     )
 
     assert result.kept == result.crops and result.kept_with_marks > 0
     masks = [read_image(p) > 0 for p in sorted((result.directory / "mask").glob("*.png"))]
     assert sum(int(m.sum()) for m in masks) > 0.5 * int((labels > 0).sum())
+
+
+def test_labels_are_made_with_the_accurate_policy_unless_fast(dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(pseudo_label_cli, "load_segmenter", lambda path: ClassicalSegmenter())
+    seen = []
+    real = pseudo_label_cli.pseudo_label_group
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["accurate"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pseudo_label_cli, "pseudo_label_group", recording)
+    for flags, expected in (([], True), (["--fast"], False), (["--accurate"], True)):
+        seen.clear()
+        result = invoke([dataset, "-o", tmp_path / "train", *flags])
+        assert result.exit_code == 0, result.output
+        assert seen == [expected, expected]  # both groups

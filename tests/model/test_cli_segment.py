@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 from model.cli import app
 from model.imageio import read_image, write_png
 from model.metrics import mark_id_accuracy
-from tests.model.scenes import disc_grid_scene
+from tests.model.scenes import SmallMarkBlindSegmenter, disc_grid_scene
 
 runner = CliRunner()
 
@@ -89,3 +89,21 @@ def test_usage_errors_are_one_line(tmp_path):
         assert "error: " in result.output
         assert message in result.output, (args, result.output)
         assert "Traceback" not in result.output
+
+
+def test_accurate_reaches_the_pipeline_options(tmp_path, monkeypatch):
+    import model.cli.segment as segment_cli
+
+    image, _ = disc_grid_scene(rows=2, cols=2)
+    ds = _make_dataset(tmp_path / "ds", {"well1": image})
+    seen = []
+    monkeypatch.setattr(segment_cli, "load_segmenter", lambda *a: SmallMarkBlindSegmenter())
+    monkeypatch.setattr(
+        segment_cli,
+        "run_groups",
+        lambda layout, groups, segmenter, options, *a, **k: seen.append(options) or [],
+    )
+    for flags, expected in (([], False), (["--accurate"], True)):
+        result = runner.invoke(app, ["segment", str(ds), "--no-register", *flags])
+        assert result.exit_code == 0, result.output
+        assert seen[-1].accurate is expected and seen[-1].scale is None

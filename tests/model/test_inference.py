@@ -24,6 +24,8 @@ from model.imageio import read_image
 from model.inference import (
     BF16_DICE_METRIC,
     MISSED_GRID_RETRY_SCALE,
+    SMALL_MARK_SCALE,
+    SMALL_PITCH_PX,
     TARGET_PITCH_PX,
     TorchSegmenter,
     auto_scale,
@@ -31,6 +33,7 @@ from model.inference import (
     estimate_mark_pitch,
     get_segmenter,
     missed_grid_retry_scale,
+    options_for,
     predict_image,
     reduced_precision_agreement,
     resample,
@@ -323,6 +326,43 @@ def test_auto_scale_shrinks_only_large_grids():
     for pitch in np.linspace(10, 400, 60):
         # After scaling the pitch never drops below the target: marks stay large enough.
         assert pitch * auto_scale(pitch) >= min(pitch, TARGET_PITCH_PX) - 1e-9
+
+
+def test_accurate_auto_scale_enlarges_small_grids_only():
+    assert auto_scale(30.0) == 1.0  # the fast default never enlarges
+    assert auto_scale(30.0, accurate=True) == SMALL_MARK_SCALE
+    assert auto_scale(SMALL_PITCH_PX - 1, accurate=True) == SMALL_MARK_SCALE
+    assert auto_scale(SMALL_PITCH_PX, accurate=True) == 1.0
+    assert auto_scale(None, accurate=True) == 1.0  # no grid seen: nothing to go by
+    for pitch in (80.0, 2.2 * TARGET_PITCH_PX, 3.4 * TARGET_PITCH_PX):
+        assert auto_scale(pitch, accurate=True) == auto_scale(pitch)  # large marks as before
+
+
+def test_accurate_prediction_enlarges_a_grid_of_small_marks():
+    small, small_labels = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    large, _ = disc_grid_scene(rows=4, cols=5, pitch=90, radius=20)
+    accurate = SegmentOptions(tile_size=128, overlap=32, accurate=True)
+    passes = []
+    result = predict_image(small, SmallMarkBlindSegmenter(), accurate, on_pass=passes.append)
+    assert passes == [SMALL_MARK_SCALE]  # one pass, enlarged from the start
+    assert result.scale == SMALL_MARK_SCALE and result.mask.shape == small.shape
+    assert dice(result.mask, small_labels > 0) > 0.9
+
+    passes.clear()
+    predict_image(large, ClassicalSegmenter(), accurate, on_pass=passes.append)
+    assert passes == [1.0]  # large marks stay at full resolution
+    passes.clear()
+    predict_image(small, ClassicalSegmenter(), accurate, scale=1.0, on_pass=passes.append)
+    assert passes == [1.0]  # a given scale wins
+
+
+def test_options_for_a_gpu_runtime_batch_more_tiles():
+    class OnGpu(ClassicalSegmenter):
+        runtime = inference.Runtime("cuda", "torch", "fp16", threads=2, batch_size=16)
+
+    options = SegmentOptions(batch_size=8)
+    assert options_for(OnGpu(), options).batch_size == 16
+    assert options_for(ClassicalSegmenter(), options) is options
 
 
 def test_missed_grid_retry_fires_only_for_a_grid_without_marks():

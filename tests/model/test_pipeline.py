@@ -201,3 +201,25 @@ def test_earlier_tiles_and_left_over_pass_folders_are_replaced(tmp_path):
 
     assert sorted(p.name for p in tiles_root.iterdir()) == ["g1"]
     assert not (layout.tiles_dir("g1") / "source" / "9999.png").exists()
+
+
+def test_process_group_with_the_accurate_policy_records_what_ran(tmp_path):
+    """--accurate enlarges a small-mark grid in one pass; meta.json records that pass and the
+    batch size the segmenter's runtime asked for, not the CPU default."""
+    from model.inference import Runtime
+
+    class OnGpu(ClassicalSegmenter):
+        runtime = Runtime("cuda", "torch", "fp16", threads=2, batch_size=16)
+
+    image, labels = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    layout = _dataset(tmp_path, image)
+    options = SegmentOptions(tile_size=128, overlap=32, scale=None, accurate=True)
+
+    report = process_group(layout, "g1", OnGpu(), options, GridSpec(8, 9))
+
+    meta = json.loads((layout.tiles_dir("g1") / "meta.json").read_text())
+    assert meta["scale"] == report.scale == 1.5
+    assert meta["options"]["accurate"] is True
+    assert meta["options"]["batch_size"] == 16
+    ids = read_image(layout.am_coords_dir("g1") / "am_coordinates.png")
+    assert mark_id_accuracy(ids, labels) > 0.95

@@ -181,3 +181,51 @@ def test_marks_too_small_at_first_are_found_on_the_second_look(
     assert "segmenting again at scale 1.5" in stages
     progress = [value for value, _ in reports]
     assert progress == sorted(progress)  # the bar never moves back
+
+
+def test_an_accurate_task_enlarges_small_marks_in_one_pass(
+    context: WorkerContext, monkeypatch
+) -> None:
+    from dataclasses import replace
+
+    import worker.processing as processing
+    from tests.model.scenes import SmallMarkBlindSegmenter, disc_grid_scene
+
+    image, labels = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    blind = replace(context, load_segmenter=lambda name: SmallMarkBlindSegmenter())
+    stages = []
+    real_report = processing.report_progress
+
+    def spy(session, task_id, *, progress, stage=None):
+        stages.append(stage)
+        return real_report(session, task_id, progress=progress, stage=stage)
+
+    monkeypatch.setattr(processing, "report_progress", spy)
+    task_id = queue(blind, png_bytes(image), rows=8, cols=9, accurate=True)
+
+    assert process_task(blind, task_id).action == "finished"
+
+    ids = read_image(blind.blobs.path_for(state(blind, task_id).result_keys["labels.png"]))
+    assert mark_id_accuracy(ids, labels) >= 0.95
+    assert not any(stage and "again" in stage for stage in stages)  # enlarged from the start
+
+
+def test_accurate_comes_from_the_task_then_the_setting_then_the_device() -> None:
+    from model.inference import Runtime
+    from model.segmenters import ClassicalSegmenter
+    from worker.processing import _accurate
+
+    class OnGpu(ClassicalSegmenter):
+        runtime = Runtime("cuda", "torch", "fp16", threads=2, batch_size=16)
+
+    cpu, gpu = ClassicalSegmenter(), OnGpu()
+    unset, on, off = (
+        Settings(),
+        Settings(accurate_segmentation=True),
+        Settings(accurate_segmentation=False),
+    )
+    asked, declined, silent = (TaskParameters(accurate=v) for v in (True, False, None))
+    assert _accurate(silent, unset, cpu) is False
+    assert _accurate(silent, unset, gpu) is True  # a GPU has the time
+    assert _accurate(silent, on, cpu) is True and _accurate(silent, off, gpu) is False
+    assert _accurate(asked, off, cpu) is True and _accurate(declined, on, gpu) is False
