@@ -138,7 +138,8 @@ async def create_task_route(
         bool | None,
         Query(
             description="Enlarge grids of small marks 1.5x first: sharper outlines, 2.25x the "
-            "network time on those images (default: the worker's setting)"
+            "network time on those images (default: ACCURATE_SEGMENTATION, else on only for "
+            "the gpu queue)"
         ),
     ] = None,
     idempotency_key: Annotated[
@@ -160,7 +161,7 @@ async def create_task_route(
             model=model,
             threshold=threshold,
             tile_size=tile_size,
-            accurate=accurate,
+            accurate=svc.settings.default_accurate if accurate is None else accurate,
         )
         svc.settings.model_dir_for(parameters.model)
     except (ValidationError, ValueError) as error:

@@ -89,7 +89,7 @@ def task_public(task: Task) -> TaskPublic:
         started_at=task.started_at,
         finished_at=task.finished_at,
         attempts=task.attempts,
-        parameters=task.parameters,
+        parameters=task.task_parameters.model_dump(),  # every key, also for older rows
         image=ImageInfo(
             width=task.image_width,
             height=task.image_height,

@@ -575,8 +575,11 @@ def _lattice_vectors(
         vector = vectors[index]
         sine = abs(first[0] * vector[1] - first[1] * vector[0])
         sine /= np.hypot(*first) * np.hypot(*vector)
-        # More than 30° from the first vector: the other lattice direction.
-        if sine > 0.5 and heights[index] >= 0.25 * first_height:
+        # More than 30° from the first vector: the other lattice direction. A peak under half
+        # the first vector's length must be as strong as a first vector: weaker, it is the
+        # marks' own shape (the two arms of aligned crescents), not a near-square grid.
+        short = np.hypot(*vector) < 0.5 * np.hypot(*first)
+        if sine > 0.5 and heights[index] >= (0.5 if short else 0.25) * first_height:
             second = _refine(acf, vector, max_lag, floor / 2, need_harmonic=False)
             if second is not None:
                 result.append(second)
@@ -659,10 +662,10 @@ _SCALE_STEP = 0.5  # scale = 1 / k with k = 1, 1.5, 2, 2.5, ...: few distinct, r
 # The accurate policy (SegmentOptions.accurate, `--accurate`) trades time for outlines: it
 # enlarges grids with a pitch under SMALL_PITCH_PX (marks under ~20-35 px) by SMALL_MARK_SCALE.
 # On the three 48-slide unseen sets (seeds 600000+, 700000+, 900000+) the shipped model's
-# pooled Dice goes 0.9252 / 0.9447 / 0.9477 -> 0.9346 / 0.9498 / 0.9516
+# pooled Dice goes 0.9252 / 0.9447 / 0.9477 -> 0.9346 / 0.9498 / 0.9515
 # (benchmarks/model_accuracy.py --accurate), where enlarging every slide gives 0.9291 / 0.9495
 # / 0.9509: large faint marks lose when enlarged. Cut-offs of 50-80 px score within 0.0005 of
-# 60 (BENCHMARKS.md).
+# 60 on those sets, which it was chosen on (table in BENCHMARKS.md).
 SMALL_PITCH_PX = 60.0
 SMALL_MARK_SCALE = 1.5
 
@@ -717,8 +720,11 @@ RETRY_GAIN = 2.0
 
 
 def missed_grid_retry_scale(pitch: float | None, scale: float, mask: np.ndarray) -> float | None:
-    """The scale to segment again at when a grid was seen but (almost) no marks were found."""
-    if pitch is None or np.count_nonzero(mask) >= MISSED_GRID_MASK_FRACTION * mask.size:
+    """The scale to segment again at when a grid was seen but (almost) no marks were found;
+    None also after an enlarged pass (the accurate policy's), which already looked closer."""
+    if pitch is None or scale > 1.0:
+        return None
+    if np.count_nonzero(mask) >= MISSED_GRID_MASK_FRACTION * mask.size:
         return None
     retry = min(scale * MISSED_GRID_RETRY_SCALE, MAX_SCALE)
     return retry if retry > scale else None
@@ -763,8 +769,9 @@ def predict_image(
     if scale is None:
         pitch = estimate_mark_pitch(gray)
         scale = auto_scale(pitch, accurate=options.accurate)
+        fast_scale = auto_scale(pitch)  # where the accurate policy falls back to
     else:
-        scale = checked_scale(scale)
+        scale = fast_scale = checked_scale(scale)
     options = options_for(segmenter, options)
     planned = count_tiles(gray.shape, options, scale)
     if on_tiles_planned is not None:
@@ -779,7 +786,17 @@ def predict_image(
             result = restore_segmentation(result, gray.shape, options.min_mark_area)
         return dataclasses.replace(result, scale=pass_scale)
 
-    segmentation = segment_at(scale)
+    try:
+        segmentation = segment_at(scale)
+    except MemoryError:
+        if scale == fast_scale:
+            raise
+        # The accurate policy's enlargement is optional: segment as the default does.
+        scale = fast_scale
+        planned += count_tiles(gray.shape, options, scale)
+        if on_tiles_planned is not None:
+            on_tiles_planned(planned)
+        segmentation = segment_at(scale)
     retry = missed_grid_retry_scale(pitch, scale, segmentation.mask)
     if retry is not None:
         if on_tiles_planned is not None:

@@ -67,10 +67,18 @@ class Settings(BaseSettings):
     models_dir: Path | None = None
     # Device for the worker's network: auto (CUDA when present), cpu or cuda.
     worker_device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda)$")
-    # For tasks that do not say: enlarge grids of small marks 1.5x before the network
-    # (`amseg predict --accurate`: sharper outlines for 2.25x the network time on those
-    # images). None: on where the network runs on a GPU, which has the time, off on a CPU.
+    # What the API records for a task that does not say `?accurate=`: enlarge grids of small
+    # marks 1.5x before the network (`amseg predict --accurate`: sharper outlines for 2.25x
+    # the network time on those images). None: on when tasks go to the "gpu" queue, which
+    # has the time. Decided at upload, so a task gives the same mask on any worker.
     accurate_segmentation: bool | None = None
+
+    @property
+    def default_accurate(self) -> bool:
+        """`accurate` of a task whose upload does not say (see accurate_segmentation)."""
+        if self.accurate_segmentation is not None:
+            return self.accurate_segmentation
+        return self.task_queue == "gpu"
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -60,9 +60,9 @@ class TaskParameters(BaseModel):
     model: str | None = Field(default=None, max_length=200)
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     tile_size: int | None = Field(default=None, ge=32, le=8192)
-    # Enlarge grids of small marks before the network (amseg predict --accurate); None: the
-    # worker's default (Settings.accurate_segmentation).
-    accurate: bool | None = None
+    # Enlarge grids of small marks before the network (amseg predict --accurate); the API
+    # fills in Settings.default_accurate when the upload does not say.
+    accurate: bool = False
 
     @model_validator(mode="after")
     def _grid_complete(self) -> "TaskParameters":

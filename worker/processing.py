@@ -163,7 +163,7 @@ def _run(
         options = SegmentOptions(
             tile_size=parameters.tile_size or segmenter.tile_size,
             threshold=parameters.threshold,
-            accurate=_accurate(parameters, context.settings, segmenter),
+            accurate=parameters.accurate,
         )
         if options.overlap > options.tile_size // 2:
             options = dataclasses.replace(options, overlap=options.tile_size // 2)
@@ -201,17 +201,6 @@ def _run(
     return result_keys
 
 
-def _accurate(parameters: TaskParameters, settings: Settings, segmenter: object) -> bool:
-    """Whether a task enlarges small marks: its own choice, else the worker's setting, else
-    on only where the network runs on a GPU."""
-    if parameters.accurate is not None:
-        return parameters.accurate
-    if settings.accurate_segmentation is not None:
-        return settings.accurate_segmentation
-    runtime = getattr(segmenter, "runtime", None)
-    return getattr(runtime, "device", "cpu") == "cuda"
-
-
 def _mask_overlay(scratch_dir: Path, image: np.ndarray, mask: np.ndarray) -> Path:
     from model.overlay import render_overlay
 
@@ -235,12 +224,14 @@ class _TileProgress:
         self.total = max(total, 1)
 
     def pass_started(self, scale: float) -> None:
-        """predict_image looks again, enlarged, when a grid shows but no marks were found. Its
-        tiles are added to the total, so the bar (never moving back) waits until they are done;
-        the stage says why."""
+        """The stage names a resampled pass. predict_image looks again, enlarged, when a grid
+        shows but no marks were found; its tiles are added to the total, so the bar (never
+        moving back) waits until they are done."""
         self.passes += 1
         if self.passes > 1:
             self.report(self.last, f"segmenting again at scale {scale:g}")
+        elif scale != 1.0:
+            self.report(self.last, f"segmenting at scale {scale:g}")
 
     def advance(self, count: int) -> None:
         if not self.still_ours():

@@ -9,7 +9,7 @@ import typer
 
 from model.cli.app import app
 from model.cli.console import console, progress_bar
-from model.cli.predict import ACCURATE_HELP, scale_help
+from model.cli.predict import ACCURATE_HELP, check_accurate, scale_help
 from model.dataset import DatasetLayout
 from model.errors import AmsegError
 from model.pipeline import MAX_SCALE, GridSpec, GroupReport, SegmentOptions, process_group
@@ -78,7 +78,8 @@ def segment(
         max=MAX_SCALE,
         help=scale_help(
             "from the grid pitch for the model, shrinking only large marks (a second pass 1.5x "
-            "enlarged when a grid shows but no marks are found); 1 for classical"
+            "enlarged when a grid shows but no marks are found; --accurate also enlarges "
+            "small marks); 1 for classical"
         ),
     ),
     accurate: bool = typer.Option(False, "--accurate", help=ACCURATE_HELP),
@@ -89,6 +90,7 @@ def segment(
     am_coords/<group>/am_coordinates.png (uint16, id = row * cols + col + 1) with ams.csv,
     qc.json and overlay.png beside it. A failing group is reported and the command exits 1.
     """
+    check_accurate(accurate, scale)
     if no_register and (rows or cols):
         raise AmsegError("--no-register and --rows/--cols contradict each other; give one")
     if not no_register and (rows is None or cols is None):
@@ -119,8 +121,13 @@ def segment(
         accurate=accurate,
     )
     segmenter = load_segmenter(segmenter_name, model_dir)
-    if scale is None and segmenter.name == "classical":
-        scale = 1.0  # the threshold baseline works at any mark size
+    if segmenter.name == "classical":
+        if accurate:
+            raise AmsegError(
+                "--accurate needs the trained model; the classical segmenter "
+                "works at full resolution"
+            )
+        scale = 1.0 if scale is None else scale  # the threshold baseline works at any size
     options = dataclasses.replace(options, scale=scale)
     reports = run_groups(layout, selected, segmenter, options, grid, write_tiles=not no_tiles)
     failed = [r for r in reports if not r.ok]

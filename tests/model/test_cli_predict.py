@@ -119,3 +119,9 @@ def test_accurate_enlarges_small_marks_and_says_so(model_dir, tmp_path):
     assert "(network at scale 1.5)" in " ".join(accurate.output.split())
     mask = np.asarray(Image.open(tmp_path / "out" / "small_mask.png"))
     assert mask.shape == small.shape
+
+
+def test_accurate_and_a_given_scale_contradict(model_dir, inputs, tmp_path):
+    result = run(str(inputs["gray8"]), "-o", str(tmp_path / "out"), "--accurate", "--scale", "1")
+    assert result.exit_code == 2 and "--accurate or --scale" in result.output, result.output
+    assert not (tmp_path / "out").exists()

@@ -142,7 +142,7 @@ def test_marks_found_only_on_the_second_look_are_labelled(tmp_path):
     assert sum(int(m.sum()) for m in masks) > 0.5 * int((labels > 0).sum())
 
 
-def test_labels_are_made_with_the_accurate_policy_unless_fast(dataset, tmp_path, monkeypatch):
+def test_the_command_asks_for_the_accurate_policy_unless_fast(dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(pseudo_label_cli, "load_segmenter", lambda path: ClassicalSegmenter())
     seen = []
     real = pseudo_label_cli.pseudo_label_group
@@ -157,3 +157,30 @@ def test_labels_are_made_with_the_accurate_policy_unless_fast(dataset, tmp_path,
         result = invoke([dataset, "-o", tmp_path / "train", *flags])
         assert result.exit_code == 0, result.output
         assert seen == [expected, expected]  # both groups
+
+
+def test_a_group_is_segmented_with_the_policy_asked_for(tmp_path):
+    from model.dataset import DatasetLayout
+    from model.imageio import write_png
+    from tests.model.scenes import SmallMarkBlindSegmenter, disc_grid_scene
+
+    image, _ = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    (tmp_path / "ds" / "source" / "g1").mkdir(parents=True)
+    write_png(tmp_path / "ds" / "source" / "g1" / "slide.png", image)
+    passes = []
+
+    class Recording(SmallMarkBlindSegmenter):
+        def predict_batch(self, tiles):
+            passes.append(tiles.shape[0])
+            return super().predict_batch(tiles)
+
+    tiles = {}
+    for accurate in (True, False):
+        passes.clear()
+        pseudo_label_cli.pseudo_label_group(
+            DatasetLayout(tmp_path / "ds"), "g1", Recording(), tmp_path / "train",
+            crop_size=128, tile_size=128, accurate=accurate,
+        )  # fmt: skip
+        tiles[accurate] = sum(passes)
+    # accurate: one pass at 1.5x; fast: 1x, then the second look at 1.5x (nothing found at 1x)
+    assert 0 < tiles[True] < tiles[False]

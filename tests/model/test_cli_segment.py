@@ -82,6 +82,11 @@ def test_usage_errors_are_one_line(tmp_path):
         (["segment", str(tmp_path / "missing"), "--no-register"], "no such dataset"),
         (["segment", str(ds), "zzz", "--no-register"], "unknown group"),
         (["segment", str(ds), "--no-register", "--overlap", "300"], "at most half"),
+        (["segment", str(ds), "--no-register", "--accurate", "--scale", "1"], "--accurate or"),
+        (
+            ["segment", str(ds), "--no-register", "--accurate", "--segmenter", "classical"],
+            "needs the trained model",
+        ),
     ]
     for args, message in cases:
         result = runner.invoke(app, args)

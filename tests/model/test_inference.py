@@ -301,6 +301,19 @@ def test_pitch_of_a_generated_slide_within_5_percent():
     assert abs(pitch / min(spec.pitch_x, spec.pitch_y) - 1) < 0.05
 
 
+@pytest.mark.parametrize("seed", [600006, 700046, 900012])
+def test_aligned_crescent_arms_are_not_taken_for_the_grid(seed):
+    """Generated slides where every crescent's two arms gave a weak autocorrelation peak at
+    under half the pitch, once read as the pitch (8.3 px for 17, 22 for 44, 25 for 84)."""
+    from model.synth import generate_slide, random_spec
+
+    slide = generate_slide(random_spec(seed, height=1024, width=1024), seed)
+    pitch = estimate_mark_pitch(slide.image)
+    shorter, longer = sorted((slide.spec.pitch_x, slide.spec.pitch_y))
+    assert pitch is not None
+    assert 0.9 * shorter <= pitch <= 1.1 * longer  # rows may be unevenly spaced
+
+
 def test_pitch_of_float_input_with_nan_and_inf():
     image = grid_image(40.0, 46.0, 3.0).astype(np.float32) / 60000
     image[100:140, 200:260] = np.nan  # dead pixels, saturated ones
@@ -356,6 +369,48 @@ def test_accurate_prediction_enlarges_a_grid_of_small_marks():
     assert passes == [1.0]  # a given scale wins
 
 
+def test_an_accurate_pass_that_finds_nothing_is_not_enlarged_again():
+    class SeesNothing(ClassicalSegmenter):
+        def predict_batch(self, tiles):
+            return np.zeros_like(tiles)
+
+    image, _ = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    passes = []
+    accurate = SegmentOptions(tile_size=128, overlap=32, accurate=True)
+    result = predict_image(image, SeesNothing(), accurate, on_pass=passes.append)
+    assert passes == [SMALL_MARK_SCALE] and not result.mask.any()
+
+
+def test_an_accurate_pass_out_of_memory_falls_back_to_the_default_scale():
+    class MemoryBound(ClassicalSegmenter):
+        enlarged = False
+
+        def predict_batch(self, tiles):
+            if self.enlarged:
+                raise MemoryError
+            return super().predict_batch(tiles)
+
+    image, labels = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    segmenter = MemoryBound()
+    passes, totals = [], []
+
+    def on_pass(scale):
+        passes.append(scale)
+        segmenter.enlarged = scale > 1.0
+
+    options = SegmentOptions(tile_size=128, overlap=32, accurate=True)
+    result = predict_image(
+        image, segmenter, options, on_pass=on_pass, on_tiles_planned=totals.append
+    )
+    assert passes == [SMALL_MARK_SCALE, 1.0] and result.scale == 1.0
+    assert dice(result.mask, labels > 0) > 0.9
+    enlarged, full = count_tiles(image.shape, options, 1.5), count_tiles(image.shape, options)
+    assert totals == [enlarged, enlarged + full]  # the bar never shrinks
+    with pytest.raises(MemoryError):  # a scale the user gave has nothing to fall back to
+        segmenter.enlarged = True
+        predict_image(image, segmenter, options, scale=1.5)
+
+
 def test_options_for_a_gpu_runtime_batch_more_tiles():
     class OnGpu(ClassicalSegmenter):
         runtime = inference.Runtime("cuda", "torch", "fp16", threads=2, batch_size=16)
@@ -374,6 +429,7 @@ def test_missed_grid_retry_fires_only_for_a_grid_without_marks():
     assert missed_grid_retry_scale(30.0, 1.0, empty) == MISSED_GRID_RETRY_SCALE
     assert missed_grid_retry_scale(300.0, 0.5, empty) == pytest.approx(0.75)
     assert missed_grid_retry_scale(30.0, MAX_SCALE, empty) is None  # cannot enlarge further
+    assert missed_grid_retry_scale(30.0, SMALL_MARK_SCALE, empty) is None  # already closer
 
 
 def test_marks_too_small_for_the_segmenter_are_found_on_a_second_enlarged_pass():

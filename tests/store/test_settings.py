@@ -13,6 +13,7 @@ SETTINGS_VARIABLES = [
     "MAX_UPLOAD_BYTES", "MAX_PIXELS", "API_KEYS", "TASK_STALE_AFTER_S", "TASK_MAX_ATTEMPTS",
     "EMBEDDED", "TASK_QUEUE", "TASK_SOFT_TIME_LIMIT_S", "TASK_TIME_LIMIT_S",
     "BROKER_VISIBILITY_TIMEOUT_S", "MODELS_DIR", "SWEEP_INTERVAL_S", "WORKER_DEVICE",
+    "ACCURATE_SEGMENTATION",
 ]  # fmt: skip
 GOOD_KEY = "k" * 32
 
@@ -138,3 +139,27 @@ def test_named_models_resolve_only_inside_models_dir(tmp_path: Path) -> None:
             settings.model_dir_for(bad)
     with pytest.raises(ValueError, match="unknown model"):
         Settings(_env_file=None).model_dir_for("dan")
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({}, False),
+        ({"TASK_QUEUE": "gpu"}, True),  # GPU workers have the time
+        ({"ACCURATE_SEGMENTATION": ""}, False),  # empty means unset
+        ({"ACCURATE_SEGMENTATION": "true"}, True),
+        ({"ACCURATE_SEGMENTATION": "0", "TASK_QUEUE": "gpu"}, False),
+    ],
+)
+def test_default_accurate_follows_the_setting_then_the_queue(
+    monkeypatch: pytest.MonkeyPatch, environment: dict, expected: bool
+) -> None:
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert Settings(_env_file=None).default_accurate is expected
+
+
+def test_accurate_segmentation_must_be_a_boolean(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACCURATE_SEGMENTATION", "auto")
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)

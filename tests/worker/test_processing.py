@@ -207,25 +207,5 @@ def test_an_accurate_task_enlarges_small_marks_in_one_pass(
 
     ids = read_image(blind.blobs.path_for(state(blind, task_id).result_keys["labels.png"]))
     assert mark_id_accuracy(ids, labels) >= 0.95
+    assert "segmenting at scale 1.5" in stages  # the task's stage says how it was run
     assert not any(stage and "again" in stage for stage in stages)  # enlarged from the start
-
-
-def test_accurate_comes_from_the_task_then_the_setting_then_the_device() -> None:
-    from model.inference import Runtime
-    from model.segmenters import ClassicalSegmenter
-    from worker.processing import _accurate
-
-    class OnGpu(ClassicalSegmenter):
-        runtime = Runtime("cuda", "torch", "fp16", threads=2, batch_size=16)
-
-    cpu, gpu = ClassicalSegmenter(), OnGpu()
-    unset, on, off = (
-        Settings(),
-        Settings(accurate_segmentation=True),
-        Settings(accurate_segmentation=False),
-    )
-    asked, declined, silent = (TaskParameters(accurate=v) for v in (True, False, None))
-    assert _accurate(silent, unset, cpu) is False
-    assert _accurate(silent, unset, gpu) is True  # a GPU has the time
-    assert _accurate(silent, on, cpu) is True and _accurate(silent, off, gpu) is False
-    assert _accurate(asked, off, cpu) is True and _accurate(declined, on, gpu) is False
