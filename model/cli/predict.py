@@ -87,10 +87,10 @@ def predict(
     The model is loaded once. An image that cannot be read or segmented is reported on one
     line and skipped; the command then exits 1 after the others are done.
     """
+    check_accurate(accurate, scale)
     # Imported here so that other commands start without the inference stack.
     from model.inference import TorchSegmenter
 
-    check_accurate(accurate, scale)
     stems = [path.stem for path in images]
     duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
     if duplicates:
