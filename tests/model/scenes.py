@@ -54,3 +54,10 @@ class SmallMarkBlindSegmenter:
         return np.stack(
             [cv2.morphologyEx(p, cv2.MORPH_OPEN, disc) for p in self.base.predict_batch(tiles)]
         )
+
+
+class BlindSegmenter(ClassicalSegmenter):
+    """Sees no marks at any scale: probability 0 everywhere."""
+
+    def predict_batch(self, tiles: np.ndarray) -> np.ndarray:
+        return np.zeros_like(tiles)

@@ -45,7 +45,7 @@ from model.network import IMAGENET_MEAN, IMAGENET_STD, ModelCard, build_from_car
 from model.pipeline import MAX_SCALE, Segmentation, SegmentOptions
 from model.segmenters import ClassicalSegmenter
 from model.torch_runtime import ProbabilityNet
-from tests.model.scenes import SmallMarkBlindSegmenter, disc_grid_scene
+from tests.model.scenes import BlindSegmenter, SmallMarkBlindSegmenter, disc_grid_scene
 
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
 TINY = {"encoder": "resnet18", "decoder_channels": (16, 8, 8, 8, 8), "tile_size": 64}
@@ -370,14 +370,10 @@ def test_accurate_prediction_enlarges_a_grid_of_small_marks():
 
 
 def test_an_accurate_pass_that_finds_nothing_is_not_enlarged_again():
-    class SeesNothing(ClassicalSegmenter):
-        def predict_batch(self, tiles):
-            return np.zeros_like(tiles)
-
     image, _ = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
     passes = []
     accurate = SegmentOptions(tile_size=128, overlap=32, accurate=True)
-    result = predict_image(image, SeesNothing(), accurate, on_pass=passes.append)
+    result = predict_image(image, BlindSegmenter(), accurate, on_pass=passes.append)
     assert passes == [SMALL_MARK_SCALE] and not result.mask.any()
 
 
@@ -472,13 +468,9 @@ def test_a_second_pass_that_finds_no_more_does_not_replace_the_first(monkeypatch
 
 
 def test_a_second_pass_that_finds_nothing_either_is_not_kept():
-    class SeesNothing(ClassicalSegmenter):
-        def predict_batch(self, tiles):
-            return np.zeros_like(tiles)
-
     image, _ = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
     passes = []
-    result = predict_image(image, SeesNothing(), SegmentOptions(128, 32), on_pass=passes.append)
+    result = predict_image(image, BlindSegmenter(), SegmentOptions(128, 32), on_pass=passes.append)
     assert passes == [1.0, MISSED_GRID_RETRY_SCALE]
     assert result.scale == 1.0 and not result.mask.any()
 

@@ -151,10 +151,11 @@ def test_task_out_of_attempts_is_skipped(context: WorkerContext) -> None:
     assert state(context, task_id).status == TaskStatus.QUEUED
 
 
-def test_marks_too_small_at_first_are_found_on_the_second_look(
-    context: WorkerContext, monkeypatch
-) -> None:
-    """The worker goes through predict_image's enlarged second look and says so as it runs."""
+def run_small_mark_task(
+    context: WorkerContext, monkeypatch, **parameters
+) -> tuple[list[tuple[float, str | None]], float]:
+    """Runs a grid of 15 px marks past a segmenter blind to them at full resolution; returns
+    every (progress, stage) the task reported and the id accuracy of its labels."""
     from dataclasses import replace
 
     import worker.processing as processing
@@ -170,13 +171,18 @@ def test_marks_too_small_at_first_are_found_on_the_second_look(
         return real_report(session, task_id, progress=progress, stage=stage)
 
     monkeypatch.setattr(processing, "report_progress", spy)
-    task_id = queue(blind, png_bytes(image), rows=8, cols=9)
-
+    task_id = queue(blind, png_bytes(image), rows=8, cols=9, **parameters)
     assert process_task(blind, task_id).action == "finished"
+    ids = read_image(blind.blobs.path_for(state(blind, task_id).result_keys["labels.png"]))
+    return reports, mark_id_accuracy(ids, labels)
 
-    task = state(blind, task_id)
-    ids = read_image(blind.blobs.path_for(task.result_keys["labels.png"]))
-    assert mark_id_accuracy(ids, labels) >= 0.95
+
+def test_marks_too_small_at_first_are_found_on_the_second_look(
+    context: WorkerContext, monkeypatch
+) -> None:
+    """The worker goes through predict_image's enlarged second look and says so as it runs."""
+    reports, accuracy = run_small_mark_task(context, monkeypatch, accurate=False)
+    assert accuracy >= 0.95
     stages = [stage for _, stage in reports if stage]
     assert "segmenting again at scale 1.5" in stages
     progress = [value for value, _ in reports]
@@ -186,26 +192,8 @@ def test_marks_too_small_at_first_are_found_on_the_second_look(
 def test_an_accurate_task_enlarges_small_marks_in_one_pass(
     context: WorkerContext, monkeypatch
 ) -> None:
-    from dataclasses import replace
-
-    import worker.processing as processing
-    from tests.model.scenes import SmallMarkBlindSegmenter, disc_grid_scene
-
-    image, labels = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
-    blind = replace(context, load_segmenter=lambda name: SmallMarkBlindSegmenter())
-    stages = []
-    real_report = processing.report_progress
-
-    def spy(session, task_id, *, progress, stage=None):
-        stages.append(stage)
-        return real_report(session, task_id, progress=progress, stage=stage)
-
-    monkeypatch.setattr(processing, "report_progress", spy)
-    task_id = queue(blind, png_bytes(image), rows=8, cols=9, accurate=True)
-
-    assert process_task(blind, task_id).action == "finished"
-
-    ids = read_image(blind.blobs.path_for(state(blind, task_id).result_keys["labels.png"]))
-    assert mark_id_accuracy(ids, labels) >= 0.95
+    reports, accuracy = run_small_mark_task(context, monkeypatch, accurate=True)
+    assert accuracy >= 0.95
+    stages = [stage for _, stage in reports if stage]
     assert "segmenting at scale 1.5" in stages  # the task's stage says how it was run
-    assert not any(stage and "again" in stage for stage in stages)  # enlarged from the start
+    assert not any("again" in stage for stage in stages)  # enlarged from the start
