@@ -341,6 +341,17 @@ def test_auto_scale_shrinks_only_large_grids():
         assert pitch * auto_scale(pitch) >= min(pitch, TARGET_PITCH_PX) - 1e-9
 
 
+class OutOfMemoryWhenEnlarged(SmallMarkBlindSegmenter):
+    """Runs out of memory while `enlarged` (set from predict_image's on_pass)."""
+
+    enlarged = False
+
+    def predict_batch(self, tiles):
+        if self.enlarged:
+            raise MemoryError
+        return super().predict_batch(tiles)
+
+
 def test_accurate_auto_scale_enlarges_small_grids_only():
     assert auto_scale(30.0) == 1.0  # the fast default never enlarges
     assert auto_scale(30.0, accurate=True) == SMALL_MARK_SCALE
@@ -378,16 +389,8 @@ def test_an_accurate_pass_that_finds_nothing_is_not_enlarged_again():
 
 
 def test_an_accurate_pass_out_of_memory_falls_back_to_the_default_scale():
-    class MemoryBound(ClassicalSegmenter):
-        enlarged = False
-
-        def predict_batch(self, tiles):
-            if self.enlarged:
-                raise MemoryError
-            return super().predict_batch(tiles)
-
     image, labels = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
-    segmenter = MemoryBound()
+    segmenter = OutOfMemoryWhenEnlarged(min_width=1)  # sees every mark at any scale
     passes, totals = [], []
 
     def on_pass(scale):
@@ -476,15 +479,8 @@ def test_a_second_pass_that_finds_nothing_either_is_not_kept():
 
 
 def test_a_second_pass_that_runs_out_of_memory_leaves_the_first(monkeypatch):
-    class MemoryBound(SmallMarkBlindSegmenter):
-        def predict_batch(self, tiles):
-            if self.enlarged:
-                raise MemoryError
-            return super().predict_batch(tiles)
-
     image, _ = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
-    segmenter = MemoryBound()
-    segmenter.enlarged = False
+    segmenter = OutOfMemoryWhenEnlarged()
 
     def on_pass(scale):
         segmenter.enlarged = scale > 1.0
