@@ -25,6 +25,7 @@ import numpy as np
 from model.errors import AmsegError
 from model.imageio import to_grayscale
 from model.metrics import dice
+from model.normalize import fill_padding, find_padding
 from model.pipeline import (
     MAX_SCALE,
     Segmentation,
@@ -763,8 +764,49 @@ def predict_image(
     `on_tiles_planned` gets the number of network tiles, again with the new total if a second
     pass is added; `on_pass` gets the scale of each pass before it starts; `on_tile` sees
     every tile of every pass (see `segment_image`); the result's `scale` says which was kept.
+
+    Padding (`find_padding`: a mosaic's border, a rotated image's corners) is background in
+    the result and no network tile sees it: the image is cropped to the box around the
+    sample, and padding left inside that box is filled with pixels of the sample's own
+    intensities. The result's `offset` then says where that box starts, and `grid` describes
+    it.
     """
     gray = to_grayscale(image)
+    padding = find_padding(gray)
+    if padding is None:
+        return _predict_gray(
+            gray, segmenter, options, scale, on_tiles_planned, on_progress, on_pass, on_tile
+        )
+    rows, cols = np.flatnonzero(~padding.all(axis=1)), np.flatnonzero(~padding.all(axis=0))
+    box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+    sample, inner_padding = gray[box], padding[box]
+    if inner_padding.any():
+        sample = fill_padding(sample, inner_padding)
+    inner = _predict_gray(
+        sample, segmenter, options, scale, on_tiles_planned, on_progress, on_pass, on_tile
+    )
+    probabilities = np.zeros(gray.shape, dtype=np.float32)
+    probabilities[box] = inner.probabilities
+    probabilities[padding] = 0.0
+    mask = np.zeros(gray.shape, dtype=bool)
+    mask[box] = inner.mask
+    mask = remove_small_components(mask & ~padding, options.min_mark_area)
+    return dataclasses.replace(
+        inner, probabilities=probabilities, mask=mask, offset=(int(rows[0]), int(cols[0]))
+    )
+
+
+def _predict_gray(
+    gray: np.ndarray,
+    segmenter: Segmenter,
+    options: SegmentOptions,
+    scale: float | None,
+    on_tiles_planned: Callable[[int], None] | None,
+    on_progress: Callable[[int], None] | None,
+    on_pass: Callable[[float], None] | None,
+    on_tile: Callable[[Tile, np.ndarray, np.ndarray], None] | None,
+) -> Segmentation:
+    """`predict_image` of a gray image without padding."""
     pitch = None
     if scale is None:
         pitch = estimate_mark_pitch(gray)

@@ -3,16 +3,27 @@
 Integer images (8/16-bit) are normalized through a lookup table built from an exact histogram,
 so a 10000x10000 slide needs no float copy of the whole image and 16-bit data keep all their
 levels (the old system dropped the low byte before normalizing).
+
+Padding is left out of the percentiles: a large uniform area at the darkest or brightest
+level (a mosaic's border, the corners of a rotated image, a masked-out region) is not sample,
+and counting it would move the clip window onto the padding's value.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 DEFAULT_LOW_PERCENTILE = 1.0
 DEFAULT_HIGH_PERCENTILE = 99.0
+
+# An area at the darkest or brightest level counts as padding where it holds a square this
+# large: no mark of 8-60 px does, even when saturated.
+PADDING_MIN_EDGE = 65
+# Below this share of the pixels the 1st/99th percentiles hardly move, so no search is made.
+PADDING_MIN_SHARE = 0.01
 
 
 @dataclass(frozen=True)
@@ -46,10 +57,11 @@ def intensity_window(
     low_percentile: float = DEFAULT_LOW_PERCENTILE,
     high_percentile: float = DEFAULT_HIGH_PERCENTILE,
 ) -> IntensityWindow:
-    """Percentiles of all pixels (all channels jointly), computed on the native bit depth.
+    """Percentiles of all pixels but padding (all channels jointly), on the native bit depth.
 
     Matches numpy's linear-interpolation percentile; for 8/16-bit data it is computed from a
-    histogram, which is exact and needs memory only for the histogram.
+    histogram, which is exact and needs memory only for the histogram. Padding (see
+    `find_padding`) is left out.
     """
     if not 0.0 <= low_percentile < high_percentile <= 100.0:
         raise ValueError(
@@ -58,8 +70,12 @@ def intensity_window(
         )
     if image.size == 0:
         raise ValueError("cannot normalize an empty image")
-    if image.dtype in (np.uint8, np.uint16):
-        counts = value_histogram(image)
+    counts = value_histogram(image) if image.dtype in (np.uint8, np.uint16) else None
+    padding = find_padding(image, counts)
+    if padding is not None:
+        image = image[~padding]  # (N,) or (N, C): percentiles over every channel alike
+        counts = value_histogram(image) if counts is not None else None
+    if counts is not None:
         low, high = _histogram_percentiles(counts, (low_percentile, high_percentile))
     else:
         finite = image[np.isfinite(image)] if image.dtype.kind == "f" else image
@@ -69,13 +85,87 @@ def intensity_window(
     return IntensityWindow(float(low), float(high))
 
 
+def find_padding(image: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray | None:
+    """(H, W) bool mask of the image's padding, or None when it has none.
+
+    Padding is a uniform area at the darkest or brightest level that holds a square of
+    PADDING_MIN_EDGE px, together with the pixels of that level connected to it (the narrow
+    tips of a rotated image's corners). No mark of 8-60 px holds such a square, even when
+    saturated. Only a level that covers PADDING_MIN_SHARE of the image is searched, so an
+    8/16-bit image without padding costs nothing beyond its histogram (`counts`, the
+    `value_histogram` of the image when the caller has it).
+    """
+    if image.ndim not in (2, 3) or image.size == 0:
+        return None
+    if image.dtype in (np.uint8, np.uint16):
+        counts = value_histogram(image) if counts is None else counts
+        occupied = np.flatnonzero(counts)
+        extremes = {int(occupied[0]), int(occupied[-1])}
+        candidates = [v for v in extremes if counts[v] >= PADDING_MIN_SHARE * image.size]
+    else:
+        finite = image[np.isfinite(image)] if image.dtype.kind == "f" else image.reshape(-1)
+        if finite.size == 0:
+            return None
+        candidates = list({finite.min().item(), finite.max().item()})
+    padding = None
+    for level in candidates:
+        flat = image == level
+        if flat.ndim == 3:
+            flat = flat.all(axis=2)
+        if np.count_nonzero(flat) < PADDING_MIN_SHARE * flat.size:
+            continue
+        found = _areas_holding_square(flat, PADDING_MIN_EDGE)
+        if found is not None:
+            padding = found if padding is None else padding | found
+    if padding is not None and padding.all():
+        return None  # an image of one level only: nothing to leave out
+    return padding
+
+
+def _areas_holding_square(flat: np.ndarray, edge: int) -> np.ndarray | None:
+    """The 4-connected components of `flat` that hold an edge x edge square, or None."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (edge, edge))
+    flat8 = flat.view(np.uint8)
+    cores = cv2.erode(flat8, kernel)  # centres of the squares that fit
+    if not cores.any():
+        return None
+    _, labels = cv2.connectedComponents(flat8, connectivity=4, ltype=cv2.CV_32S)
+    keep = np.zeros(int(labels.max()) + 1, dtype=bool)
+    keep[labels[cores.view(bool)]] = True
+    keep[0] = False
+    return keep[labels]
+
+
+def fill_padding(gray: np.ndarray, padding: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A copy of `gray` with its padding replaced by pixels drawn from the rest of the image.
+
+    The network has never seen a large flat area and misreads the marks around one (its
+    squeeze-and-excitation layers pool over whole tiles); pixels of the sample's own
+    intensities, drawn at random with a fixed seed, keep each tile's statistics those of
+    the sample. The caller clears the padding from the result.
+    """
+    sample = gray[~padding]
+    rng = np.random.default_rng(seed)
+    filled = gray.copy()
+    filled[padding] = sample[rng.integers(0, sample.size, size=int(np.count_nonzero(padding)))]
+    return filled
+
+
 def value_histogram(image: np.ndarray, chunk_pixels: int = 1 << 22) -> np.ndarray:
-    """Count of every value of an 8/16-bit image, in chunks (bincount casts to int64)."""
-    flat = image.reshape(-1)
-    counts = np.zeros(np.iinfo(image.dtype).max + 1, dtype=np.int64)
-    for start in range(0, flat.size, chunk_pixels):
-        chunk = flat[start : start + chunk_pixels]
-        counts += np.bincount(chunk, minlength=counts.size)
+    """Count of every value of an 8/16-bit image.
+
+    OpenCV's histogram is about 8x faster than numpy's bincount here; it counts in float32,
+    exact only up to 2**24, so it runs on chunks of fewer pixels and sums them as int64.
+    """
+    rows = np.ascontiguousarray(image).reshape(image.shape[0], -1) if image.ndim > 1 else image
+    if rows.ndim == 1 or rows.shape[1] > chunk_pixels:
+        rows = rows.reshape(-1, 1)
+    levels = np.iinfo(image.dtype).max + 1
+    counts = np.zeros(levels, dtype=np.int64)
+    step = max(1, chunk_pixels // rows.shape[1])
+    for start in range(0, rows.shape[0], step):
+        chunk = rows[start : start + step]
+        counts += cv2.calcHist([chunk], [0], None, [levels], [0, levels]).ravel().astype(np.int64)
     return counts
 
 

@@ -72,6 +72,9 @@ class Segmentation:
     # The network saw the image resampled by this factor; `grid` and `window` describe that
     # resampled image (see inference.predict_image).
     scale: float = 1.0
+    # (y, x) of the image's corner that `grid` starts from: not (0, 0) when padding around
+    # the sample was cropped off (see inference.predict_image).
+    offset: tuple[int, int] = (0, 0)
 
 
 def segment_image(
@@ -241,6 +244,8 @@ def process_group(
     meta = segmentation.grid.to_dict() | {
         "orig_image": {"h": gray.shape[0], "w": gray.shape[1]},
         "scale": segmentation.scale,  # the tiles are of the image resampled by this factor
+        # ... cropped from this corner first (padding around the sample is left out)
+        "offset": {"y": segmentation.offset[0], "x": segmentation.offset[1]},
         "segmenter": segmenter.name,
         "threshold": segmentation.threshold,
         "options": asdict(options),

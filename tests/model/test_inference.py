@@ -539,3 +539,38 @@ def test_cached_export_loads_without_torch(model_dir):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
     )
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("value", [0, 255])
+def test_padding_around_the_image_is_background_and_changes_nothing_inside(value):
+    """A mosaic's border is cropped off before the network: the marks come out as without it."""
+    image, _ = disc_grid_scene()
+    height, width = image.shape
+    padded = np.full((height + 160, width + 230), value, np.uint8)
+    padded[100 : 100 + height, 70 : 70 + width] = image
+    expected = predict_image(image, ClassicalSegmenter(), OPTIONS)
+    got = predict_image(padded, ClassicalSegmenter(), OPTIONS)
+    assert got.offset == (100, 70) and got.mask.shape == padded.shape
+    inside = np.s_[100 : 100 + height, 70 : 70 + width]
+    np.testing.assert_array_equal(got.mask[inside], expected.mask)
+    np.testing.assert_array_equal(got.probabilities[inside], expected.probabilities)
+    outside = np.ones(padded.shape, bool)
+    outside[inside] = False
+    assert not got.mask[outside].any() and not got.probabilities[outside].any()
+
+
+def test_padded_corners_are_background_and_the_marks_beside_them_are_found():
+    """The corners a rotation leaves are filled from the sample for the network, then cleared."""
+    image, labels = disc_grid_scene(rows=8, cols=10)
+    rows, cols = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
+    corners = (rows + cols < 200) | (rows + (image.shape[1] - cols) < 200)
+    padded = image.copy()
+    padded[corners] = 255
+    got = predict_image(padded, ClassicalSegmenter(), OPTIONS)
+    assert got.offset == (0, 0)
+    assert not got.mask[corners].any()
+    truth = (labels > 0) & ~corners
+    assert dice(got.mask, truth) > 0.9
+    assert dice(got.mask, truth) == pytest.approx(
+        dice(predict_image(image, ClassicalSegmenter(), OPTIONS).mask & ~corners, truth), abs=0.02
+    )

@@ -1,9 +1,17 @@
 """Percentile normalization on the full bit depth."""
 
+import cv2
 import numpy as np
 import pytest
 
-from model.normalize import intensity_window, normalize_intensity, to_uint8
+from model.normalize import (
+    fill_padding,
+    find_padding,
+    intensity_window,
+    normalize_intensity,
+    to_uint8,
+    value_histogram,
+)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
@@ -69,3 +77,87 @@ def test_bad_percentiles_are_refused():
 
 def test_to_uint8_rounds_and_clips():
     assert to_uint8(np.array([-1.0, 0.0, 0.5, 1.0, 2.0])).tolist() == [0, 0, 128, 255, 255]
+
+
+def _textured(shape=(300, 400), dtype=np.uint16, seed=5) -> np.ndarray:
+    """Noise that never reaches the darkest or brightest level of `dtype`."""
+    rng = np.random.default_rng(seed)
+    return (
+        rng.integers(1000, 5000, shape).astype(dtype)
+        if dtype == np.uint16
+        else (rng.integers(30, 220, shape).astype(dtype))
+    )
+
+
+@pytest.mark.parametrize("value", [0, 65535])
+def test_a_padded_border_is_left_out_of_the_window(value):
+    sample = _textured()
+    padded = np.full((500, 700), value, np.uint16)
+    padded[100:400, 150:550] = sample
+    window = intensity_window(padded)
+    expected = intensity_window(sample)
+    assert (window.low, window.high) == (expected.low, expected.high)
+    padding = find_padding(padded)
+    assert padding.sum() == padded.size - sample.size
+    assert not padding[100:400, 150:550].any()
+
+
+def test_padding_of_float_and_rgb_images_is_left_out_too():
+    sample = _textured().astype(np.float32)
+    padded = np.zeros((500, 700), np.float32)
+    padded[100:400, 150:550] = sample
+    padded[0, 0] = np.nan  # non-finite pixels neither count nor break the search
+    window = intensity_window(padded)
+    assert window.low == pytest.approx(np.percentile(sample, 1))
+    rgb = np.dstack([_textured(seed=s).astype(np.uint8) for s in (1, 2, 3)])
+    rgb_padded = np.zeros((500, 700, 3), np.uint8)
+    rgb_padded[100:400, 150:550] = rgb
+    got, expected = intensity_window(rgb_padded), intensity_window(rgb)
+    assert (got.low, got.high) == (expected.low, expected.high)
+
+
+def test_saturated_marks_are_not_padding():
+    """Marks of up to 60 px at the brightest level, however many, stay in the window."""
+    image = _textured(shape=(600, 600), dtype=np.uint8)
+    for y in range(40, 600, 100):
+        for x in range(40, 600, 100):
+            cv2.circle(image, (x, y), 30, 255, thickness=-1)  # 61 px discs, 25 % of pixels
+    assert find_padding(image) is None
+    assert intensity_window(image).high == 255
+
+
+def test_the_narrow_tips_of_rotated_corners_are_padding_too():
+    image = _textured(dtype=np.uint8)
+    rows, cols = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
+    corner = rows + cols < 150  # a triangle narrowing to one pixel
+    image[corner] = 0
+    np.testing.assert_array_equal(find_padding(image), corner)
+
+
+def test_no_padding_in_a_plain_or_a_flat_image():
+    assert find_padding(_textured()) is None
+    assert find_padding(np.zeros((200, 200), np.uint8)) is None  # nothing else to keep
+    assert intensity_window(np.zeros((200, 200), np.uint8)).high == 0
+
+
+def test_padding_is_filled_from_the_sample_the_same_way_every_time():
+    image = _textured(dtype=np.uint16)
+    image[:, :120] = 0
+    padding = find_padding(image)
+    filled = fill_padding(image, padding)
+    np.testing.assert_array_equal(filled[~padding], image[~padding])
+    assert filled[padding].min() >= 1000 and filled[padding].max() < 5000
+    np.testing.assert_array_equal(fill_padding(image, padding), filled)
+    assert image[:, :120].max() == 0  # the input is not changed
+
+
+def test_histogram_counts_stay_exact_beyond_float32():
+    """OpenCV counts in float32 (exact to 2**24): more pixels of one value must still add up."""
+    image = np.zeros((4200, 4200), np.uint8)  # 17.64 M pixels > 2**24
+    image[0, :7] = 9
+    counts = value_histogram(image)
+    assert counts[0] == 4200 * 4200 - 7 and counts[9] == 7 and counts.sum() == image.size
+    strided = np.arange(60000, dtype=np.uint16).reshape(200, 300)[::3, ::7]
+    np.testing.assert_array_equal(
+        value_histogram(strided), np.bincount(strided.ravel(), minlength=65536)
+    )
