@@ -106,6 +106,31 @@ def test_dataset_errors_are_clear(tmp_path):
         layout.source_image("g3")
 
 
+def test_a_padded_slide_gives_the_ids_of_the_unpadded_one(tmp_path):
+    """A white border around the sample is cropped off for the network: meta.json says where
+    the tiles start, the padding is background, and every mark keeps its id."""
+    image, labels = disc_grid_scene(rows=4, cols=5)
+    height, width = image.shape
+    padded = np.full((height + 150, width + 200), 255, np.uint8)
+    padded[50 : 50 + height, 120 : 120 + width] = image
+    padded_labels = np.zeros(padded.shape, labels.dtype)
+    padded_labels[50 : 50 + height, 120 : 120 + width] = labels
+    layout = _dataset(tmp_path, padded)
+
+    report = process_group(layout, "g1", ClassicalSegmenter(), SMALL_TILES, GridSpec(4, 5))
+
+    meta = json.loads((layout.tiles_dir("g1") / "meta.json").read_text())
+    assert meta["offset"] == {"y": 50, "x": 120}
+    assert meta["image"] == {"h": height, "w": width}  # the tiles cover the sample only
+    assert meta["orig_image"] == {"h": padded.shape[0], "w": padded.shape[1]}
+    mask = read_image(report.outputs["mask"]) > 0
+    assert mask.sum() == mask[50 : 50 + height, 120 : 120 + width].sum()
+    ids = read_image(layout.am_coords_dir("g1") / "am_coordinates.png")
+    assert mark_id_accuracy(ids, padded_labels) == 1.0
+    norm_info = json.loads((layout.source_norm_dir("g1") / "normalization.json").read_text())
+    assert norm_info["clip"][1] < 255  # the window is the sample's, not the padding's
+
+
 @pytest.mark.parametrize("scale", [0.5, 1.5])
 def test_process_group_can_segment_a_resampled_image(tmp_path, scale):
     image, labels = disc_grid_scene(rows=4, cols=5)
