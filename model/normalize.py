@@ -24,6 +24,8 @@ DEFAULT_HIGH_PERCENTILE = 99.0
 PADDING_MIN_EDGE = 65
 # Below this share of the pixels the 1st/99th percentiles hardly move, so no search is made.
 PADDING_MIN_SHARE = 0.01
+# ... and at least this share of the rest must hold such squares too: a sample is solid.
+SAMPLE_MIN_SOLID = 0.5
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,9 @@ def find_padding(image: np.ndarray, counts: np.ndarray | None = None) -> np.ndar
     Padding is a uniform area at the darkest or brightest level that holds a square of
     PADDING_MIN_EDGE px, together with the pixels of that level connected to it (the narrow
     tips of a rotated image's corners). No mark of 8-60 px holds such a square, even when
-    saturated. Only a level that covers PADDING_MIN_SHARE of the image is searched, so an
+    saturated. It must surround a solid sample: when less than SAMPLE_MIN_SOLID of the rest
+    holds such squares (marks alone on a background-subtracted, empty level), the image has
+    no padding. Only a level that covers PADDING_MIN_SHARE of the image is searched, so an
     8/16-bit image without padding costs nothing beyond its histogram (`counts`, the
     `value_histogram` of the image when the caller has it).
     """
@@ -117,18 +121,29 @@ def find_padding(image: np.ndarray, counts: np.ndarray | None = None) -> np.ndar
         found = _areas_holding_square(flat, PADDING_MIN_EDGE)
         if found is not None:
             padding = found if padding is None else padding | found
-    if padding is not None and padding.all():
-        return None  # an image of one level only: nothing to leave out
+    if padding is None or padding.all():
+        return None  # an image of one level only has nothing else to keep
+    # Padding surrounds a solid sample. Around marks that stand alone on an empty (e.g.
+    # background-subtracted) level, the rest is too thin to hold the square: not padding.
+    sample = ~padding
+    solid = _areas_holding_square(sample, PADDING_MIN_EDGE, whole_components=False)
+    if solid is None or np.count_nonzero(solid) < SAMPLE_MIN_SOLID * np.count_nonzero(sample):
+        return None
     return padding
 
 
-def _areas_holding_square(flat: np.ndarray, edge: int) -> np.ndarray | None:
-    """The 4-connected components of `flat` that hold an edge x edge square, or None."""
+def _areas_holding_square(
+    flat: np.ndarray, edge: int, whole_components: bool = True
+) -> np.ndarray | None:
+    """The 4-connected components of `flat` that hold an edge x edge square (or, without
+    `whole_components`, just the union of those squares), or None when none fits."""
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (edge, edge))
     flat8 = flat.view(np.uint8)
     cores = cv2.erode(flat8, kernel)  # centres of the squares that fit
     if not cores.any():
         return None
+    if not whole_components:
+        return cv2.dilate(cores, kernel).view(bool)
     _, labels = cv2.connectedComponents(flat8, connectivity=4, ltype=cv2.CV_32S)
     keep = np.zeros(int(labels.max()) + 1, dtype=bool)
     keep[labels[cores.view(bool)]] = True

@@ -161,3 +161,16 @@ def test_histogram_counts_stay_exact_beyond_float32():
     np.testing.assert_array_equal(
         value_histogram(strided), np.bincount(strided.ravel(), minlength=65536)
     )
+
+
+def test_marks_alone_on_an_empty_level_are_not_surrounded_by_padding():
+    """A background-subtracted image is mostly 0 around its marks, but that 0 is the sample's
+    own background, not padding around it: the window counts it as before."""
+    image = np.zeros((600, 600), np.uint8)
+    rng = np.random.default_rng(4)
+    for y in range(50, 600, 120):  # gaps of ~95 px: the empty level holds 65 px squares
+        for x in range(50, 600, 120):
+            cv2.circle(image, (x, y), 12, int(rng.integers(120, 250)), thickness=-1)
+    assert find_padding(image) is None
+    window = intensity_window(image)
+    assert (window.low, window.high) == tuple(np.percentile(image, (1, 99)))
