@@ -91,16 +91,33 @@ def find_padding(image: np.ndarray, counts: np.ndarray | None = None) -> np.ndar
     """(H, W) bool mask of the image's padding, or None when it has none.
 
     Padding is a uniform area at the darkest or brightest level that holds a square of
-    PADDING_MIN_EDGE px, together with the pixels of that level connected to it (the narrow
-    tips of a rotated image's corners). No mark of 8-60 px holds such a square, even when
-    saturated. It must surround a solid sample: when less than SAMPLE_MIN_SOLID of the rest
-    holds such squares (marks alone on a background-subtracted, empty level), the image has
-    no padding. Only a level that covers PADDING_MIN_SHARE of the image is searched, so an
-    8/16-bit image without padding costs nothing beyond its histogram (`counts`, the
+    PADDING_MIN_EDGE px, together with the pixels of that level 4-connected to it (the narrow
+    tips of a rotated image's corners; also a dark mark clipped to that very level where it
+    touches the padding). No mark of 8-60 px holds such a square, even when saturated. It
+    must surround a solid sample: when less than SAMPLE_MIN_SOLID of the rest holds such
+    squares (marks alone on a background-subtracted, empty level), the image has no padding.
+    Non-finite pixels of a float image (NaN where a registration left no data) are padding
+    wherever they are. Only a level that covers PADDING_MIN_SHARE of the image is searched, so
+    an 8/16-bit image without padding costs nothing beyond its histogram (`counts`, the
     `value_histogram` of the image when the caller has it).
     """
     if image.ndim not in (2, 3) or image.size == 0:
         return None
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[..., :3]  # an alpha channel says nothing about the sample
+    padding = _level_padding(image, counts)
+    if image.dtype.kind == "f":
+        finite = np.isfinite(image)
+        finite = finite if finite.ndim == 2 else finite.all(axis=2)
+        if not finite.all():
+            padding = ~finite if padding is None else padding | ~finite
+    if padding is None or padding.all():
+        return None  # an image of one level only has nothing else to keep
+    return padding
+
+
+def _level_padding(image: np.ndarray, counts: np.ndarray | None) -> np.ndarray | None:
+    """The padding at the darkest and brightest finite levels (see `find_padding`)."""
     if image.dtype in (np.uint8, np.uint16):
         counts = value_histogram(image) if counts is None else counts
         occupied = np.flatnonzero(counts)
@@ -111,44 +128,65 @@ def find_padding(image: np.ndarray, counts: np.ndarray | None = None) -> np.ndar
         if finite.size == 0:
             return None
         candidates = list({finite.min().item(), finite.max().item()})
-    padding = None
+    kernel = _padding_square()
+    found = []  # (pixels at the level, centres of the squares that fit there)
     for level in candidates:
         flat = image == level
         if flat.ndim == 3:
             flat = flat.all(axis=2)
         if np.count_nonzero(flat) < PADDING_MIN_SHARE * flat.size:
             continue
-        found = _areas_holding_square(flat, PADDING_MIN_EDGE)
-        if found is not None:
-            padding = found if padding is None else padding | found
-    if padding is None or padding.all():
-        return None  # an image of one level only has nothing else to keep
-    # Padding surrounds a solid sample. Around marks that stand alone on an empty (e.g.
-    # background-subtracted) level, the rest is too thin to hold the square: not padding.
+        cores = _square_centres(flat, kernel)
+        if cores.any():
+            found.append((flat, cores))
+    if not found:
+        return None
+    padding = np.zeros(image.shape[:2], dtype=bool)
+    for flat, cores in found:
+        padding |= _components_holding(flat, cores)
+    del found
     sample = ~padding
-    solid = _areas_holding_square(sample, PADDING_MIN_EDGE, whole_components=False)
-    if solid is None or np.count_nonzero(solid) < SAMPLE_MIN_SOLID * np.count_nonzero(sample):
+    solid = cv2.dilate(_square_centres(sample, kernel).view(np.uint8), kernel).view(bool)
+    if np.count_nonzero(solid) < SAMPLE_MIN_SOLID * np.count_nonzero(sample):
         return None
     return padding
 
 
-def _areas_holding_square(
-    flat: np.ndarray, edge: int, whole_components: bool = True
-) -> np.ndarray | None:
-    """The 4-connected components of `flat` that hold an edge x edge square (or, without
-    `whole_components`, just the union of those squares), or None when none fits."""
-    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (edge, edge))
+def _square_centres(flat: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """bool: the pixels of `flat` around which the kernel's square lies inside `flat`, within
+    the image (what is outside the image counts as not flat)."""
+    return cv2.erode(
+        flat.view(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0
+    ).view(bool)
+
+
+# A flood fill per padding area; beyond this many areas the rest keep just their squares.
+_MAX_FILLS = 64
+
+
+def _components_holding(flat: np.ndarray, cores: np.ndarray) -> np.ndarray:
+    """The 4-connected components of `flat` that hold a pixel of `cores`.
+
+    Flood fills from one core pixel per component: a uint8 mask, where labelling every
+    component of `flat` (the sample's own specks at that level too) would take int32 labels.
+    """
+    height, width = flat.shape
+    filled = np.zeros((height + 2, width + 2), dtype=np.uint8)  # floodFill's border of 1
+    inside = filled[1:-1, 1:-1]
     flat8 = flat.view(np.uint8)
-    cores = cv2.erode(flat8, kernel)  # centres of the squares that fit
-    if not cores.any():
-        return None
-    if not whole_components:
-        return cv2.dilate(cores, kernel).view(bool)
-    _, labels = cv2.connectedComponents(flat8, connectivity=4, ltype=cv2.CV_32S)
-    keep = np.zeros(int(labels.max()) + 1, dtype=bool)
-    keep[labels[cores.view(bool)]] = True
-    keep[0] = False
-    return keep[labels]
+    flags = 4 | cv2.FLOODFILL_MASK_ONLY | (1 << 8)
+    for _ in range(_MAX_FILLS):
+        seeds = np.flatnonzero(cores & (inside == 0))
+        if seeds.size == 0:
+            return inside.view(bool).copy()
+        y, x = divmod(int(seeds[0]), width)
+        cv2.floodFill(flat8, filled, (x, y), 1, 0, 0, flags)
+    squares = cv2.dilate(cores.view(np.uint8), _padding_square()).view(bool)
+    return inside.view(bool) | squares
+
+
+def _padding_square() -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_RECT, (PADDING_MIN_EDGE, PADDING_MIN_EDGE))
 
 
 def fill_padding(gray: np.ndarray, padding: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -159,6 +197,8 @@ def fill_padding(gray: np.ndarray, padding: np.ndarray, seed: int = 0) -> np.nda
     intensities, drawn at random with a fixed seed, keep each tile's statistics those of
     the sample. The caller clears the padding from the result.
     """
+    if gray.ndim != 2 or padding.shape != gray.shape:
+        raise ValueError(f"fill_padding needs a gray image and its mask, got {gray.shape}")
     sample = gray[~padding]
     rng = np.random.default_rng(seed)
     filled = gray.copy()
@@ -172,6 +212,8 @@ def value_histogram(image: np.ndarray, chunk_pixels: int = 1 << 22) -> np.ndarra
     OpenCV's histogram is about 8x faster than numpy's bincount here; it counts in float32,
     exact only up to 2**24, so it runs on chunks of fewer pixels and sums them as int64.
     """
+    if image.size == 0:
+        return np.zeros(np.iinfo(image.dtype).max + 1, dtype=np.int64)
     rows = np.ascontiguousarray(image).reshape(image.shape[0], -1) if image.ndim > 1 else image
     if rows.ndim == 1 or rows.shape[1] > chunk_pixels:
         rows = rows.reshape(-1, 1)

@@ -174,3 +174,35 @@ def test_marks_alone_on_an_empty_level_are_not_surrounded_by_padding():
     assert find_padding(image) is None
     window = intensity_window(image)
     assert (window.low, window.high) == tuple(np.percentile(image, (1, 99)))
+
+
+def test_saturated_marks_cut_by_the_image_border_are_not_padding():
+    """A square must fit inside the image: a mark cut by a corner is not a padded corner."""
+    image = _textured(shape=(600, 600), dtype=np.uint8)
+    for y in range(20, 600, 100):
+        for x in range(20, 600, 100):
+            cv2.circle(image, (x, y), 30, 255, thickness=-1)  # the first ones cut by the border
+    assert find_padding(image) is None
+
+
+def test_non_finite_pixels_are_padding_wherever_they_are():
+    image = _textured().astype(np.float32)
+    image[:5, :] = np.nan  # thin: no square fits, yet no data either
+    image[100, 100] = -np.inf
+    padding = find_padding(image)
+    assert padding[:5].all() and padding[100, 100] and padding.sum() == 5 * 400 + 1
+
+
+def test_alpha_does_not_hide_padding():
+    rgba = np.dstack(
+        [_textured(dtype=np.uint8, seed=s) for s in (1, 2, 3)]
+        + [np.full((300, 400), 255, np.uint8)]
+    )
+    rgba[:, :150, :3] = 0
+    assert find_padding(rgba)[:, :150].all()
+
+
+def test_fill_padding_wants_a_gray_image_and_empty_histograms_are_zero():
+    with pytest.raises(ValueError, match="gray"):
+        fill_padding(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), bool))
+    assert not value_histogram(np.zeros((5, 0), np.uint16)).any()
