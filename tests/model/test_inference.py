@@ -574,3 +574,14 @@ def test_padded_corners_are_background_and_the_marks_beside_them_are_found():
     assert dice(got.mask, truth) == pytest.approx(
         dice(predict_image(image, ClassicalSegmenter(), OPTIONS).mask & ~corners, truth), abs=0.02
     )
+
+
+def test_nan_rows_of_a_float_image_are_cropped_off_like_padding():
+    image, _ = disc_grid_scene()
+    as_float = image.astype(np.float32)
+    as_float[:30] = np.nan  # no data: a registration's fill
+    got = predict_image(as_float, ClassicalSegmenter(), OPTIONS)
+    expected = predict_image(image[30:].astype(np.float32), ClassicalSegmenter(), OPTIONS)
+    assert got.offset == (30, 0) and not np.isnan(got.probabilities).any()
+    assert not got.mask[:30].any()
+    np.testing.assert_array_equal(got.mask[30:], expected.mask)
