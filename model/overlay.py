@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 from scipy.spatial import cKDTree
 
+from model.normalize import intensity_window
+
 if TYPE_CHECKING:
     from model.registration import MarkRecord
 
@@ -71,7 +73,8 @@ def render_overlay(
 
 
 def _gray_uint8(image: np.ndarray) -> np.ndarray:
-    """Gray uint8 view of any image, stretched between its 0.5 and 99.5 percentiles."""
+    """Gray uint8 view of any image, stretched between its 0.5 and 99.5 percentiles (of the
+    sample: padding and non-finite pixels left out)."""
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     if image.dtype == np.bool_:
@@ -83,9 +86,17 @@ def _gray_uint8(image: np.ndarray) -> np.ndarray:
         image = cv2.cvtColor(np.ascontiguousarray(image), code)
     if image.ndim != 2:
         raise ValueError(f"background must be a gray or RGB(A) image, got shape {image.shape}")
-    step = max(1, int(np.sqrt(image.size / _STRETCH_SAMPLES)))
-    sample = image[::step, ::step]
-    low, high = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
+    if image.dtype in (np.uint8, np.uint16):
+        # Exact from the histogram, with padding left out: a mosaic's border does not dim it.
+        window = intensity_window(image, 0.5, 99.5)
+        low, high = window.low, window.high
+    else:
+        step = max(1, int(np.sqrt(image.size / _STRETCH_SAMPLES)))
+        sample = image[::step, ::step]
+        sample = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample
+        low, high = 0.0, 1.0
+        if sample.size:
+            low, high = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
     if high <= low:
         high = low + 1.0
     if image.dtype in (np.uint8, np.uint16):
@@ -94,6 +105,7 @@ def _gray_uint8(image: np.ndarray) -> np.ndarray:
         table = np.clip((values - low) * (255.0 / (high - low)), 0, 255).astype(np.uint8)
         return table[image]
     scaled = (image.astype(np.float32) - low) * np.float32(255.0 / (high - low))
+    np.nan_to_num(scaled, copy=False, nan=0.0)  # no data shows black
     np.clip(scaled, 0, 255, out=scaled)
     return scaled.astype(np.uint8)
 

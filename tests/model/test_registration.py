@@ -293,6 +293,23 @@ def test_render_overlay_tints_marks_and_writes_ids() -> None:
     assert text.sum() > 30 * 20  # white digits on every mark
 
 
+def test_overlays_stretch_the_sample_not_its_padding_or_nan() -> None:
+    """A white border does not dim the slide in its overlay; NaN pixels do not blacken it."""
+    rng = np.random.default_rng(2)
+    slide = rng.integers(20, 90, (200, 240)).astype(np.uint8)
+    mask = np.zeros(slide.shape, bool)
+    padded = np.full((400, 500), 255, np.uint8)
+    padded[100:300, 130:370] = slide
+    np.testing.assert_array_equal(
+        render_overlay(padded, np.zeros(padded.shape, bool))[100:300, 130:370],
+        render_overlay(slide, mask),
+    )
+    with_nan = slide.astype(np.float32)
+    with_nan[:20] = np.nan
+    overlay = render_overlay(with_nan, mask)
+    assert overlay[20:].max() == 255 and overlay[20:].min() == 0  # stretched, not all black
+
+
 @settings(
     max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
