@@ -792,7 +792,11 @@ def predict_image(
     mask[box] = inner.mask
     mask = remove_small_components(mask & ~padding, options.min_mark_area)
     return dataclasses.replace(
-        inner, probabilities=probabilities, mask=mask, offset=(int(rows[0]), int(cols[0]))
+        inner,
+        probabilities=probabilities,
+        mask=mask,
+        offset=(int(rows[0]), int(cols[0])),
+        padding_share=float(np.count_nonzero(padding)) / padding.size,
     )
 
 

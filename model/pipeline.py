@@ -75,6 +75,8 @@ class Segmentation:
     # (y, x) of the image's corner that `grid` starts from: not (0, 0) when padding around
     # the sample was cropped off (see inference.predict_image).
     offset: tuple[int, int] = (0, 0)
+    # Share of the image's pixels found to be padding and left out (background in `mask`).
+    padding_share: float = 0.0
 
 
 def segment_image(

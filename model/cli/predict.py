@@ -116,7 +116,7 @@ def predict(
         for path in images:
             task = progress.add_task(f"{path.name}: tiles", total=None)
             try:
-                written, used_scale = _predict_one(
+                written, used_scale, padding_share = _predict_one(
                     path,
                     out_dir,
                     segmenter,
@@ -135,7 +135,10 @@ def predict(
                 failed += 1
                 console.print(f"[red]✗[/] {path}: {type(error).__name__}: {error}")
             else:
-                at = "" if used_scale == 1.0 else f" (network at scale {used_scale:g})"
+                notes = [] if used_scale == 1.0 else [f"network at scale {used_scale:g}"]
+                if padding_share:
+                    notes.append(f"{padding_share:.0%} padding left out")
+                at = f" ({'; '.join(notes)})" if notes else ""
                 console.print(f"[green]✓[/] {path} → {', '.join(str(p) for p in written)}{at}")
             progress.remove_task(task)
             progress.advance(overall)
@@ -152,8 +155,9 @@ def _predict_one(
     scale: float | None,
     write_probabilities: bool,
     **callbacks,
-) -> tuple[list[Path], float]:
-    """Writes the outputs of one image; returns their paths and the scale the network ran at."""
+) -> tuple[list[Path], float, float]:
+    """Writes the outputs of one image; returns their paths, the scale the network ran at and
+    the share of the image left out as padding."""
     from model.inference import predict_image
 
     image = read_image(path)  # ImageInputError (an AmsegError) names the file
@@ -162,4 +166,4 @@ def _predict_one(
     if write_probabilities:
         prob = np.rint(segmentation.probabilities * 255.0).astype(np.uint8)
         written.append(write_png(out_dir / f"{path.stem}_prob.png", prob))
-    return written, segmentation.scale
+    return written, segmentation.scale, segmentation.padding_share

@@ -121,6 +121,29 @@ def test_accurate_enlarges_small_marks_and_says_so(model_dir, tmp_path):
     assert mask.shape == small.shape
 
 
+def test_padding_is_reported_and_only_when_there_is_some(model_dir, tmp_path):
+    from model.imageio import write_png
+    from tests.model.scenes import disc_grid_scene
+
+    image, _ = disc_grid_scene()
+    height, width = image.shape
+    padded = np.zeros((height * 2, width), np.uint8)  # a mosaic's black half
+    padded[:height] = image
+    write_png(tmp_path / "plain.png", image)
+    write_png(tmp_path / "padded.png", padded)
+    common = ["-o", str(tmp_path / "out"), "--model", str(model_dir), "--backend", "torch"]
+    common += ["--tile-size", "64", "--overlap", "16", "--scale", "1"]
+    plain, half = (
+        run(str(tmp_path / "plain.png"), *common),
+        run(str(tmp_path / "padded.png"), *common),
+    )
+    assert plain.exit_code == 0 and half.exit_code == 0, plain.output + half.output
+    assert "padding left out" not in " ".join(plain.output.split())
+    assert "(50% padding left out)" in " ".join(half.output.split())
+    mask = np.asarray(Image.open(tmp_path / "out" / "padded_mask.png"))
+    assert mask.shape == padded.shape and not mask[height:].any()
+
+
 def test_accurate_and_a_given_scale_contradict(model_dir, inputs, tmp_path):
     result = run(str(inputs["gray8"]), "-o", str(tmp_path / "out"), "--accurate", "--scale", "1")
     assert result.exit_code == 2 and "--accurate or --scale" in result.output, result.output

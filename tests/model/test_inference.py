@@ -557,6 +557,8 @@ def test_padding_around_the_image_is_background_and_changes_nothing_inside(value
     outside = np.ones(padded.shape, bool)
     outside[inside] = False
     assert not got.mask[outside].any() and not got.probabilities[outside].any()
+    assert got.padding_share == pytest.approx(outside.mean())
+    assert expected.padding_share == 0.0
 
 
 def test_padded_corners_are_background_and_the_marks_beside_them_are_found():
