@@ -12,7 +12,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import cv2
@@ -92,6 +92,9 @@ class TrainConfig:
     # typical mark stays within MIN..MAX (see zoom_range); None zooms every image alike.
     mark_range: tuple[float, float] | None = None
     augment: bool = True
+    # Chance per crop of each real-slide disturbance (see DISTURBANCES): dust blobs clear of
+    # the marks, uneven light, defocus. 0 leaves the crops (and their random draws) as before.
+    disturb: float = 0.0
     # Exponential moving average of the weights, validated and saved instead of the raw
     # weights; 0 turns it off. See WeightAverage for the warm-up that keeps short runs sane.
     ema_decay: float = 0.0
@@ -122,6 +125,7 @@ class TrainConfig:
             "scale_range",
             "mark_range",
             "augment",
+            "disturb",
             "ema_decay",
             "loss",
         ]
@@ -280,15 +284,17 @@ def split_summary(samples: list[Sample], path: Path) -> dict:
 
 def mark_sizes(samples: list[Sample]) -> np.ndarray:
     """Extent (longer bounding-box side, px) of every mark component in the masks."""
-    sizes = []
-    for s in samples:
-        if not s.mask.any():
-            continue
-        _, _, stats, _ = cv2.connectedComponentsWithStats(s.mask, connectivity=8)
-        stats = stats[1:]
-        stats = stats[stats[:, cv2.CC_STAT_AREA] >= MIN_OBJECT_AREA]
-        sizes.extend(np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]).tolist())
-    return np.asarray(sizes, dtype=np.float64)
+    sizes = [mark_extents(s.mask) for s in samples if s.mask.any()]
+    return np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.float64)
+
+
+def mark_extents(mask: np.ndarray) -> np.ndarray:
+    """Longer bounding-box side (px) of each mark component of a uint8 mask."""
+    _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    stats = stats[1:]
+    stats = stats[stats[:, cv2.CC_STAT_AREA] >= MIN_OBJECT_AREA]
+    extents = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
+    return extents.astype(np.float64)
 
 
 def typical_mark_px(sample: Sample) -> float | None:
@@ -358,6 +364,20 @@ AUGMENTATIONS = {
 }
 
 
+DISTURBANCES = {
+    "dust": "1-4 bright (dark for dark marks) soft round blobs, 0.5-2x the crop's mark size, "
+    "at the marks' brightness or beyond, clear of every mark; their truth is background",
+    "uneven_light": "gain ramp 0.35-1 to 0.35-1 across the crop in a random direction, "
+    "half the time plus a glow ramp of up to 0.3",
+    "defocus": "Gaussian sigma 0.8-2.5 px, at most 0.15x the crop's mark size (0.8 at least); "
+    "the truth stays sharp",
+}
+"""What `TrainConfig.disturb` adds, each with that chance per crop, before AUGMENTATIONS'
+photometric changes: slides with dust, uneven light or out of focus (benchmarks/robustness.py)."""
+
+DEFAULT_DUST_PX = 12.0  # blob size for crops that hold no mark to take it from
+
+
 def _padded(array: np.ndarray, size: int) -> np.ndarray:
     """Reflect-pad an array to at least size x size (images smaller than a crop)."""
     pad_y, pad_x = max(0, size - array.shape[0]), max(0, size - array.shape[1])
@@ -374,8 +394,10 @@ def sample_crop(
     *,
     augment: bool,
     scale_range: tuple[float, float] = (0.5, 2.0),
+    disturb: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A random (tile, tile) float32 crop and its uint8 mask, augmented when `augment`."""
+    """A random (tile, tile) float32 crop and its uint8 mask, augmented when `augment`
+    (with DISTURBANCES, each at chance `disturb`, when that is above 0)."""
     scale = 1.0
     if augment:
         scale = float(np.exp(rng.uniform(np.log(scale_range[0]), np.log(scale_range[1]))))
@@ -405,7 +427,74 @@ def sample_crop(
         crop, crop_mask = crop[:, ::-1], crop_mask[:, ::-1]
     crop = np.ascontiguousarray(crop, np.float32)
     crop_mask = np.ascontiguousarray(crop_mask)
+    if disturb > 0.0:
+        crop = disturb_crop(crop, crop_mask, rng, disturb)
     return augment_intensity(crop, rng), crop_mask
+
+
+def disturb_crop(
+    crop: np.ndarray, mask: np.ndarray, rng: np.random.Generator, chance: float
+) -> np.ndarray:
+    """DISTURBANCES on a float32 [0, 1] crop, each with `chance`; the mask is unchanged."""
+    dust, uneven, defocus = rng.random(3) < chance
+    extents = mark_extents(mask) if dust or defocus else np.zeros(0)
+    mark_px = float(np.median(extents)) if extents.size else DEFAULT_DUST_PX
+    if dust:
+        crop = _add_dust(crop, mask, rng, mark_px)
+    if uneven:
+        crop = _uneven_light(crop, rng)
+    if defocus:
+        # Capped by the mark size: blurred further, small marks vanish into the grain and
+        # the crop would teach nothing but guessing.
+        sigma = min(float(rng.uniform(0.8, 2.5)), max(0.8, 0.15 * mark_px))
+        crop = cv2.GaussianBlur(crop, (0, 0), sigma)
+    return np.clip(crop, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def _add_dust(
+    crop: np.ndarray, mask: np.ndarray, rng: np.random.Generator, mark_px: float
+) -> np.ndarray:
+    """Soft round blobs as bright as the marks or brighter (darker, for dark marks), placed
+    where they touch no mark: the network must learn that a bright blob off the grid is not
+    a mark."""
+    marks = mask > 0
+    background = crop[~marks]
+    if marks.any() and background.size and crop[marks].mean() < np.median(background):
+        low, high = 0.0, float(np.percentile(crop[marks], 25))  # dark marks: dark dust
+    else:
+        low = float(np.percentile(crop[marks], 75)) if marks.any() else float(crop.max())
+        low, high = min(low, 1.0), 1.0
+    clearance = cv2.distanceTransform((~marks).astype(np.uint8), cv2.DIST_L2, 5)
+    height, width = crop.shape
+    out = crop.copy()
+    for _ in range(int(rng.integers(1, 5))):
+        diameter = mark_px * float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+        radius = max(2.0, diameter / 2.0)
+        y, x = int(rng.integers(0, height)), int(rng.integers(0, width))
+        if clearance[y, x] < radius + 3.0:
+            continue  # no room here: fewer blobs on crowded crops
+        axes = (round(radius), round(radius * float(rng.uniform(0.7, 1.0))))
+        disc = np.zeros(crop.shape, np.float32)
+        cv2.ellipse(disc, (x, y), axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1, cv2.LINE_AA)
+        alpha = cv2.GaussianBlur(disc, (0, 0), float(rng.uniform(0.5, 1.5)))
+        alpha *= np.float32(rng.uniform(0.8, 1.0))
+        level = np.float32(rng.uniform(low, high))
+        out += alpha * (level - out)
+    return out
+
+
+def _uneven_light(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A gain ramp (and half the time a glow ramp) across the crop in a random direction."""
+    angle = float(rng.uniform(0.0, 2.0 * np.pi))
+    ys, xs = np.mgrid[0 : crop.shape[0], 0 : crop.shape[1]].astype(np.float32)
+    along = np.cos(angle) * xs + np.sin(angle) * ys
+    along = (along - along.min()) / max(float(np.ptp(along)), 1.0)
+    start, end = rng.uniform(0.35, 1.0, 2)
+    gain = np.float32(start) + np.float32(end - start) * along
+    out = crop * gain
+    if rng.random() < 0.5:
+        out += np.float32(rng.uniform(0.0, 0.3)) * along
+    return out
 
 
 def augment_intensity(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -444,10 +533,12 @@ class CropDataset(torch.utils.data.Dataset):
         tile: int,
         augment: bool,
         scale_ranges: list[tuple[float, float]],
+        disturb: float = 0.0,
     ) -> None:
         self.samples, self.plan = samples, plan
         self.seed, self.epoch, self.tile = seed, epoch, tile
         self.augment, self.scale_ranges = augment, scale_ranges  # one zoom range per sample
+        self.disturb = disturb
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -461,6 +552,7 @@ class CropDataset(torch.utils.data.Dataset):
             self.tile,
             augment=self.augment,
             scale_range=self.scale_ranges[which],
+            disturb=self.disturb,
         )
         return torch.from_numpy(crop), torch.from_numpy(mask)
 
@@ -892,12 +984,13 @@ def _train_model(config: TrainConfig, emit: Callable[[TrainEvent], None]) -> Tra
     if config.resume:
         # CPU first: the RNG state must stay a CPU tensor; load_state_dict moves the rest.
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        # A setting added after the checkpoint was written is absent there: None, its off value.
-        changed = [
-            k
-            for k, v in _json_roundtrip(config.identity()).items()
-            if state["identity"].get(k) != v
-        ]
+        # A setting added after the checkpoint was written is absent there: it ran with the
+        # setting's default (its off value).
+        identity = _json_roundtrip(config.identity())
+        defaults = _json_roundtrip(
+            {f.name: f.default for f in fields(config) if f.name in identity}
+        )
+        changed = [k for k, v in identity.items() if state["identity"].get(k, defaults[k]) != v]
         if changed:
             raise AmsegError(
                 f"--resume: settings differ from the interrupted run ({', '.join(changed)})"
@@ -979,6 +1072,7 @@ def _train_model(config: TrainConfig, emit: Callable[[TrainEvent], None]) -> Tra
                 tile=config.tile_size,
                 augment=config.augment,
                 scale_ranges=scale_ranges,
+                disturb=config.disturb,
             ),
             batch_size=config.batch_size,
             shuffle=False,  # the plan is already shuffled, reproducibly
@@ -1161,7 +1255,12 @@ def _augmentations(config: TrainConfig) -> dict:
             f", narrowed per image to keep its median mark within "
             f"{config.mark_range[0]:g}-{config.mark_range[1]:g} px"
         )
-    return {**AUGMENTATIONS, "scale": scale}
+    disturbances = (
+        {name: f"p {config.disturb:g}, {text}" for name, text in DISTURBANCES.items()}
+        if config.disturb > 0
+        else {}
+    )
+    return {**AUGMENTATIONS, "scale": scale, **disturbances}
 
 
 def _write_card(out: Path, card: ModelCard) -> None:

@@ -115,6 +115,16 @@ def train(
         help="Training loss: bce-dice (BCE + soft Dice) or bce-lovasz (BCE + Lovasz hinge, "
         "which weighs the pixels that decide the outline most; for fine-tuning).",
     ),
+    disturb: float = typer.Option(
+        0.0,
+        "--disturb",
+        min=0.0,
+        max=1.0,
+        help="Chance per crop of each real-slide disturbance: bright dust blobs beside the "
+        "marks (labelled background), uneven light (gain and glow ramps) and defocus (blur "
+        "with sharp truth), e.g. 0.2. Teaches the network that dust is not a mark; see "
+        "benchmarks/robustness.py. 0 = off.",
+    ),
     ema: float = typer.Option(
         0.0,
         "--ema",
@@ -160,6 +170,7 @@ def train(
         mark_range=parse_mark_range(mark_range),
         ema_decay=ema,
         loss=loss,
+        disturb=disturb,
     )
     result = train_model(config, on_event=RichReporter(console))
     console.print(f"[bold green]done:[/] {summary_line(result)}", soft_wrap=True)

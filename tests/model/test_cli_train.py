@@ -62,7 +62,7 @@ def test_train_writes_a_loadable_model_directory(synth_data, tmp_path):
     tuned = tmp_path / "tuned"
     again = run(
         [*args, "--init-from", out, "--out", tuned, "--scale-range", "0.8,1.25", "--ema", "0.99",
-         "--mark-range", "8,60"]
+         "--mark-range", "8,60", "--disturb", "0.3"]
     )  # fmt: skip
     assert again.exit_code == 0, again.output + repr(again.exception)
     assert "fine-tuning from" in " ".join(again.output.split())
@@ -73,6 +73,8 @@ def test_train_writes_a_loadable_model_directory(synth_data, tmp_path):
     assert "within 8-60 px" in training["augmentations"]["scale"]
     assert load_model(out)[1].training["mark_range"] is None
     assert "EMA decay 0.99" in training["weight_average"]
+    assert training["augmentations"]["dust"].startswith("p 0.3, ")
+    assert "dust" not in load_model(out)[1].training["augmentations"]
 
 
 def test_shipped_matrix_model_is_the_base(synth_data, tmp_path, monkeypatch):

@@ -20,6 +20,8 @@ from model.training import (
     Sample,
     TrainConfig,
     WeightAverage,
+    _add_dust,
+    _uneven_light,
     _value_range,
     added_layer_prefixes,
     bce_dice_loss,
@@ -254,6 +256,7 @@ def test_resume_accepts_a_checkpoint_from_before_a_setting_existed(disc_data, tm
     path = tmp_path / "out" / "checkpoint.pt"
     state = torch.load(path, weights_only=False)
     del state["identity"]["mark_range"]  # written before --mark-range existed
+    del state["identity"]["disturb"]  # ... and --disturb
     torch.save(state, path)
     result = train_model(tiny_config(disc_data, tmp_path / "out", resume=True, epochs=2))
     assert result.epochs_run == 2
@@ -328,6 +331,62 @@ def test_crops_of_small_images_are_padded_and_masks_stay_binary():
     assert np.array_equal(again[0], first[0])
     images, _, valids = validation_crops([sample], 64, 10)
     assert images.shape == (1, 64, 64) and valids.sum() == 40 * 40
+
+
+def disc_crop(size: int = 128, polarity: str = "bright") -> tuple[np.ndarray, np.ndarray]:
+    """Discs of 11 px on a grey, noisy background, as a [0, 1] crop and its 0/1 mask."""
+    rng = np.random.default_rng(1)
+    mask = np.zeros((size, size), np.uint8)
+    for y in range(16, size, 48):
+        for x in range(16, size, 48):
+            cv2.circle(mask, (x, y), 5, 1, -1)
+    level = 0.8 if polarity == "bright" else 0.1
+    crop = np.where(mask > 0, level, 0.4) + rng.normal(0.0, 0.03, mask.shape)
+    return np.clip(crop, 0.0, 1.0).astype(np.float32), mask
+
+
+@pytest.mark.parametrize("polarity", ["bright", "dark"])
+def test_dust_lands_beside_the_marks_as_bright_or_dark_as_they_are(polarity):
+    crop, mask = disc_crop(polarity=polarity)
+    near_marks = cv2.dilate(mask, np.ones((3, 3), np.uint8)) > 0
+    marks = crop[mask > 0]
+    dusted = 0
+    for seed in range(10):
+        out = _add_dust(crop, mask, np.random.default_rng(seed), 11.0)
+        # The marks keep their pixels (a blob's soft rim may reach them by a few %).
+        assert np.abs(out[near_marks] - crop[near_marks]).max() < 0.05
+        changed = np.abs(out - crop) > 0.2
+        if changed.any():
+            dusted += 1
+            if polarity == "bright":
+                assert out[changed].mean() >= np.percentile(marks, 75) - 0.1
+            else:
+                assert out[changed].mean() <= np.percentile(marks, 25) + 0.1
+    assert dusted >= 5  # most draws find room for a blob
+
+
+def test_uneven_light_is_a_ramp_within_the_stated_bounds():
+    flat = np.full((64, 64), 0.5, np.float32)
+    for seed in range(10):
+        out = _uneven_light(flat, np.random.default_rng(seed))
+        assert out.min() >= 0.5 * 0.35 - 1e-6 and out.max() <= 0.5 + 0.3 + 1e-6
+        # A plane: second differences along both axes vanish.
+        assert np.abs(np.diff(out, 2, axis=0)).max() < 1e-4
+        assert np.abs(np.diff(out, 2, axis=1)).max() < 1e-4
+
+
+def test_disturbances_are_off_by_default_and_keep_crops_reproducible():
+    crop, mask = disc_crop(size=96)
+    sample = Sample(Path("x.png"), "ds", "g", crop, mask)
+    for seed in range(5):
+        plain = sample_crop(sample, np.random.default_rng(seed), 64, augment=True)
+        off = sample_crop(sample, np.random.default_rng(seed), 64, augment=True, disturb=0.0)
+        assert np.array_equal(plain[0], off[0]) and np.array_equal(plain[1], off[1])
+        on = sample_crop(sample, np.random.default_rng(seed), 64, augment=True, disturb=1.0)
+        again = sample_crop(sample, np.random.default_rng(seed), 64, augment=True, disturb=1.0)
+        assert np.array_equal(on[0], again[0]) and np.array_equal(on[1], plain[1])
+        assert not np.array_equal(on[0], plain[0])
+        assert on[0].min() >= 0.0 and on[0].max() <= 1.0
 
 
 def test_zoom_range_keeps_marks_within_the_mark_range():

@@ -1,0 +1,158 @@
+"""Disturbed slides: how much do dust, uneven light, defocus and compression cost the masks?
+
+Each unseen synthetic slide (seeds from 900000, 1024²) is segmented as generated and again
+after one disturbance of the kind real slides show; the truth stays the generator's, so a
+disturbance that hides marks or adds false ones lowers Dice. Disturbances (gray image, in the
+slide's own bit depth):
+
+- dust: 40 bright round blobs, 10-50 px across, soft-edged, at the marks' brightness up to
+  saturation, placed clear of every mark (their truth is background);
+- gain ramp: light falling from 100 % to 35 % across the slide;
+- offset ramp: a glow adding up to 30 % of the range across the slide;
+- vignette: 45 % darker in the corners;
+- defocus 1.5 / 2.5: a Gaussian blur of that sigma (px) over the slide's own blur;
+- half resolution: shot at half the resolution and enlarged back;
+- JPEG 40: 8-bit JPEG at quality 40.
+
+Printed: pooled Dice per disturbance, and the pixels marked inside the dust blobs.
+
+    .venv/bin/python benchmarks/robustness.py [--slides 16] [--model DIR] [--cases a,b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.imageio import to_grayscale
+from model.inference import TorchSegmenter, predict_image
+from model.metrics import dice_counts, dice_from_counts
+from model.pipeline import SegmentOptions
+from model.synth import generate_slide, random_spec
+
+DUST_BLOBS = 40
+
+
+def _as_dtype(values: np.ndarray, like: np.ndarray) -> np.ndarray:
+    top = np.iinfo(like.dtype).max
+    return np.clip(np.rint(values), 0, top).astype(like.dtype)
+
+
+def _ramp(shape: tuple[int, int]) -> np.ndarray:
+    """0 at the left edge to 1 at the right, as float32 rows."""
+    return np.broadcast_to(np.linspace(0.0, 1.0, shape[1], dtype=np.float32), shape)
+
+
+def dust(
+    gray: np.ndarray, truth: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The slide with the blobs, and where they are (their pixels above half strength)."""
+    top = float(np.iinfo(gray.dtype).max)
+    bright = float(np.percentile(gray[truth], 90)) if truth.any() else top
+    clear = cv2.distanceTransform((~truth).astype(np.uint8), cv2.DIST_L2, 5)
+    layer = np.zeros(gray.shape, np.float32)
+    placed = 0
+    while placed < DUST_BLOBS:
+        radius = rng.uniform(5.0, 25.0)
+        y, x = int(rng.integers(0, gray.shape[0])), int(rng.integers(0, gray.shape[1]))
+        if clear[y, x] < radius + 4:
+            continue
+        disc = np.zeros(gray.shape, np.float32)
+        cv2.circle(disc, (x, y), int(round(radius)), 1.0, -1, cv2.LINE_AA)
+        level = rng.uniform(bright, top)
+        layer = np.maximum(layer, cv2.GaussianBlur(disc, (0, 0), 1.0) * np.float32(level))
+        placed += 1
+    dusty = _as_dtype(np.maximum(gray.astype(np.float32), layer), gray)
+    return dusty, layer > 0.5 * bright
+
+
+def disturbances() -> dict[str, Callable[[np.ndarray, np.ndarray, np.random.Generator], object]]:
+    top = lambda g: float(np.iinfo(g.dtype).max)  # noqa: E731
+    return {
+        "gain ramp": lambda g, t, r: _as_dtype(g * (1.0 - 0.65 * _ramp(g.shape)), g),
+        "offset ramp": lambda g, t, r: _as_dtype(g + 0.3 * top(g) * _ramp(g.shape), g),
+        "vignette": lambda g, t, r: _as_dtype(g * _vignette(g.shape, 0.45), g),
+        "defocus 1.5": lambda g, t, r: _as_dtype(
+            cv2.GaussianBlur(g.astype(np.float32), (0, 0), 1.5), g
+        ),
+        "defocus 2.5": lambda g, t, r: _as_dtype(
+            cv2.GaussianBlur(g.astype(np.float32), (0, 0), 2.5), g
+        ),
+        "half resolution": lambda g, t, r: _as_dtype(
+            cv2.resize(
+                cv2.resize(
+                    g.astype(np.float32), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA
+                ),
+                g.shape[::-1],
+                interpolation=cv2.INTER_LINEAR,
+            ),
+            g,
+        ),
+        "JPEG 40": lambda g, t, r: _jpeg(g, 40),
+    }
+
+
+def _vignette(shape: tuple[int, int], depth: float) -> np.ndarray:
+    ys, xs = np.ogrid[-1.0 : 1.0 : shape[0] * 1j, -1.0 : 1.0 : shape[1] * 1j]
+    return (1.0 - depth * (ys**2 + xs**2) / 2.0).astype(np.float32)
+
+
+def _jpeg(gray: np.ndarray, quality: int) -> np.ndarray:
+    as_u8 = (gray >> 8).astype(np.uint8) if gray.dtype == np.uint16 else gray
+    ok, data = cv2.imencode(".jpg", as_u8, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slides", type=int, default=16)
+    parser.add_argument("--first-seed", type=int, default=900_000)
+    parser.add_argument("--model", type=Path, default=None, help="model dir (default: shipped)")
+    parser.add_argument("--cases", default=None, help="comma-separated (default: all)")
+    args = parser.parse_args()
+
+    others = disturbances()
+    cases = ["dust", *others]
+    if args.cases:
+        cases = [c.strip() for c in args.cases.split(",")]
+    segmenter = TorchSegmenter.from_model_dir(args.model)
+    options = SegmentOptions(tile_size=segmenter.tile_size)
+    counts = {"none": np.zeros(3, np.int64)} | {c: np.zeros(3, np.int64) for c in cases}
+    marked_on_dust = blob_pixels = 0
+    for seed in range(args.first_seed, args.first_seed + args.slides):
+        slide = generate_slide(random_spec(seed, height=1024, width=1024), seed)
+        gray, truth = to_grayscale(slide.image), slide.mask > 0
+        counts["none"] += dice_counts(predict_image(gray, segmenter, options).mask, truth)
+        for case in cases:
+            rng = np.random.default_rng([seed, cases.index(case)])
+            if case == "dust":
+                disturbed, blobs = dust(gray, truth, rng)
+            else:
+                disturbed = others[case](gray, truth, rng)
+            mask = predict_image(disturbed, segmenter, options).mask
+            counts[case] += dice_counts(mask, truth)
+            if case == "dust":
+                marked_on_dust += int(np.count_nonzero(mask & blobs))
+                blob_pixels += int(np.count_nonzero(blobs))
+        print(f"  seed {seed} done", flush=True)
+
+    print(f"{args.slides} slides 1024² from seed {args.first_seed}, {segmenter.describe()}")
+    print("| disturbance | pooled Dice |")
+    print("|---|---|")
+    for case, total in counts.items():
+        print(f"| {case} | {dice_from_counts(total):.4f} |")
+    if "dust" in cases:
+        share = marked_on_dust / max(blob_pixels, 1)
+        print(f"dust blob pixels marked as marks: {marked_on_dust} of {blob_pixels} ({share:.1%})")
+
+
+if __name__ == "__main__":
+    main()
