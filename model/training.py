@@ -365,8 +365,9 @@ AUGMENTATIONS = {
 
 
 DISTURBANCES = {
-    "dust": "1-4 bright (dark for dark marks) soft round blobs, 0.5-2x the crop's mark size, "
-    "at the marks' brightness or beyond, clear of every mark; their truth is background",
+    "dust": "1-4 bright (dark for dark marks) soft round blobs, 0.5-4x the crop's mark size "
+    "(64 px at most), at the marks' brightness or beyond, clear of every mark; their truth "
+    "is background",
     "uneven_light": "gain ramp 0.35-1 to 0.35-1 across the crop in a random direction, "
     "half the time plus a glow ramp of up to 0.3",
     "defocus": "Gaussian sigma 0.8-2.5 px, at most 0.15x the crop's mark size (0.8 at least); "
@@ -468,7 +469,7 @@ def _add_dust(
     height, width = crop.shape
     out = crop.copy()
     for _ in range(int(rng.integers(1, 5))):
-        diameter = mark_px * float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+        diameter = min(mark_px * float(np.exp(rng.uniform(np.log(0.5), np.log(4.0)))), 64.0)
         radius = max(2.0, diameter / 2.0)
         y, x = int(rng.integers(0, height)), int(rng.integers(0, width))
         if clearance[y, x] < radius + 3.0:
