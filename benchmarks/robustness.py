@@ -3,10 +3,12 @@
 Each unseen synthetic slide (seeds from 900000, 1024²) is segmented as generated and again
 after one disturbance of the kind real slides show; the truth stays the generator's, so a
 disturbance that hides marks or adds false ones lowers Dice. Disturbances (gray image, in the
-slide's own bit depth):
+slide's own bit depth, relative to its full scale: 255, or the top of a 16-bit file's signal
+bits):
 
-- dust: 40 bright round blobs, 10-50 px across, soft-edged, at the marks' brightness up to
-  saturation, placed clear of every mark (their truth is background);
+- dust: 40 bright round blobs, 10-50 px across, soft-edged, from the marks' brightness (half
+  the range at least) up to saturation, placed clear of every mark (their truth is
+  background; a slide packed with marks gets fewer);
 - gain ramp: light falling from 100 % to 35 % across the slide;
 - offset ramp: a glow adding up to 30 % of the range across the slide;
 - vignette: 45 % darker in the corners;
@@ -38,10 +40,15 @@ from model.pipeline import SegmentOptions
 from model.synth import generate_slide, random_spec
 
 DUST_BLOBS = 40
+DUST_ATTEMPTS = 20_000  # a slide packed with marks may have room for fewer blobs
 
 
-def _as_dtype(values: np.ndarray, like: np.ndarray) -> np.ndarray:
-    top = np.iinfo(like.dtype).max
+def full_scale(slide) -> float:
+    """The slide's saturation level: 255, or the top of its sensor's bits in 16-bit files."""
+    return 255.0 if slide.spec.bit_depth == 8 else float((1 << slide.spec.signal_bits) - 1)
+
+
+def _as_dtype(values: np.ndarray, like: np.ndarray, top: float) -> np.ndarray:
     return np.clip(np.rint(values), 0, top).astype(like.dtype)
 
 
@@ -50,62 +57,61 @@ def _ramp(shape: tuple[int, int]) -> np.ndarray:
     return np.broadcast_to(np.linspace(0.0, 1.0, shape[1], dtype=np.float32), shape)
 
 
-def dust(
-    gray: np.ndarray, truth: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """The slide with the blobs, and where they are (their pixels above half strength)."""
-    top = float(np.iinfo(gray.dtype).max)
-    bright = float(np.percentile(gray[truth], 90)) if truth.any() else top
-    clear = cv2.distanceTransform((~truth).astype(np.uint8), cv2.DIST_L2, 5)
-    layer = np.zeros(gray.shape, np.float32)
-    placed = 0
-    while placed < DUST_BLOBS:
-        radius = rng.uniform(5.0, 25.0)
-        y, x = int(rng.integers(0, gray.shape[0])), int(rng.integers(0, gray.shape[1]))
-        if clear[y, x] < radius + 4:
-            continue
-        disc = np.zeros(gray.shape, np.float32)
-        cv2.circle(disc, (x, y), int(round(radius)), 1.0, -1, cv2.LINE_AA)
-        level = rng.uniform(bright, top)
-        layer = np.maximum(layer, cv2.GaussianBlur(disc, (0, 0), 1.0) * np.float32(level))
-        placed += 1
-    dusty = _as_dtype(np.maximum(gray.astype(np.float32), layer), gray)
-    return dusty, layer > 0.5 * bright
-
-
-def disturbances() -> dict[str, Callable[[np.ndarray, np.ndarray, np.random.Generator], object]]:
-    top = lambda g: float(np.iinfo(g.dtype).max)  # noqa: E731
-    return {
-        "gain ramp": lambda g, t, r: _as_dtype(g * (1.0 - 0.65 * _ramp(g.shape)), g),
-        "offset ramp": lambda g, t, r: _as_dtype(g + 0.3 * top(g) * _ramp(g.shape), g),
-        "vignette": lambda g, t, r: _as_dtype(g * _vignette(g.shape, 0.45), g),
-        "defocus 1.5": lambda g, t, r: _as_dtype(
-            cv2.GaussianBlur(g.astype(np.float32), (0, 0), 1.5), g
-        ),
-        "defocus 2.5": lambda g, t, r: _as_dtype(
-            cv2.GaussianBlur(g.astype(np.float32), (0, 0), 2.5), g
-        ),
-        "half resolution": lambda g, t, r: _as_dtype(
-            cv2.resize(
-                cv2.resize(
-                    g.astype(np.float32), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA
-                ),
-                g.shape[::-1],
-                interpolation=cv2.INTER_LINEAR,
-            ),
-            g,
-        ),
-        "JPEG 40": lambda g, t, r: _jpeg(g, 40),
-    }
-
-
 def _vignette(shape: tuple[int, int], depth: float) -> np.ndarray:
     ys, xs = np.ogrid[-1.0 : 1.0 : shape[0] * 1j, -1.0 : 1.0 : shape[1] * 1j]
     return (1.0 - depth * (ys**2 + xs**2) / 2.0).astype(np.float32)
 
 
-def _jpeg(gray: np.ndarray, quality: int) -> np.ndarray:
-    as_u8 = (gray >> 8).astype(np.uint8) if gray.dtype == np.uint16 else gray
+def dust(
+    gray: np.ndarray, truth: np.ndarray, top: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The slide with the blobs, and the blob pixels that came out brighter than before."""
+    bright = float(np.percentile(gray[truth], 90)) if truth.any() else top
+    clear = cv2.distanceTransform((~truth).astype(np.uint8), cv2.DIST_L2, 5)
+    layer = np.zeros(gray.shape, np.float32)
+    placed = 0
+    for _ in range(DUST_ATTEMPTS):
+        if placed == DUST_BLOBS:
+            break
+        radius = rng.uniform(5.0, 25.0)
+        y, x = int(rng.integers(0, gray.shape[0])), int(rng.integers(0, gray.shape[1]))
+        if clear[y, x] < radius + 5:  # the blurred rim (sigma 1) stays off the marks
+            continue
+        disc = np.zeros(gray.shape, np.float32)
+        cv2.circle(disc, (x, y), round(radius), 1.0, -1)
+        level = rng.uniform(max(bright, 0.5 * top), top)
+        layer = np.maximum(layer, cv2.GaussianBlur(disc, (0, 0), 1.0) * np.float32(level))
+        placed += 1
+    dusty = _as_dtype(np.maximum(gray.astype(np.float32), layer), gray, top)
+    return dusty, (layer > 0.5 * bright) & (dusty > gray)
+
+
+def disturbances() -> dict[str, Callable[[np.ndarray, float], np.ndarray]]:
+    """Name -> f(gray, full scale) for every case but dust."""
+
+    def blur(sigma: float) -> Callable[[np.ndarray, float], np.ndarray]:
+        return lambda g, top: _as_dtype(
+            cv2.GaussianBlur(g.astype(np.float32), (0, 0), sigma), g, top
+        )
+
+    def half_resolution(g: np.ndarray, top: float) -> np.ndarray:
+        small = cv2.resize(g.astype(np.float32), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+        return _as_dtype(cv2.resize(small, g.shape[::-1], interpolation=cv2.INTER_LINEAR), g, top)
+
+    return {
+        "gain ramp": lambda g, top: _as_dtype(g * (1.0 - 0.65 * _ramp(g.shape)), g, top),
+        "offset ramp": lambda g, top: _as_dtype(g + 0.3 * top * _ramp(g.shape), g, top),
+        "vignette": lambda g, top: _as_dtype(g * _vignette(g.shape, 0.45), g, top),
+        "defocus 1.5": blur(1.5),
+        "defocus 2.5": blur(2.5),
+        "half resolution": half_resolution,
+        "JPEG 40": lambda g, top: _jpeg(g, top, 40),
+    }
+
+
+def _jpeg(gray: np.ndarray, top: float, quality: int) -> np.ndarray:
+    """8-bit JPEG of the slide's full range (a 16-bit slide comes back as 8 bits)."""
+    as_u8 = np.clip(np.rint(gray * (255.0 / top)), 0, 255).astype(np.uint8)
     ok, data = cv2.imencode(".jpg", as_u8, [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
     return cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
@@ -123,20 +129,24 @@ def main() -> None:
     cases = ["dust", *others]
     if args.cases:
         cases = [c.strip() for c in args.cases.split(",")]
+        unknown = sorted(set(cases) - {"dust", *others})
+        if unknown:
+            parser.error(
+                f"unknown case(s) {', '.join(unknown)}; choose from dust, {', '.join(others)}"
+            )
     segmenter = TorchSegmenter.from_model_dir(args.model)
     options = SegmentOptions(tile_size=segmenter.tile_size)
     counts = {"none": np.zeros(3, np.int64)} | {c: np.zeros(3, np.int64) for c in cases}
     marked_on_dust = blob_pixels = 0
     for seed in range(args.first_seed, args.first_seed + args.slides):
         slide = generate_slide(random_spec(seed, height=1024, width=1024), seed)
-        gray, truth = to_grayscale(slide.image), slide.mask > 0
+        gray, truth, top = to_grayscale(slide.image), slide.mask > 0, full_scale(slide)
         counts["none"] += dice_counts(predict_image(gray, segmenter, options).mask, truth)
         for case in cases:
-            rng = np.random.default_rng([seed, cases.index(case)])
             if case == "dust":
-                disturbed, blobs = dust(gray, truth, rng)
+                disturbed, blobs = dust(gray, truth, top, np.random.default_rng(seed))
             else:
-                disturbed = others[case](gray, truth, rng)
+                disturbed = others[case](gray, top)
             mask = predict_image(disturbed, segmenter, options).mask
             counts[case] += dice_counts(mask, truth)
             if case == "dust":

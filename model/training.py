@@ -12,7 +12,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -376,7 +376,7 @@ DISTURBANCES = {
 """What `TrainConfig.disturb` adds, each with that chance per crop, before AUGMENTATIONS'
 photometric changes: slides with dust, uneven light or out of focus (benchmarks/robustness.py)."""
 
-DEFAULT_DUST_PX = 12.0  # blob size for crops that hold no mark to take it from
+DEFAULT_MARK_PX = 12.0  # mark size for a crop without marks (sizes its dust, caps its blur)
 
 
 def _padded(array: np.ndarray, size: int) -> np.ndarray:
@@ -438,8 +438,8 @@ def disturb_crop(
 ) -> np.ndarray:
     """DISTURBANCES on a float32 [0, 1] crop, each with `chance`; the mask is unchanged."""
     dust, uneven, defocus = rng.random(3) < chance
-    extents = mark_extents(mask) if dust or defocus else np.zeros(0)
-    mark_px = float(np.median(extents)) if extents.size else DEFAULT_DUST_PX
+    measured = _median_or_none(mark_extents(mask)) if dust or defocus else None
+    mark_px = measured or DEFAULT_MARK_PX
     if dust:
         crop = _add_dust(crop, mask, rng, mark_px)
     if uneven:
@@ -985,12 +985,10 @@ def _train_model(config: TrainConfig, emit: Callable[[TrainEvent], None]) -> Tra
     if config.resume:
         # CPU first: the RNG state must stay a CPU tensor; load_state_dict moves the rest.
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        # A setting added after the checkpoint was written is absent there: it ran with the
-        # setting's default (its off value).
+        # A setting added after the checkpoint was written is absent there: that run behaved
+        # as the setting's default does (every new setting's default keeps the old behaviour).
         identity = _json_roundtrip(config.identity())
-        defaults = _json_roundtrip(
-            {f.name: f.default for f in fields(config) if f.name in identity}
-        )
+        defaults = _json_roundtrip(TrainConfig(data=config.data).identity())
         changed = [k for k, v in identity.items() if state["identity"].get(k, defaults[k]) != v]
         if changed:
             raise AmsegError(

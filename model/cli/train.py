@@ -120,10 +120,10 @@ def train(
         "--disturb",
         min=0.0,
         max=1.0,
-        help="Chance per crop of each real-slide disturbance: bright dust blobs beside the "
-        "marks (labelled background), uneven light (gain and glow ramps) and defocus (blur "
-        "with sharp truth), e.g. 0.2. Teaches the network that dust is not a mark; see "
-        "benchmarks/robustness.py. 0 = off.",
+        help="Chance per crop of each real-slide disturbance: dust blobs beside the marks, "
+        "as bright as they are or brighter (dark for dark marks; labelled background), "
+        "uneven light (gain and glow ramps) and defocus (blur with sharp truth), e.g. 0.2. "
+        "Teaches the network that dust is not a mark; see benchmarks/robustness.py. 0 = off.",
     ),
     ema: float = typer.Option(
         0.0,

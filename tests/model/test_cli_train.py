@@ -73,7 +73,8 @@ def test_train_writes_a_loadable_model_directory(synth_data, tmp_path):
     assert "within 8-60 px" in training["augmentations"]["scale"]
     assert load_model(out)[1].training["mark_range"] is None
     assert "EMA decay 0.99" in training["weight_average"]
-    assert training["augmentations"]["dust"].startswith("p 0.3, ")
+    for disturbance in ("dust", "uneven_light", "defocus"):
+        assert training["augmentations"][disturbance].startswith("p 0.3, ")
     assert "dust" not in load_model(out)[1].training["augmentations"]
 
 

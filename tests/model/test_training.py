@@ -28,6 +28,7 @@ from model.training import (
     bce_lovasz_loss,
     build_network,
     choose_base_model,
+    disturb_crop,
     evaluate,
     load_training_data,
     parameter_groups,
@@ -262,6 +263,16 @@ def test_resume_accepts_a_checkpoint_from_before_a_setting_existed(disc_data, tm
     assert result.epochs_run == 2
 
 
+def test_resume_refuses_a_new_setting_the_old_checkpoint_ran_without(disc_data, tmp_path):
+    train_model(tiny_config(disc_data, tmp_path / "out"))
+    path = tmp_path / "out" / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    del state["identity"]["disturb"]  # written before --disturb existed: it ran without
+    torch.save(state, path)
+    with pytest.raises(AmsegError, match="disturb"):
+        train_model(tiny_config(disc_data, tmp_path / "out", resume=True, epochs=2, disturb=0.3))
+
+
 def test_loss_decreases_on_bright_discs(disc_data, tmp_path):
     losses = []
 
@@ -375,18 +386,58 @@ def test_uneven_light_is_a_ramp_within_the_stated_bounds():
         assert np.abs(np.diff(out, 2, axis=1)).max() < 1e-4
 
 
-def test_disturbances_are_off_by_default_and_keep_crops_reproducible():
+# sample_crop of disc_crop(96) as the commit before --disturb drew it: (crop sum, mask sum,
+# crop[10, 20]) for seeds 0-2. A changed random stream changes all three.
+CROPS_BEFORE_DISTURB = [(1765.729, 231, 0.41591), (1630.787, 81, 0.37843), (1544.806, 232, 0.36432)]
+
+
+def test_disturbances_are_off_by_default_and_crops_are_drawn_as_before():
+    crop, mask = disc_crop(size=96)
+    sample = Sample(Path("x.png"), "ds", "g", crop, mask)
+    for seed, (crop_sum, mask_sum, pixel) in enumerate(CROPS_BEFORE_DISTURB):
+        for extra in ({}, {"disturb": 0.0}):
+            got, got_mask = sample_crop(
+                sample, np.random.default_rng(seed), 64, augment=True, scale_range=(0.7, 1.4),
+                **extra,
+            )  # fmt: skip
+            assert float(got.astype(np.float64).sum()) == pytest.approx(crop_sum, abs=2e-3)
+            assert int(got_mask.sum()) == mask_sum
+            assert float(got[10, 20]) == pytest.approx(pixel, abs=1e-5)
+
+
+def test_disturbed_crops_change_and_repeat_with_the_seed(monkeypatch):
+    monkeypatch.setattr("model.training.augment_intensity", lambda crop, rng: crop)
     crop, mask = disc_crop(size=96)
     sample = Sample(Path("x.png"), "ds", "g", crop, mask)
     for seed in range(5):
         plain = sample_crop(sample, np.random.default_rng(seed), 64, augment=True)
-        off = sample_crop(sample, np.random.default_rng(seed), 64, augment=True, disturb=0.0)
-        assert np.array_equal(plain[0], off[0]) and np.array_equal(plain[1], off[1])
         on = sample_crop(sample, np.random.default_rng(seed), 64, augment=True, disturb=1.0)
         again = sample_crop(sample, np.random.default_rng(seed), 64, augment=True, disturb=1.0)
-        assert np.array_equal(on[0], again[0]) and np.array_equal(on[1], plain[1])
-        assert not np.array_equal(on[0], plain[0])
-        assert on[0].min() >= 0.0 and on[0].max() <= 1.0
+        assert np.array_equal(on[0], again[0]) and np.array_equal(on[1], again[1])
+        assert on[0].min() >= 0.0 and on[0].max() <= 1.0 and on[0].dtype == np.float32
+        # Without the photometric augmentation only the disturbances can tell them apart.
+        assert np.abs(on[0] - plain[0]).mean() > 0.005
+
+
+@pytest.mark.parametrize("case", ["empty", "all marks", "tiny", "specks"])
+def test_disturbances_cope_with_any_mask(case):
+    crop, mask = disc_crop(size=64)
+    if case == "empty":
+        mask[:] = 0
+    elif case == "all marks":
+        mask[:] = 1
+    elif case == "tiny":
+        crop, mask = crop[:8, :8], mask[:8, :8]
+    else:  # marks smaller than the object-size floor: measured as none
+        mask[:] = 0
+        mask[10:12, 10:12] = 1
+    for seed in range(5):
+        out = disturb_crop(crop, mask, np.random.default_rng(seed), 1.0)
+        assert out.shape == crop.shape and out.dtype == np.float32
+        assert out.min() >= 0.0 and out.max() <= 1.0
+        dusted = _add_dust(crop, mask, np.random.default_rng(seed), 12.0)
+        if case == "all marks":
+            assert np.array_equal(dusted, crop)  # no room: no dust
 
 
 def test_zoom_range_keeps_marks_within_the_mark_range():
