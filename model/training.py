@@ -438,8 +438,7 @@ def disturb_crop(
 ) -> np.ndarray:
     """DISTURBANCES on a float32 [0, 1] crop, each with `chance`; the mask is unchanged."""
     dust, uneven, defocus = rng.random(3) < chance
-    measured = _median_or_none(mark_extents(mask)) if dust or defocus else None
-    mark_px = measured or DEFAULT_MARK_PX
+    mark_px = _crop_mark_px(mask) if dust or defocus else DEFAULT_MARK_PX
     if dust:
         crop = _add_dust(crop, mask, rng, mark_px)
     if uneven:
@@ -450,6 +449,17 @@ def disturb_crop(
         sigma = min(float(rng.uniform(0.8, 2.5)), max(0.8, 0.15 * mark_px))
         crop = cv2.GaussianBlur(crop, (0, 0), sigma)
     return np.clip(crop, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def _crop_mark_px(mask: np.ndarray) -> float:
+    """Median mark extent in a crop; marks zoomed below the object-size floor still count."""
+    if not mask.any():
+        return DEFAULT_MARK_PX
+    extents = mark_extents(mask)
+    if not extents.size:
+        _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        extents = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
+    return float(np.median(extents))
 
 
 def _add_dust(
@@ -471,13 +481,14 @@ def _add_dust(
     for _ in range(int(rng.integers(1, 5))):
         diameter = min(mark_px * float(np.exp(rng.uniform(np.log(0.5), np.log(4.0)))), 64.0)
         radius = max(2.0, diameter / 2.0)
+        softness = float(rng.uniform(0.5, 1.5))
         y, x = int(rng.integers(0, height)), int(rng.integers(0, width))
-        if clearance[y, x] < radius + 3.0:
-            continue  # no room here: fewer blobs on crowded crops
+        if clearance[y, x] < radius + 3.0 * softness + 2.0:
+            continue  # no room for the blob and its soft rim here: fewer blobs on crowded crops
         axes = (round(radius), round(radius * float(rng.uniform(0.7, 1.0))))
         disc = np.zeros(crop.shape, np.float32)
-        cv2.ellipse(disc, (x, y), axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1, cv2.LINE_AA)
-        alpha = cv2.GaussianBlur(disc, (0, 0), float(rng.uniform(0.5, 1.5)))
+        cv2.ellipse(disc, (x, y), axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
+        alpha = cv2.GaussianBlur(disc, (0, 0), softness)
         alpha *= np.float32(rng.uniform(0.8, 1.0))
         level = np.float32(rng.uniform(low, high))
         out += alpha * (level - out)

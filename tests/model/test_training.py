@@ -364,8 +364,8 @@ def test_dust_lands_beside_the_marks_as_bright_or_dark_as_they_are(polarity):
     dusted = 0
     for seed in range(10):
         out = _add_dust(crop, mask, np.random.default_rng(seed), 11.0)
-        # The marks keep their pixels (a blob's soft rim may reach them by a few %).
-        assert np.abs(out[near_marks] - crop[near_marks]).max() < 0.05
+        # The marks and the pixel around them keep their values (a blob's rim stays 3 sigma off).
+        assert np.abs(out[near_marks] - crop[near_marks]).max() < 0.01
         changed = np.abs(out - crop) > 0.2
         if changed.any():
             dusted += 1
