@@ -422,9 +422,19 @@ def test_options_for_a_gpu_runtime_batch_more_tiles():
 def test_missed_grid_retry_fires_only_for_a_grid_without_marks():
     empty = np.zeros((400, 400), bool)
     found = empty.copy()
-    found[100:120, 100:120] = True  # 0.25 % of the image: marks were found
+    found[5::30, 5::30] = True  # a mark at every node of a 30 px grid, 2x2 px each: 0.49 %
+    found = cv2.dilate(found.astype(np.uint8), np.ones((2, 2), np.uint8)) > 0
+    assert 0.002 < found.mean() < 0.01
+    few = empty.copy()
+    for y, x in [(40, 40), (40, 160), (130, 250), (220, 70), (310, 310)]:
+        few[y : y + 20, x : x + 5] = True  # 5 marks of a 178-node grid, 0.31 %: pieces only
+    big = empty.copy()
+    big[100:150, 100:150] = True  # 1.6 %: found, whatever its shape
     assert missed_grid_retry_scale(None, 1.0, empty) is None  # no grid: nothing to find
     assert missed_grid_retry_scale(30.0, 1.0, found) is None
+    assert missed_grid_retry_scale(30.0, 1.0, few) == MISSED_GRID_RETRY_SCALE
+    assert missed_grid_retry_scale(None, 1.0, few) is None
+    assert missed_grid_retry_scale(30.0, 1.0, big) is None
     assert missed_grid_retry_scale(30.0, 1.0, empty) == MISSED_GRID_RETRY_SCALE
     assert missed_grid_retry_scale(300.0, 0.5, empty) == pytest.approx(0.75)
     assert missed_grid_retry_scale(30.0, MAX_SCALE, empty) is None  # cannot enlarge further
