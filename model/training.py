@@ -288,11 +288,12 @@ def mark_sizes(samples: list[Sample]) -> np.ndarray:
     return np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.float64)
 
 
-def mark_extents(mask: np.ndarray) -> np.ndarray:
-    """Longer bounding-box side (px) of each mark component of a uint8 mask."""
+def mark_extents(mask: np.ndarray, min_area: int = MIN_OBJECT_AREA) -> np.ndarray:
+    """Longer bounding-box side (px) of each mark component of a uint8 mask (components of
+    at least `min_area` px)."""
     _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     stats = stats[1:]
-    stats = stats[stats[:, cv2.CC_STAT_AREA] >= MIN_OBJECT_AREA]
+    stats = stats[stats[:, cv2.CC_STAT_AREA] >= min_area]
     extents = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
     return extents.astype(np.float64)
 
@@ -457,8 +458,7 @@ def _crop_mark_px(mask: np.ndarray) -> float:
         return DEFAULT_MARK_PX
     extents = mark_extents(mask)
     if not extents.size:
-        _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        extents = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
+        extents = mark_extents(mask, min_area=1)
     return float(np.median(extents))
 
 
