@@ -663,10 +663,10 @@ _SCALE_STEP = 0.5  # scale = 1 / k with k = 1, 1.5, 2, 2.5, ...: few distinct, r
 # The accurate policy (SegmentOptions.accurate, `--accurate`) trades time for outlines: it
 # enlarges grids with a pitch under SMALL_PITCH_PX (marks under ~20-35 px) by SMALL_MARK_SCALE.
 # On the three 48-slide unseen sets (seeds 600000+, 700000+, 900000+) the shipped model's
-# pooled Dice goes 0.9252 / 0.9447 / 0.9477 -> 0.9346 / 0.9498 / 0.9515
+# pooled Dice goes 0.9241 / 0.9443 / 0.9471 -> 0.9336 / 0.9492 / 0.9510
 # (benchmarks/model_accuracy.py --accurate), where enlarging every slide gives 0.9291 / 0.9495
-# / 0.9509: large faint marks lose when enlarged. Cut-offs of 50-80 px score within 0.0005 of
-# 60 on those sets, which it was chosen on (table in BENCHMARKS.md).
+# / 0.9509 (the previous model, frs8): large faint marks lose when enlarged. Cut-offs of
+# 50-80 px score within 0.0005 of 60 on those sets, which it was chosen on (BENCHMARKS.md).
 SMALL_PITCH_PX = 60.0
 SMALL_MARK_SCALE = 1.5
 
