@@ -176,6 +176,9 @@ class Sample:
     group: str
     image: np.ndarray  # float32 (H, W)
     mask: np.ndarray  # uint8 (H, W), 0/1
+    # Marks darker than the matrix (see marks_are_dark); crops of this image that hold no
+    # mark still get dust of the marks' polarity.
+    dark_marks: bool = False
 
     @property
     def area(self) -> int:
@@ -220,7 +223,16 @@ def load_sample(source: Path, mask_path: Path | None, dataset: str, group: str) 
                 f"{gray.shape[1]}x{gray.shape[0]}"
             )
         mask = (raw > 0).astype(np.uint8)  # accepts 0/1 and 0/255 masks
-    return Sample(source, dataset, group, np.ascontiguousarray(image, np.float32), mask)
+    image = np.ascontiguousarray(image, np.float32)
+    return Sample(source, dataset, group, image, mask, dark_marks=marks_are_dark(image, mask))
+
+
+def marks_are_dark(image: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether the marks are on average darker than the median of the rest of the image."""
+    marks = mask > 0
+    if not marks.any() or marks.all():
+        return False
+    return bool(image[marks].mean() < np.median(image[~marks]))
 
 
 def load_split(split_dir: Path) -> list[Sample]:
@@ -430,18 +442,24 @@ def sample_crop(
     crop = np.ascontiguousarray(crop, np.float32)
     crop_mask = np.ascontiguousarray(crop_mask)
     if disturb > 0.0:
-        crop = disturb_crop(crop, crop_mask, rng, disturb)
+        crop = disturb_crop(crop, crop_mask, rng, disturb, dark_marks=sample.dark_marks)
     return augment_intensity(crop, rng), crop_mask
 
 
 def disturb_crop(
-    crop: np.ndarray, mask: np.ndarray, rng: np.random.Generator, chance: float
+    crop: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    chance: float,
+    *,
+    dark_marks: bool | None = None,
 ) -> np.ndarray:
-    """DISTURBANCES on a float32 [0, 1] crop, each with `chance`; the mask is unchanged."""
+    """DISTURBANCES on a float32 [0, 1] crop, each with `chance`; the mask is unchanged.
+    `dark_marks` is the whole image's polarity (None: judged from the crop's own marks)."""
     dust, uneven, defocus = rng.random(3) < chance
     mark_px = _crop_mark_px(mask) if dust or defocus else DEFAULT_MARK_PX
     if dust:
-        crop = _add_dust(crop, mask, rng, mark_px)
+        crop = _add_dust(crop, mask, rng, mark_px, dark_marks=dark_marks)
     if uneven:
         crop = _uneven_light(crop, rng)
     if defocus:
@@ -463,15 +481,23 @@ def _crop_mark_px(mask: np.ndarray) -> float:
 
 
 def _add_dust(
-    crop: np.ndarray, mask: np.ndarray, rng: np.random.Generator, mark_px: float
+    crop: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    mark_px: float,
+    *,
+    dark_marks: bool | None = None,
 ) -> np.ndarray:
     """Soft round blobs as bright as the marks or brighter (darker, for dark marks), placed
     where they touch no mark: the network must learn that a bright blob off the grid is not
-    a mark."""
+    a mark. `dark_marks` None judges the polarity from the crop's marks (bright without any);
+    a crop without marks gets blobs beyond its brightest (darkest) pixel."""
     marks = mask > 0
-    background = crop[~marks]
-    if marks.any() and background.size and crop[marks].mean() < np.median(background):
-        low, high = 0.0, float(np.percentile(crop[marks], 25))  # dark marks: dark dust
+    if dark_marks is None:
+        dark_marks = marks_are_dark(crop, mask)
+    if dark_marks:
+        high = float(np.percentile(crop[marks], 25)) if marks.any() else float(crop.min())
+        low, high = 0.0, max(high, 0.0)
     else:
         low = float(np.percentile(crop[marks], 75)) if marks.any() else float(crop.max())
         low, high = min(low, 1.0), 1.0

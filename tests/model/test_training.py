@@ -30,7 +30,9 @@ from model.training import (
     choose_base_model,
     disturb_crop,
     evaluate,
+    load_sample,
     load_training_data,
+    marks_are_dark,
     parameter_groups,
     plan_epoch,
     requested_card,
@@ -374,6 +376,47 @@ def test_dust_lands_beside_the_marks_as_bright_or_dark_as_they_are(polarity):
             else:
                 assert out[changed].mean() <= np.percentile(marks, 25) + 0.1
     assert dusted >= 5  # most draws find room for a blob
+
+
+@pytest.mark.parametrize("polarity", ["bright", "dark"])
+def test_crops_without_marks_get_dust_of_the_images_polarity(polarity, tmp_path):
+    crop, mask = disc_crop(polarity=polarity)
+    source, mask_path = tmp_path / "s.png", tmp_path / "m.png"
+    write_png(source, np.rint(crop * 255).astype(np.uint8))
+    write_png(mask_path, mask * 255)
+    sample = load_sample(source, mask_path, "ds", "g")
+    assert sample.dark_marks == (polarity == "dark") == marks_are_dark(crop, mask)
+    empty = np.zeros_like(mask)
+    background = crop[16 + 24 : 16 + 40, 16 + 8 : 16 + 40].copy()  # no disc in this patch
+    background_mask = empty[: background.shape[0], : background.shape[1]]
+    dusted = 0
+    for seed in range(10):
+        out = _add_dust(
+            background, background_mask, np.random.default_rng(seed), 6.0,
+            dark_marks=sample.dark_marks,
+        )  # fmt: skip
+        changed = np.abs(out - background) > 0.2
+        if changed.any():
+            dusted += 1
+            step = (out - background)[changed]
+            assert (step > 0).all() if polarity == "bright" else (step < 0).all()
+    assert dusted >= 3
+    # Unset, a crop without marks is taken for bright marks, as before.
+    assert not marks_are_dark(background, background_mask)
+
+
+def test_sample_crop_passes_the_images_polarity_to_the_dust(monkeypatch):
+    seen = []
+
+    def spy(crop, mask, rng, chance, *, dark_marks=None):
+        seen.append(dark_marks)
+        return crop
+
+    monkeypatch.setattr("model.training.disturb_crop", spy)
+    crop, mask = disc_crop(size=96, polarity="dark")
+    sample = Sample(Path("x.png"), "ds", "g", crop, mask, dark_marks=True)
+    sample_crop(sample, np.random.default_rng(0), 64, augment=True, disturb=0.5)
+    assert seen == [True]
 
 
 def test_uneven_light_is_a_ramp_within_the_stated_bounds():
