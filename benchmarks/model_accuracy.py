@@ -5,6 +5,7 @@ and the agreement of reduced precision with fp32 on the real crops.
         [--scale S]   (default: the auto scale of amseg predict; e.g. 1.5 to enlarge first)
         [--accurate]  (the auto scale of amseg predict --accurate: small marks enlarged)
         [--per-slide] (a line per slide: mark size, scale the network ran at, mask share, Dice)
+        [--error-kinds] (where the wrong pixels are: model.metrics.error_kinds, per runtime)
 
 Slide seeds start at 900000, far from the seeds training data are made with (amseg synth
 --seed 1000 for the shipped model). Slides have marks of 8-60 px, 8- and 16-bit, every
@@ -21,7 +22,14 @@ import numpy as np
 
 from model.imageio import read_image
 from model.inference import TorchSegmenter, predict_image, reduced_precision_agreement
-from model.metrics import dice_counts, dice_from_counts, f1_from_counts, object_counts
+from model.metrics import (
+    ERROR_KINDS,
+    dice_counts,
+    dice_from_counts,
+    error_kinds,
+    f1_from_counts,
+    object_counts,
+)
 from model.pipeline import SegmentOptions
 from model.synth import generate_slide, random_spec
 
@@ -43,6 +51,9 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=None, help="default: auto")
     parser.add_argument("--accurate", action="store_true", help="as amseg predict --accurate")
     parser.add_argument("--per-slide", action="store_true", help="print every slide's result")
+    parser.add_argument(
+        "--error-kinds", action="store_true", help="split the wrong pixels by where they are"
+    )
     args = parser.parse_args()
 
     slides = []
@@ -60,6 +71,7 @@ def main() -> None:
         segmenter = TorchSegmenter.from_model_dir(args.model, **RUNTIMES[name])
         options = SegmentOptions(tile_size=segmenter.tile_size, accurate=args.accurate)
         pixels, objects, per_slide, seconds = np.zeros(3), np.zeros(3), [], 0.0
+        kinds = np.zeros(len(ERROR_KINDS))
         for seed, slide in slides:
             start = time.perf_counter()
             result = predict_image(slide.image, segmenter, options, scale=args.scale)
@@ -67,6 +79,8 @@ def main() -> None:
             counts = dice_counts(result.mask, slide.mask)
             pixels += counts
             objects += object_counts(result.mask, slide.mask)
+            if args.error_kinds:
+                kinds += error_kinds(result.mask, slide.mask)
             per_slide.append(dice_from_counts(counts))
             if args.per_slide:
                 print(
@@ -79,6 +93,15 @@ def main() -> None:
             f"{min(per_slide):.3f}, median {np.median(per_slide):.3f}), object F1 "
             f"{f1_from_counts(objects):.4f}, {seconds:.1f} s [{segmenter.describe()}]"
         )
+        if args.error_kinds:
+            wrong = max(kinds.sum(), 1.0)
+            shares = ", ".join(
+                f"{k} {n / wrong:.1%}" for k, n in zip(ERROR_KINDS, kinds, strict=True)
+            )
+            print(
+                f"  wrong pixels {int(kinds.sum())} (fp + fn; within 2 px of an outline = "
+                f"outline): {shares}"
+            )
 
     crops = sorted(REAL_CROPS.glob("*.png"))
     if crops:

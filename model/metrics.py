@@ -1,4 +1,5 @@
-"""Scores against ground truth: pixel Dice, object F1, and the share of marks with the right id."""
+"""Scores against ground truth: pixel Dice, object F1, and the share of marks with the right id;
+`error_kinds` says where a mask's wrong pixels are."""
 
 from __future__ import annotations
 
@@ -77,6 +78,34 @@ def object_counts(
     iou = inter / (pred_area[p_idx] + true_area[t_idx] - inter)
     tp = int(np.count_nonzero(iou >= 0.5))
     return np.array([tp, n_pred - tp, n_true - tp])
+
+
+ERROR_KINDS = ("outline", "false mark", "missed mark", "elsewhere")
+
+
+def error_kinds(pred: np.ndarray, truth: np.ndarray, ring: int = 2) -> np.ndarray:
+    """The wrong pixels of boolean `pred` (fp + fn of `dice_counts`), split by ERROR_KINDS:
+
+    - false mark: in a predicted component (8-connected) that touches no true mark;
+    - missed mark: in a true mark that no predicted pixel touches;
+    - outline: any other wrong pixel at most `ring` px from a true mark's outline (a mark cut
+      short or grown too wide);
+    - elsewhere: the rest (e.g. a wrong blob that touches a mark further than `ring` px out).
+    """
+    pred, truth = pred.astype(bool), truth.astype(bool)
+    pred_labels, n_pred = _components(pred, 1)
+    true_labels, n_true = _components(truth, 1)
+    touched_pred = np.bincount(pred_labels[truth].ravel(), minlength=n_pred + 1) > 0
+    touched_true = np.bincount(true_labels[pred].ravel(), minlength=n_true + 1) > 0
+    false_mark = pred & ~touched_pred[pred_labels]
+    missed_mark = truth & ~touched_true[true_labels]
+    wrong = pred ^ truth
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ring + 1, 2 * ring + 1))
+    as_u8 = truth.astype(np.uint8)
+    near_outline = cv2.dilate(as_u8, kernel) > cv2.erode(as_u8, kernel)
+    outline = wrong & near_outline & ~false_mark & ~missed_mark
+    elsewhere = wrong & ~outline & ~false_mark & ~missed_mark
+    return np.array([np.count_nonzero(k) for k in (outline, false_mark, missed_mark, elsewhere)])
 
 
 def _components(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, int]:
