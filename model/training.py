@@ -177,12 +177,18 @@ class Sample:
     image: np.ndarray  # float32 (H, W)
     mask: np.ndarray  # uint8 (H, W), 0/1
     # Marks darker than the matrix (see marks_are_dark); crops of this image that hold no
-    # mark still get dust of the marks' polarity.
-    dark_marks: bool = False
+    # mark still get dust of the marks' polarity. None until first needed: judging it costs a
+    # median over the whole image, wasted at load when training runs without --disturb.
+    dark_marks: bool | None = None
 
     @property
     def area(self) -> int:
         return int(self.image.shape[0] * self.image.shape[1])
+
+    def has_dark_marks(self) -> bool:
+        if self.dark_marks is None:
+            self.dark_marks = marks_are_dark(self.image, self.mask)
+        return self.dark_marks
 
 
 def find_pairs(split_dir: Path) -> list[tuple[Path, Path | None, str, str]]:
@@ -224,7 +230,7 @@ def load_sample(source: Path, mask_path: Path | None, dataset: str, group: str) 
             )
         mask = (raw > 0).astype(np.uint8)  # accepts 0/1 and 0/255 masks
     image = np.ascontiguousarray(image, np.float32)
-    return Sample(source, dataset, group, image, mask, dark_marks=marks_are_dark(image, mask))
+    return Sample(source, dataset, group, image, mask)
 
 
 def marks_are_dark(image: np.ndarray, mask: np.ndarray) -> bool:
@@ -442,7 +448,7 @@ def sample_crop(
     crop = np.ascontiguousarray(crop, np.float32)
     crop_mask = np.ascontiguousarray(crop_mask)
     if disturb > 0.0:
-        crop = disturb_crop(crop, crop_mask, rng, disturb, dark_marks=sample.dark_marks)
+        crop = disturb_crop(crop, crop_mask, rng, disturb, dark_marks=sample.has_dark_marks())
     return augment_intensity(crop, rng), crop_mask
 
 

@@ -385,7 +385,8 @@ def test_crops_without_marks_get_dust_of_the_images_polarity(polarity, tmp_path)
     write_png(source, np.rint(crop * 255).astype(np.uint8))
     write_png(mask_path, mask * 255)
     sample = load_sample(source, mask_path, "ds", "g")
-    assert sample.dark_marks == (polarity == "dark") == marks_are_dark(crop, mask)
+    assert sample.dark_marks is None  # judged only when a disturbed crop needs it
+    assert sample.has_dark_marks() == (polarity == "dark") == marks_are_dark(crop, mask)
     empty = np.zeros_like(mask)
     background = crop[16 + 24 : 16 + 40, 16 + 8 : 16 + 40].copy()  # no disc in this patch
     background_mask = empty[: background.shape[0], : background.shape[1]]
@@ -417,6 +418,14 @@ def test_sample_crop_passes_the_images_polarity_to_the_dust(monkeypatch):
     sample = Sample(Path("x.png"), "ds", "g", crop, mask, dark_marks=True)
     sample_crop(sample, np.random.default_rng(0), 64, augment=True, disturb=0.5)
     assert seen == [True]
+    # Left unset, the polarity is judged from the whole image, once, and kept.
+    unset = Sample(Path("y.png"), "ds", "g", crop, mask)
+    sample_crop(unset, np.random.default_rng(0), 64, augment=True, disturb=0.5)
+    assert seen == [True, True] and unset.dark_marks is True
+    # Without disturbances it is never judged.
+    fresh = Sample(Path("z.png"), "ds", "g", crop, mask)
+    sample_crop(fresh, np.random.default_rng(0), 64, augment=True, disturb=0.0)
+    assert fresh.dark_marks is None
 
 
 def test_uneven_light_is_a_ramp_within_the_stated_bounds():
