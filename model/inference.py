@@ -656,7 +656,8 @@ TARGET_PITCH_PX = 160.0
 _SCALE_STEP = 0.5  # scale = 1 / k with k = 1, 1.5, 2, 2.5, ...: few distinct, reproducible sizes
 # A user-given scale may also enlarge (e.g. 1.5 sharpens outlines of marks under ~15 px at
 # 2.25x the network time). The default auto scale never does, to keep prediction fast
-# (predict_image enlarges only for a second look when a grid shows but no marks were found).
+# (predict_image enlarges only for a second look: when a grid shows but no marks were found,
+# or when a grid of small marks came out with uncertain outlines).
 # MAX_SCALE (pipeline.py) caps it: beyond 2x, 8 px marks are 16+ px, and time and memory grow
 # as scale².
 #
@@ -746,6 +747,40 @@ def missed_grid_retry_scale(pitch: float | None, scale: float, mask: np.ndarray)
     return retry if retry > scale else None
 
 
+# A second look at blurred outlines: when a grid of small marks (pitch under SMALL_PITCH_PX)
+# was segmented at full resolution and its outlines came out uncertain, i.e. pixels with a
+# probability between UNCERTAIN_BAND number UNCERTAIN_OUTLINE_RATIO or more of the marked
+# pixels, it segments again enlarged by SMALL_MARK_SCALE and keeps that. Faint or grainy slides
+# of small marks are where the enlargement of the accurate policy pays (600000+: +0.03-0.06
+# Dice on such slides), while crisp slides gain 0.000-0.004 for 2.25x the network time. Chosen
+# on frs11's slides 600000+ and 700000+ (pooled Dice 0.9241 / 0.9443 -> 0.9332 / 0.9489, a
+# second look on 16 of 48 slides each; enlarging all small grids: 0.9336 / 0.9492); a slide it
+# fires on costs the first pass plus 2.25x (BENCHMARKS.md, session 17).
+UNCERTAIN_BAND = (0.2, 0.8)
+UNCERTAIN_OUTLINE_RATIO = 0.5
+
+
+def outline_uncertainty(probabilities: np.ndarray, mask: np.ndarray) -> float:
+    """Pixels with a probability inside UNCERTAIN_BAND per marked pixel (0 without marks)."""
+    marked = np.count_nonzero(mask)
+    if marked == 0:
+        return 0.0
+    low, high = UNCERTAIN_BAND
+    uncertain = np.count_nonzero((probabilities > low) & (probabilities < high))
+    return uncertain / marked
+
+
+def uncertain_outline_retry_scale(
+    pitch: float | None, scale: float, segmentation: Segmentation
+) -> float | None:
+    """SMALL_MARK_SCALE when a full-resolution pass over a grid of small marks left uncertain
+    outlines (see UNCERTAIN_OUTLINE_RATIO), else None."""
+    if pitch is None or pitch >= SMALL_PITCH_PX or scale != 1.0:
+        return None
+    ratio = outline_uncertainty(segmentation.probabilities, segmentation.mask)
+    return SMALL_MARK_SCALE if ratio >= UNCERTAIN_OUTLINE_RATIO else None
+
+
 def options_for(segmenter: Segmenter, options: SegmentOptions) -> SegmentOptions:
     """`options` as `predict_image` runs them with `segmenter`: a GPU segmenter wants more
     tiles per call than the CPU default hands it."""
@@ -770,11 +805,13 @@ def predict_image(
 
     `scale` None picks a scale from the grid pitch (`auto_scale`, enlarging small marks when
     `options.accurate`) and, when a grid is there but no marks were found, looks again
-    enlarged (`missed_grid_retry_scale`) and keeps that look if it clearly finds more; a
-    number runs at exactly that scale (1.0 = full resolution). Away from 1 the image is
-    resampled (`resample`), segmented with `segment_image`, and the probabilities are resized
-    back and thresholded at the input's size (the returned `grid` and `window` then describe
-    the resampled image, and `scale` says by how much).
+    enlarged (`missed_grid_retry_scale`) and keeps that look if it clearly finds more, and
+    when small marks were found with uncertain outlines, looks again enlarged and keeps that
+    (`uncertain_outline_retry_scale`); a number runs at exactly that scale (1.0 = full
+    resolution). Away from 1 the image is resampled (`resample`), segmented with
+    `segment_image`, and the probabilities are resized back and thresholded at the input's
+    size (the returned `grid` and `window` then describe the resampled image, and `scale`
+    says by how much).
 
     `on_tiles_planned` gets the number of network tiles, again with the new total if a second
     pass is added; `on_pass` gets the scale of each pass before it starts; `on_tile` sees
@@ -859,6 +896,16 @@ def _predict_gray(
             on_tiles_planned(planned)
         segmentation = segment_at(scale)
     retry = missed_grid_retry_scale(pitch, scale, segmentation.mask)
+    sharpen = (
+        None if retry is not None else uncertain_outline_retry_scale(pitch, scale, segmentation)
+    )
+    if sharpen is not None:
+        if on_tiles_planned is not None:
+            on_tiles_planned(planned + count_tiles(gray.shape, options, sharpen))
+        try:
+            return segment_at(sharpen)
+        except MemoryError:
+            return segmentation  # the enlarged look is optional: keep what was found
     if retry is not None:
         if on_tiles_planned is not None:
             on_tiles_planned(planned + count_tiles(gray.shape, options, retry))

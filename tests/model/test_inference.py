@@ -7,6 +7,7 @@ masks (Dice >= 0.99) is checked on the real crops with the trained default model
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import os
@@ -27,6 +28,7 @@ from model.inference import (
     SMALL_MARK_SCALE,
     SMALL_PITCH_PX,
     TARGET_PITCH_PX,
+    UNCERTAIN_OUTLINE_RATIO,
     TorchSegmenter,
     auto_scale,
     count_tiles,
@@ -34,15 +36,17 @@ from model.inference import (
     get_segmenter,
     missed_grid_retry_scale,
     options_for,
+    outline_uncertainty,
     predict_image,
     reduced_precision_agreement,
     resample,
     resolve_runtime,
     restore_segmentation,
+    uncertain_outline_retry_scale,
 )
 from model.metrics import dice
 from model.network import IMAGENET_MEAN, IMAGENET_STD, ModelCard, build_from_card, save_model
-from model.pipeline import MAX_SCALE, Segmentation, SegmentOptions
+from model.pipeline import MAX_SCALE, Segmentation, SegmentOptions, segment_image
 from model.segmenters import ClassicalSegmenter
 from model.torch_runtime import ProbabilityNet
 from tests.model.scenes import BlindSegmenter, SmallMarkBlindSegmenter, disc_grid_scene
@@ -508,6 +512,90 @@ def test_no_second_pass_when_marks_are_found_or_the_scale_is_given():
     passes.clear()
     predict_image(image, SmallMarkBlindSegmenter(), options, scale=1.0, on_pass=passes.append)
     assert passes == [1.0]  # the user's scale is kept even when nothing is found
+
+
+class BlurredOutlineSegmenter(ClassicalSegmenter):
+    """The classical baseline with its probabilities blurred: every outline is a wide band of
+    uncertain pixels, as a network's are on faint, grainy slides."""
+
+    def predict_batch(self, tiles):
+        sharp = super().predict_batch(tiles)
+        return np.stack([cv2.GaussianBlur(p, (0, 0), 3.0) for p in sharp])
+
+
+def test_outline_uncertainty_counts_undecided_pixels_per_marked_pixel():
+    probabilities = np.zeros((20, 20), np.float32)
+    probabilities[5:10, 5:10] = 1.0  # 25 marked pixels, decided
+    assert outline_uncertainty(probabilities, probabilities > 0.5) == 0.0
+    probabilities[0, :10] = 0.5  # 10 undecided pixels
+    probabilities[1, :5] = 0.15  # nearly background: not counted
+    probabilities[2, :5] = 0.85  # nearly a mark: not counted
+    assert outline_uncertainty(probabilities, probabilities >= 0.9) == pytest.approx(10 / 25)
+    assert outline_uncertainty(probabilities, np.zeros_like(probabilities, bool)) == 0.0
+
+
+def test_uncertain_outlines_fire_only_for_small_grids_at_full_resolution():
+    probabilities = np.zeros((40, 40), np.float32)
+    probabilities[10:20, 10:20] = 1.0
+    probabilities[25:35, 10:20] = 0.5  # 100 undecided pixels per 100 marked
+    image, _ = disc_grid_scene(rows=2, cols=2, pitch=20, radius=3)
+    base = segment_image(image[:40, :40], ClassicalSegmenter(), SegmentOptions(32, 8))
+    soft = dataclasses.replace(base, probabilities=probabilities, mask=probabilities > 0.9)
+    crisp = dataclasses.replace(
+        soft, probabilities=np.where(probabilities == 0.5, 0, probabilities)
+    )
+    assert UNCERTAIN_OUTLINE_RATIO <= 1.0
+    assert uncertain_outline_retry_scale(30.0, 1.0, soft) == SMALL_MARK_SCALE
+    assert uncertain_outline_retry_scale(30.0, 1.0, crisp) is None
+    assert uncertain_outline_retry_scale(None, 1.0, soft) is None  # no grid seen
+    assert uncertain_outline_retry_scale(SMALL_PITCH_PX, 1.0, soft) is None  # large marks
+    assert uncertain_outline_retry_scale(30.0, SMALL_MARK_SCALE, soft) is None  # looked closer
+
+
+def test_blurred_outlines_of_small_marks_are_segmented_again_enlarged():
+    image, labels = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    options = SegmentOptions(tile_size=128, overlap=32)
+    blurred = BlurredOutlineSegmenter()
+    first = predict_image(image, blurred, options, scale=1.0)
+    assert outline_uncertainty(first.probabilities, first.mask) >= UNCERTAIN_OUTLINE_RATIO
+
+    totals, passes = [], []
+    result = predict_image(
+        image, blurred, options, on_tiles_planned=totals.append, on_pass=passes.append
+    )
+    assert passes == [1.0, SMALL_MARK_SCALE]
+    assert result.scale == SMALL_MARK_SCALE and result.mask.shape == image.shape
+    assert dice(result.mask, labels > 0) > 0.9
+    full, enlarged = count_tiles(image.shape, options), count_tiles(image.shape, options, 1.5)
+    assert totals == [full, full + enlarged]
+
+    # Crisp outlines, or a grid of large marks, keep the single full-resolution pass.
+    passes.clear()
+    crisp = predict_image(image, ClassicalSegmenter(), options)
+    assert outline_uncertainty(crisp.probabilities, crisp.mask) < UNCERTAIN_OUTLINE_RATIO
+    large, _ = disc_grid_scene(rows=4, cols=5, pitch=90, radius=20)
+    predict_image(large, blurred, options, on_pass=passes.append)
+    assert passes == [1.0]
+
+
+def test_an_outline_look_out_of_memory_keeps_the_first_pass():
+    image, labels = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+
+    class BlurredUntilEnlarged(BlurredOutlineSegmenter):
+        enlarged = False
+
+        def predict_batch(self, tiles):
+            if self.enlarged:
+                raise MemoryError
+            return super().predict_batch(tiles)
+
+    segmenter = BlurredUntilEnlarged()
+
+    def on_pass(scale):
+        segmenter.enlarged = scale > 1.0
+
+    result = predict_image(image, segmenter, SegmentOptions(128, 32), on_pass=on_pass)
+    assert result.scale == 1.0 and dice(result.mask, labels > 0) > 0.8
 
 
 def test_probability_net_rejects_mismatched_normalization():
