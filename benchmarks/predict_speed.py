@@ -4,7 +4,8 @@ Old: ResNeXt-50 U-Net, 3-channel ImageNet-normalized input, square nxn canvas of
 (reflect-101 centred padding, no overlap), fp32 eager, one tile per forward (`legacy_predict`).
 New: `amseg predict` with the default architecture and the chosen options. Each run is its own
 process (time from spawn to exit, the peak RSS of that process); runs alternate, medians are shown.
-Random weights: speed does not depend on them.
+The new path runs the shipped weights (a copy of model/weights/default): since session 17 the
+number of passes depends on the network's output. The old configuration has random weights.
 
     .venv/bin/python benchmarks/predict_speed.py --reps 3
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -169,10 +171,14 @@ def make_inputs(
         what = "random texture (model.synth missing)"
     slide = write_png(workdir / "slide.png", image)
     torch.manual_seed(0)
-    # The shipped model's architecture (random weights: speed does not depend on them).
+    # The shipped model itself: how many passes predict_image runs depends on its output (a
+    # second look at 1.5x for uncertain small-mark outlines), and random weights leave every
+    # outline uncertain. Random weights of its architecture only when no model ships.
     shipped = DEFAULT_MODEL_DIR / CARD_FILE
-    new_card = ModelCard.from_json(shipped.read_text()) if shipped.is_file() else ModelCard()
-    new_dir = save_model(workdir / "default-model", build_from_card(new_card), new_card)
+    if shipped.is_file():
+        new_dir = Path(shutil.copytree(DEFAULT_MODEL_DIR, workdir / "default-model"))
+    else:
+        new_dir = save_model(workdir / "default-model", build_from_card(ModelCard()), ModelCard())
     old_dir = save_model(workdir / "legacy-model", build_from_card(legacy_card()), legacy_card())
     return slide, new_dir, old_dir, what
 
