@@ -137,7 +137,7 @@ async def create_task_route(
     accurate: Annotated[
         bool | None,
         Query(
-            description="Enlarge grids of small marks 1.5x first: sharper outlines, 2.25x the "
+            description="Enlarge grids of small marks 2x first: sharper outlines, 4x the "
             "network time on those images (default: ACCURATE_SEGMENTATION, else on only for "
             "the gpu queue)"
         ),

@@ -663,13 +663,14 @@ _SCALE_STEP = 0.5  # scale = 1 / k with k = 1, 1.5, 2, 2.5, ...: few distinct, r
 #
 # The accurate policy (SegmentOptions.accurate, `--accurate`) trades time for outlines: it
 # enlarges grids with a pitch under SMALL_PITCH_PX (marks under ~20-35 px) by SMALL_MARK_SCALE.
-# On the three 48-slide unseen sets (seeds 600000+, 700000+, 900000+) the shipped model's
-# pooled Dice goes 0.9241 / 0.9443 / 0.9471 -> 0.9336 / 0.9492 / 0.9510
-# (benchmarks/model_accuracy.py --accurate), where enlarging every slide gives 0.9291 / 0.9495
-# / 0.9509 (the previous model, frs8): large faint marks lose when enlarged. Cut-offs of
-# 50-80 px score within 0.0005 of 60 on those sets, which it was chosen on (BENCHMARKS.md).
+# Pooled Dice of the shipped model (frs11) on four 48-slide unseen sets (seeds 600000+,
+# 700000+, 800000+, 900000+): 0.9241 / 0.9443 / 0.9426 / 0.9471 at full resolution, 0.9336 /
+# 0.9492 / 0.9497 / 0.9510 enlarged 1.5x, 0.9356 / 0.9512 / 0.9515 / 0.9515 enlarged 2x (4x the
+# network time on those slides; BENCHMARKS.md, session 18). Enlarging every slide, large faint
+# marks included, scores lower (frs8 at 1.5x: 0.9291 / 0.9495 / - / 0.9509). Cut-offs of 50-80
+# px scored within 0.0005 of 60 on the 1.5x policy, on the sets it was chosen on.
 SMALL_PITCH_PX = 60.0
-SMALL_MARK_SCALE = 1.5
+SMALL_MARK_SCALE = MAX_SCALE
 
 
 def auto_scale(pitch: float | None, *, accurate: bool = False) -> float:
@@ -751,11 +752,12 @@ def missed_grid_retry_scale(pitch: float | None, scale: float, mask: np.ndarray)
 # was segmented at full resolution and its outlines came out uncertain, i.e. pixels with a
 # probability between UNCERTAIN_BAND number UNCERTAIN_OUTLINE_RATIO or more of the marked
 # pixels, it segments again enlarged by SMALL_MARK_SCALE and keeps that. Faint or grainy slides
-# of small marks are where the enlargement of the accurate policy pays (600000+: +0.03-0.06
-# Dice on such slides), while crisp slides gain 0.000-0.004 for 2.25x the network time. Chosen
-# on frs11's slides 600000+ and 700000+ (pooled Dice 0.9241 / 0.9443 -> 0.9332 / 0.9489, a
-# second look on 16 of 48 slides each; enlarging all small grids: 0.9336 / 0.9492); a slide it
-# fires on costs the first pass plus 2.25x (BENCHMARKS.md, session 17).
+# of small marks are where enlarging pays (+0.01-0.06 Dice on such slides), while crisp slides
+# gain 0.000-0.004 for 4x the network time. The ratio was chosen with a 1.5x look on frs11's
+# slides 600000+ and 700000+; with the 2x look the four 48-slide sets of the accurate policy's
+# comment go 0.9241 / 0.9443 / 0.9426 / 0.9471 -> 0.9351 / 0.9513 / 0.9503 / 0.9500 (a second
+# look on 9-16 of 48 slides each; 800000+ was held out of both choices). A slide it fires on
+# costs the first pass plus 4x (BENCHMARKS.md, session 18).
 UNCERTAIN_BAND = (0.2, 0.8)
 UNCERTAIN_OUTLINE_RATIO = 0.5
 
@@ -895,9 +897,11 @@ def _predict_gray(
         if on_tiles_planned is not None:
             on_tiles_planned(planned)
         segmentation = segment_at(scale)
-    retry = missed_grid_retry_scale(pitch, scale, segmentation.mask)
-    sharpen = (
-        None if retry is not None else uncertain_outline_retry_scale(pitch, scale, segmentation)
+    # A pass that marked only a few pixels, all of them uncertain, gets the outline look (kept
+    # as it is); one that marked (almost) nothing gets the missed-grid look (kept if it finds more).
+    sharpen = uncertain_outline_retry_scale(pitch, scale, segmentation)
+    retry = (
+        None if sharpen is not None else missed_grid_retry_scale(pitch, scale, segmentation.mask)
     )
     if sharpen is not None:
         if on_tiles_planned is not None:

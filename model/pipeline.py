@@ -55,8 +55,8 @@ class SegmentOptions:
     # Resampling before the network in `process_group`: 1.0 = full resolution, None = from
     # the grid pitch (model.inference.auto_scale: only large marks are shrunk).
     scale: float | None = 1.0
-    # With scale None: also enlarge grids of small marks 1.5x (model.inference.auto_scale),
-    # for sharper outlines at 2.25x the network time on those images.
+    # With scale None: also enlarge grids of small marks 2x (model.inference.auto_scale),
+    # for sharper outlines at 4x the network time on those images.
     accurate: bool = False
 
 

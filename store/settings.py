@@ -68,8 +68,8 @@ class Settings(BaseSettings):
     # Device for the worker's network: auto (CUDA when present), cpu or cuda.
     worker_device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda)$")
     # What the API records for a task that does not say `?accurate=`: enlarge grids of small
-    # marks 1.5x before the network (`amseg predict --accurate`: sharper outlines for 2.25x
-    # the network time on those images). None: on when tasks go to the "gpu" queue, which
+    # marks 2x before the network (`amseg predict --accurate`: sharper outlines for 4x the
+    # network time on those images). None: on when tasks go to the "gpu" queue, which
     # has the time. Decided at upload, so a task gives the same mask on any worker.
     accurate_segmentation: bool | None = None
 

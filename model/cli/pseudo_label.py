@@ -61,8 +61,9 @@ def pseudo_label_group(
     accurate: bool = True,
 ) -> GroupPseudoLabels:
     """Segment one group image as `amseg predict` does (auto scale, and the enlarged second
-    look when a grid shows but no marks were found; with `accurate`, as `--accurate` does) and
-    write its confident crops; earlier crops are replaced."""
+    looks: a grid shows but no marks were found, or small marks came out with uncertain
+    outlines; with `accurate`, as `--accurate` does) and write its confident crops; earlier
+    crops are replaced."""
     from model.inference import predict_image
     from model.pipeline import SegmentOptions
 
@@ -141,7 +142,7 @@ def pseudo_label(
     accurate: bool = typer.Option(
         True,
         "--accurate/--fast",
-        help="Enlarge grids of small marks 1.5x before the network, as amseg predict "
+        help="Enlarge grids of small marks 2x before the network, as amseg predict "
         "--accurate does (default: labels are worth the time); --fast segments as amseg "
         "predict does by default.",
     ),

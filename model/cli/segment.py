@@ -77,9 +77,9 @@ def segment(
         min=0.05,
         max=MAX_SCALE,
         help=scale_help(
-            "from the grid pitch for the model, shrinking only large marks (a second pass 1.5x "
-            "enlarged when a grid shows but no marks are found; --accurate also enlarges "
-            "small marks); 1 for classical"
+            "from the grid pitch for the model, shrinking only large marks (a second pass "
+            "enlarged when a grid shows but no marks are found, or small marks come out with "
+            "blurred outlines; --accurate enlarges all small marks); 1 for classical"
         ),
     ),
     accurate: bool = typer.Option(False, "--accurate", help=ACCURATE_HELP),

@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 import model.cli.pseudo_label as pseudo_label_cli
 from model.cli.app import app
 from model.imageio import read_image
+from model.inference import MISSED_GRID_RETRY_SCALE, SMALL_MARK_SCALE, count_tiles
 from model.network import ModelCard, build_unet, load_model, save_model
+from model.pipeline import SegmentOptions
 from model.segmenters import ClassicalSegmenter
 from model.synth import generate_slide, random_spec, write_dataset_layout
 from model.training import find_pairs
@@ -182,5 +184,9 @@ def test_a_group_is_segmented_with_the_policy_asked_for(tmp_path):
             crop_size=128, tile_size=128, accurate=accurate,
         )  # fmt: skip
         tiles[accurate] = sum(passes)
-    # accurate: one pass at 1.5x; fast: 1x, then the second look at 1.5x (nothing found at 1x)
-    assert 0 < tiles[True] < tiles[False]
+    # accurate: one pass enlarged; fast: 1x, then the second look (nothing found at 1x)
+    options = SegmentOptions(tile_size=128)
+    assert tiles[True] == count_tiles(image.shape, options, SMALL_MARK_SCALE)
+    assert tiles[False] == count_tiles(image.shape, options) + count_tiles(
+        image.shape, options, MISSED_GRID_RETRY_SCALE
+    )

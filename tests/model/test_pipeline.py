@@ -8,6 +8,7 @@ import pytest
 from model.dataset import DatasetLayout
 from model.errors import DatasetError
 from model.imageio import read_image, write_png, write_tiff
+from model.inference import SMALL_MARK_SCALE
 from model.metrics import dice, mark_id_accuracy
 from model.pipeline import GridSpec, SegmentOptions, process_group, segment_image
 from model.segmenters import ClassicalSegmenter
@@ -243,7 +244,7 @@ def test_process_group_with_the_accurate_policy_records_what_ran(tmp_path):
     report = process_group(layout, "g1", OnGpu(), options, GridSpec(8, 9))
 
     meta = json.loads((layout.tiles_dir("g1") / "meta.json").read_text())
-    assert meta["scale"] == report.scale == 1.5
+    assert meta["scale"] == report.scale == SMALL_MARK_SCALE
     assert meta["options"]["accurate"] is True
     assert meta["options"]["batch_size"] == 16
     ids = read_image(layout.am_coords_dir("g1") / "am_coordinates.png")

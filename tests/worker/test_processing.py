@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import update
 
 from model.imageio import read_image
-from model.inference import get_segmenter
+from model.inference import SMALL_MARK_SCALE, get_segmenter
 from model.metrics import mark_id_accuracy
 from model.synth import fit_grid_inside, generate_slide, random_spec
 from store.blobs import LocalBlobStore, TaskBlob, task_blob_key
@@ -195,5 +195,5 @@ def test_an_accurate_task_enlarges_small_marks_in_one_pass(
     reports, accuracy = run_small_mark_task(context, monkeypatch, accurate=True)
     assert accuracy >= 0.95
     stages = [stage for _, stage in reports if stage]
-    assert "segmenting at scale 1.5" in stages  # the task's stage says how it was run
+    assert f"segmenting at scale {SMALL_MARK_SCALE:g}" in stages  # says how it was run
     assert not any("again" in stage for stage in stages)  # enlarged from the start
