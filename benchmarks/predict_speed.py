@@ -172,7 +172,7 @@ def make_inputs(
     slide = write_png(workdir / "slide.png", image)
     torch.manual_seed(0)
     # The shipped model itself: how many passes predict_image runs depends on its output (a
-    # second look at 1.5x for uncertain small-mark outlines), and random weights leave every
+    # second look at 2x for uncertain small-mark outlines), and random weights leave every
     # outline uncertain. Random weights of its architecture only when no model ships.
     shipped = DEFAULT_MODEL_DIR / CARD_FILE
     if shipped.is_file():

@@ -734,7 +734,8 @@ def missed_grid_retry_scale(pitch: float | None, scale: float, mask: np.ndarray)
     """The scale to segment again at when a grid was seen but (almost) no marks were found:
     under MISSED_GRID_MASK_FRACTION of the image, or a few marks of a dense grid (see
     SPARSE_GRID_NODE_SHARE). None also after an enlarged pass (the accurate policy's), which
-    already looked closer. `pitch` is the image's, in the pixels of `mask`."""
+    already looked closer; after that pass ran out of memory, `scale` is the fallback's.
+    `pitch` is the image's, in the pixels of `mask`."""
     if pitch is None or scale > 1.0:
         return None
     share = np.count_nonzero(mask) / mask.size
@@ -806,10 +807,12 @@ def predict_image(
     """Segment an image of any size, optionally resampled first; output has its size.
 
     `scale` None picks a scale from the grid pitch (`auto_scale`, enlarging small marks when
-    `options.accurate`) and, when a grid is there but no marks were found, looks again
-    enlarged (`missed_grid_retry_scale`) and keeps that look if it clearly finds more, and
-    when small marks were found with uncertain outlines, looks again enlarged and keeps that
-    (`uncertain_outline_retry_scale`); a number runs at exactly that scale (1.0 = full
+    `options.accurate`) and takes at most one second look: when small marks came out of a
+    full-resolution pass with uncertain outlines, it looks again enlarged and keeps that
+    (`uncertain_outline_retry_scale`); otherwise (or when that look runs out of memory), when
+    a grid is there but no marks were found, it looks again enlarged
+    (`missed_grid_retry_scale`) and keeps that look if it clearly finds more. No look goes
+    back to a scale that ran out of memory. A number runs at exactly that scale (1.0 = full
     resolution). Away from 1 the image is resampled (`resample`), segmented with
     `segment_image`, and the probabilities are resized back and thresholded at the input's
     size (the returned `grid` and `window` then describe the resampled image, and `scale`
@@ -886,31 +889,33 @@ def _predict_gray(
             result = restore_segmentation(result, gray.shape, options.min_mark_area)
         return dataclasses.replace(result, scale=pass_scale)
 
+    out_of_memory: set[float] = set()  # scales no second look goes back to
     try:
         segmentation = segment_at(scale)
     except MemoryError:
         if scale == fast_scale:
             raise
         # The accurate policy's enlargement is optional: segment as the default does.
+        out_of_memory.add(scale)
         scale = fast_scale
         planned += count_tiles(gray.shape, options, scale)
         if on_tiles_planned is not None:
             on_tiles_planned(planned)
         segmentation = segment_at(scale)
-    # A pass that marked only a few pixels, all of them uncertain, gets the outline look (kept
-    # as it is); one that marked (almost) nothing gets the missed-grid look (kept if it finds more).
+    # The outline look comes first and is kept as it is, also on a pass that marked only a few
+    # pixels, all of them uncertain; the missed-grid look (kept only if it finds clearly more)
+    # runs when the outline look does not, or ran out of memory.
     sharpen = uncertain_outline_retry_scale(pitch, scale, segmentation)
-    retry = (
-        None if sharpen is not None else missed_grid_retry_scale(pitch, scale, segmentation.mask)
-    )
-    if sharpen is not None:
+    if sharpen is not None and sharpen not in out_of_memory:
+        planned += count_tiles(gray.shape, options, sharpen)
         if on_tiles_planned is not None:
-            on_tiles_planned(planned + count_tiles(gray.shape, options, sharpen))
+            on_tiles_planned(planned)
         try:
             return segment_at(sharpen)
         except MemoryError:
-            return segmentation  # the enlarged look is optional: keep what was found
-    if retry is not None:
+            out_of_memory.add(sharpen)  # the enlarged look is optional: keep what was found
+    retry = missed_grid_retry_scale(pitch, scale, segmentation.mask)
+    if retry is not None and retry not in out_of_memory:
         if on_tiles_planned is not None:
             on_tiles_planned(planned + count_tiles(gray.shape, options, retry))
         try:

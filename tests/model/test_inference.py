@@ -579,11 +579,15 @@ def test_blurred_outlines_of_small_marks_are_segmented_again_enlarged():
 
     # Crisp outlines, or a grid of large marks, keep the single full-resolution pass.
     passes.clear()
-    crisp = predict_image(image, ClassicalSegmenter(), options)
+    crisp = predict_image(image, ClassicalSegmenter(), options, on_pass=passes.append)
     assert outline_uncertainty(crisp.probabilities, crisp.mask) < UNCERTAIN_OUTLINE_RATIO
+    assert passes == [1.0] and crisp.scale == 1.0
+    passes.clear()
     large, _ = disc_grid_scene(rows=4, cols=5, pitch=90, radius=20)
-    predict_image(large, blurred, options, on_pass=passes.append)
-    assert passes == [1.0]
+    blurred_large = predict_image(large, blurred, options, on_pass=passes.append)
+    # as uncertain as the small marks: only the pitch keeps it from a second look
+    assert outline_uncertainty(blurred_large.probabilities, blurred_large.mask) >= 1.0
+    assert passes == [1.0] and blurred_large.scale == 1.0
 
 
 def test_an_outline_look_out_of_memory_keeps_the_first_pass():
@@ -598,12 +602,30 @@ def test_an_outline_look_out_of_memory_keeps_the_first_pass():
             return super().predict_batch(tiles)
 
     segmenter = BlurredUntilEnlarged()
+    passes, totals = [], []
 
     def on_pass(scale):
+        passes.append(scale)
         segmenter.enlarged = scale > 1.0
 
-    result = predict_image(image, segmenter, SegmentOptions(128, 32), on_pass=on_pass)
+    options = SegmentOptions(128, 32)
+    full = count_tiles(image.shape, options)
+    enlarged = count_tiles(image.shape, options, SMALL_MARK_SCALE)
+    result = predict_image(
+        image, segmenter, options, on_pass=on_pass, on_tiles_planned=totals.append
+    )
     assert result.scale == 1.0 and dice(result.mask, labels > 0) > 0.8
+    assert passes == [1.0, SMALL_MARK_SCALE] and totals == [full, full + enlarged]
+
+    # --accurate starts enlarged; after it runs out of memory, the fallback's uncertain
+    # outlines must not send it back to the scale that just failed.
+    passes.clear(), totals.clear()
+    accurate = dataclasses.replace(options, accurate=True)
+    result = predict_image(
+        image, segmenter, accurate, on_pass=on_pass, on_tiles_planned=totals.append
+    )
+    assert result.scale == 1.0 and dice(result.mask, labels > 0) > 0.8
+    assert passes == [SMALL_MARK_SCALE, 1.0] and totals == [enlarged, enlarged + full]
 
 
 def test_probability_net_rejects_mismatched_normalization():
