@@ -345,8 +345,9 @@ def test_auto_scale_shrinks_only_large_grids():
         assert pitch * auto_scale(pitch) >= min(pitch, TARGET_PITCH_PX) - 1e-9
 
 
-class OutOfMemoryWhenEnlarged(SmallMarkBlindSegmenter):
-    """Runs out of memory while `enlarged` (set from predict_image's on_pass)."""
+class RunsOutOfMemoryWhenEnlarged:
+    """Mixin: the segmenter runs out of memory while `enlarged` (set from predict_image's
+    on_pass)."""
 
     enlarged = False
 
@@ -354,6 +355,10 @@ class OutOfMemoryWhenEnlarged(SmallMarkBlindSegmenter):
         if self.enlarged:
             raise MemoryError
         return super().predict_batch(tiles)
+
+
+class OutOfMemoryWhenEnlarged(RunsOutOfMemoryWhenEnlarged, SmallMarkBlindSegmenter):
+    pass
 
 
 def test_accurate_auto_scale_enlarges_small_grids_only():
@@ -593,13 +598,8 @@ def test_blurred_outlines_of_small_marks_are_segmented_again_enlarged():
 def test_an_outline_look_out_of_memory_keeps_the_first_pass():
     image, labels = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
 
-    class BlurredUntilEnlarged(BlurredOutlineSegmenter):
-        enlarged = False
-
-        def predict_batch(self, tiles):
-            if self.enlarged:
-                raise MemoryError
-            return super().predict_batch(tiles)
+    class BlurredUntilEnlarged(RunsOutOfMemoryWhenEnlarged, BlurredOutlineSegmenter):
+        pass
 
     segmenter = BlurredUntilEnlarged()
     passes, totals = [], []
