@@ -916,8 +916,9 @@ def _predict_gray(
             out_of_memory.add(sharpen)  # the enlarged look is optional: keep what was found
     retry = missed_grid_retry_scale(pitch, scale, segmentation.mask)
     if retry is not None and retry not in out_of_memory:
+        planned += count_tiles(gray.shape, options, retry)
         if on_tiles_planned is not None:
-            on_tiles_planned(planned + count_tiles(gray.shape, options, retry))
+            on_tiles_planned(planned)
         try:
             second = segment_at(retry)
         except MemoryError:

@@ -226,8 +226,8 @@ class _TileProgress:
     def pass_started(self, scale: float) -> None:
         """The stage names a resampled pass. predict_image looks again, enlarged, when a grid
         of small marks came out with uncertain outlines or a grid shows but no marks were
-        found; its tiles are added to the total, so the bar (never
-        moving back) waits until they are done."""
+        found; its tiles are added to the total, so the bar (never moving back) waits until
+        they are done."""
         self.passes += 1
         if self.passes > 1:
             self.report(self.last, f"segmenting again at scale {scale:g}")

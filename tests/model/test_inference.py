@@ -619,7 +619,8 @@ def test_an_outline_look_out_of_memory_keeps_the_first_pass():
 
     # --accurate starts enlarged; after it runs out of memory, the fallback's uncertain
     # outlines must not send it back to the scale that just failed.
-    passes.clear(), totals.clear()
+    passes.clear()
+    totals.clear()
     accurate = dataclasses.replace(options, accurate=True)
     result = predict_image(
         image, segmenter, accurate, on_pass=on_pass, on_tiles_planned=totals.append
