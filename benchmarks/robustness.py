@@ -9,6 +9,8 @@ bits):
 - dust: 40 bright round blobs, 10-50 px across, soft-edged, from the marks' brightness (half
   the range at least) up to saturation, placed clear of every mark (their truth is
   background; a slide packed with marks gets fewer);
+- dark dust: the same blobs dark, from the marks' darkness (half the range at most) down to
+  black (debris on a bright-field slide, and dust of the marks' polarity on dark-mark slides);
 - gain ramp: light falling from 100 % to 35 % across the slide;
 - offset ramp: a glow adding up to 30 % of the range across the slide;
 - vignette: 45 % darker in the corners;
@@ -16,7 +18,7 @@ bits):
 - half resolution: shot at half the resolution and enlarged back;
 - JPEG 40: 8-bit JPEG at quality 40.
 
-Printed: pooled Dice per disturbance, and the pixels marked inside the dust blobs.
+Printed: pooled Dice per disturbance, and the pixels marked inside the blobs of each dust.
 
     .venv/bin/python benchmarks/robustness.py [--slides 16] [--model DIR] [--cases a,b]
 """
@@ -86,8 +88,20 @@ def dust(
     return dusty, (layer > 0.5 * bright) & (dusty > gray)
 
 
+def dark_dust(
+    gray: np.ndarray, truth: np.ndarray, top: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """`dust` of the negative: dark blobs, and the blob pixels that came out darker."""
+    inverted = _as_dtype(top - gray.astype(np.float32), gray, top)
+    dusty, blobs = dust(inverted, truth, top, rng)
+    return _as_dtype(top - dusty.astype(np.float32), gray, top), blobs
+
+
+DUSTS = {"dust": dust, "dark dust": dark_dust}
+
+
 def disturbances() -> dict[str, Callable[[np.ndarray, float], np.ndarray]]:
-    """Name -> f(gray, full scale) for every case but dust."""
+    """Name -> f(gray, full scale) for every case but the dusts."""
 
     def blur(sigma: float) -> Callable[[np.ndarray, float], np.ndarray]:
         return lambda g, top: _as_dtype(
@@ -126,32 +140,32 @@ def main() -> None:
     args = parser.parse_args()
 
     others = disturbances()
-    cases = ["dust", *others]
+    cases = [*DUSTS, *others]
     if args.cases:
-        cases = [c.strip() for c in args.cases.split(",")]
-        unknown = sorted(set(cases) - {"dust", *others})
+        chosen = [c.strip() for c in args.cases.split(",")]
+        unknown = sorted(set(chosen) - set(cases))
         if unknown:
-            parser.error(
-                f"unknown case(s) {', '.join(unknown)}; choose from dust, {', '.join(others)}"
-            )
+            parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(cases)}")
+        cases = chosen
     segmenter = TorchSegmenter.from_model_dir(args.model)
     options = SegmentOptions(tile_size=segmenter.tile_size)
     counts = {"none": np.zeros(3, np.int64)} | {c: np.zeros(3, np.int64) for c in cases}
-    marked_on_dust = blob_pixels = 0
+    marked_on_blobs = {d: 0 for d in DUSTS if d in cases}
+    blob_pixels = dict.fromkeys(marked_on_blobs, 0)
     for seed in range(args.first_seed, args.first_seed + args.slides):
         slide = generate_slide(random_spec(seed, height=1024, width=1024), seed)
         gray, truth, top = to_grayscale(slide.image), slide.mask > 0, full_scale(slide)
         counts["none"] += dice_counts(predict_image(gray, segmenter, options).mask, truth)
         for case in cases:
-            if case == "dust":
-                disturbed, blobs = dust(gray, truth, top, np.random.default_rng(seed))
+            if case in DUSTS:
+                disturbed, blobs = DUSTS[case](gray, truth, top, np.random.default_rng(seed))
             else:
                 disturbed = others[case](gray, top)
             mask = predict_image(disturbed, segmenter, options).mask
             counts[case] += dice_counts(mask, truth)
-            if case == "dust":
-                marked_on_dust += int(np.count_nonzero(mask & blobs))
-                blob_pixels += int(np.count_nonzero(blobs))
+            if case in DUSTS:
+                marked_on_blobs[case] += int(np.count_nonzero(mask & blobs))
+                blob_pixels[case] += int(np.count_nonzero(blobs))
         print(f"  seed {seed} done", flush=True)
 
     print(f"{args.slides} slides 1024² from seed {args.first_seed}, {segmenter.describe()}")
@@ -159,9 +173,9 @@ def main() -> None:
     print("|---|---|")
     for case, total in counts.items():
         print(f"| {case} | {dice_from_counts(total):.4f} |")
-    if "dust" in cases:
-        share = marked_on_dust / max(blob_pixels, 1)
-        print(f"dust blob pixels marked as marks: {marked_on_dust} of {blob_pixels} ({share:.1%})")
+    for case, marked in marked_on_blobs.items():
+        share = marked / max(blob_pixels[case], 1)
+        print(f"{case} blob pixels marked as marks: {marked} of {blob_pixels[case]} ({share:.1%})")
 
 
 if __name__ == "__main__":
