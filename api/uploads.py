@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import Problem, problem_response
 from model.errors import ImageInputError, ImageTooLargeError
-from model.imageio import read_image, sniff_format
+from model.image.io import read_image, sniff_format
 
 IMAGE_CONTENT_TYPES = {"image/png": "png", "image/tiff": "tiff", "image/jpeg": "jpeg"}
 MULTIPART = "multipart/form-data"

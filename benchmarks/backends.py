@@ -28,10 +28,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.imageio import read_image
-from model.inference import TorchSegmenter, cpu_supports_bf16, reduced_precision_agreement
-from model.network import LIGHT_DECODER, ModelCard, build_from_card, legacy_card
-from model.torch_runtime import ProbabilityNet
+from model.image.io import read_image
+from model.segment.agreement import reduced_precision_agreement
+from model.segment.card import LIGHT_DECODER, ModelCard
+from model.segment.network import build_from_card, legacy_card
+from model.segment.neural import TorchSegmenter
+from model.segment.runtime import RuntimeChoice, cpu_supports_bf16
+from model.segment.torch_runtime import ProbabilityNet
 
 REAL_CROPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
@@ -105,10 +108,9 @@ def backends_for(
         segmenter = TorchSegmenter(  # a copy: each backend wraps (and may convert) its own
             _copy(network, card),
             card,
-            device="cpu",
-            backend=backend,
-            precision=precision,
-            threads=threads,
+            runtime=RuntimeChoice(
+                device="cpu", backend=backend, precision=precision, threads=threads
+            ),
         )
         runners[label] = segmenter.predict_batch
     ort_runner = onnxruntime_fp32(card, _copy(network, card), tile, threads)

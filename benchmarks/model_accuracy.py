@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.imageio import read_image
-from model.inference import TorchSegmenter, predict_image, reduced_precision_agreement
+from model.image.io import read_image
 from model.metrics import (
     ERROR_KINDS,
     dice_counts,
@@ -30,7 +29,10 @@ from model.metrics import (
     f1_from_counts,
     object_counts,
 )
-from model.pipeline import SegmentOptions
+from model.segment.agreement import reduced_precision_agreement
+from model.segment.neural import TorchSegmenter
+from model.segment.predict import predict_image
+from model.segment.single_pass import SegmentOptions
 from model.synth import generate_slide, random_spec
 
 REAL_CROPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"

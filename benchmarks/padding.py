@@ -21,10 +21,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.imageio import to_grayscale
-from model.inference import TorchSegmenter, predict_image
+from model.image.io import to_grayscale
 from model.metrics import dice_counts, dice_from_counts
-from model.pipeline import SegmentOptions
+from model.segment.neural import TorchSegmenter
+from model.segment.predict import predict_image
+from model.segment.single_pass import SegmentOptions
 from model.synth import generate_slide, random_spec
 
 FRAME = 200

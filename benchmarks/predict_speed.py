@@ -37,8 +37,8 @@ def legacy_predict(image_path: Path, out_path: Path, model_dir: Path) -> dict:
     import numpy as np
     import torch
 
-    from model.imageio import read_image, write_png
-    from model.network import load_model
+    from model.image.io import read_image, write_png
+    from model.segment.network import load_model
 
     network, card = load_model(model_dir)
     image = read_image(image_path)
@@ -87,7 +87,7 @@ def new_predict(argv: list[str]) -> dict:
     """`amseg predict ARGV`, timing the network calls from inside the process."""
     import model.cli.predict  # noqa: F401  registers the command
     from model.cli.app import app
-    from model.inference import TorchSegmenter
+    from model.segment.neural import TorchSegmenter
 
     stats = {"network_s": 0.0, "network_mp": 0.0, "tiles": 0}
     original = TorchSegmenter.predict_batch
@@ -146,15 +146,9 @@ def make_inputs(
     import numpy as np
     import torch
 
-    from model.imageio import write_png
-    from model.network import (
-        CARD_FILE,
-        DEFAULT_MODEL_DIR,
-        ModelCard,
-        build_from_card,
-        legacy_card,
-        save_model,
-    )
+    from model.image.io import write_png
+    from model.segment.card import CARD_FILE, DEFAULT_MODEL_DIR, ModelCard
+    from model.segment.network import build_from_card, legacy_card, save_model
 
     try:
         from model.synth import generate_slide, random_spec
@@ -216,8 +210,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="amseg-predict-speed-"))
     os.environ["AMSEG_CACHE_DIR"] = str(workdir / "cache")
     slide, new_dir, old_dir, what = make_inputs(workdir, args.size, args.seed, args.mark_size)
-    from model.imageio import read_image
-    from model.inference import auto_scale, estimate_mark_pitch
+    from model.image.io import read_image
+    from model.segment.pitch import auto_scale, estimate_mark_pitch
 
     image = read_image(slide)
     pitch = estimate_mark_pitch(image)

@@ -21,9 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.inference import TARGET_PITCH_PX, auto_scale, estimate_mark_pitch
 from model.metrics import dice as mask_dice
 from model.metrics import dice_counts, dice_from_counts
+from model.segment.pitch import TARGET_PITCH_PX, auto_scale, estimate_mark_pitch
 from model.synth import generate_slide, random_spec
 
 SCALES = (1 / 1.5, 1 / 2, 1 / 2.5, 1 / 3, 1 / 4)
@@ -41,8 +41,9 @@ def round_trip(mask: np.ndarray, scale: float) -> np.ndarray:
 
 def network_at_scales(model: Path | None, slides: int = 14) -> None:
     """Pooled Dice of the model run at fixed scales on unseen large-mark slides."""
-    from model.inference import TorchSegmenter, predict_image
-    from model.pipeline import SegmentOptions
+    from model.segment.neural import TorchSegmenter
+    from model.segment.predict import predict_image
+    from model.segment.single_pass import SegmentOptions
 
     segmenter = TorchSegmenter.from_model_dir(model)
     options = SegmentOptions(tile_size=segmenter.tile_size)

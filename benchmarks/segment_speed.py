@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from model.imageio import read_image
+from model.image.io import read_image
 from model.metrics import mark_id_accuracy
 from model.synth import fit_grid_inside, generate_slide, random_spec, write_dataset_layout
 

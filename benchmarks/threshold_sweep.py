@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from model.inference import DEFAULT_MODEL_DIR, TorchSegmenter, predict_image
 from model.metrics import dice_counts, dice_from_counts
-from model.pipeline import SegmentOptions, remove_small_components
+from model.segment.card import DEFAULT_MODEL_DIR
+from model.segment.neural import TorchSegmenter
+from model.segment.predict import predict_image
+from model.segment.single_pass import SegmentOptions, remove_small_components
 from model.synth import generate_slide, random_spec
 
 THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)

@@ -20,8 +20,8 @@ import time
 def run_once(size: int, tile: int, overlap: int) -> dict:
     import numpy as np
 
-    from model.normalize import intensity_window
-    from model.tiling import plan_tiles, predict_tiled
+    from model.image.normalize import intensity_window
+    from model.segment.tiles import plan_tiles, predict_tiled
 
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rng = np.random.default_rng(0)

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 from scipy.spatial import cKDTree
 
-from model.normalize import intensity_window
+from model.image.normalize import intensity_window
 
 if TYPE_CHECKING:
     from model.registration import MarkRecord

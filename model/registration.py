@@ -21,7 +21,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from model.errors import RegistrationError
-from model.imageio import write_png
+from model.image.io import write_png
 from model.overlay import render_overlay
 
 MAX_ID = 65535

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from model.errors import AmsegError
-from model.imageio import write_png, write_tiff
+from model.image.io import write_png, write_tiff
 
 MAX_MARKS = 65535
 """Ids are stored as uint16, so a grid may hold at most this many nodes."""

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from model.errors import AmsegError
-from model.imageio import IMAGE_SUFFIXES, read_image, to_grayscale
+from model.image.io import IMAGE_SUFFIXES, read_image, to_grayscale
+from model.image.normalize import normalize_intensity
 from model.metrics import (
     MIN_OBJECT_AREA,
     dice_counts,
@@ -30,18 +31,14 @@ from model.metrics import (
     f1_from_counts,
     object_counts,
 )
-from model.network import (
-    DEFAULT_MODEL_DIR,
-    LIGHT_DECODER,
-    SMP_DEFAULT_DECODER,
-    ModelCard,
+from model.segment.card import DEFAULT_MODEL_DIR, LIGHT_DECODER, SMP_DEFAULT_DECODER, ModelCard
+from model.segment.network import (
     add_full_res_skip,
     build_from_card,
     legacy_card,
     load_model,
     save_model,
 )
-from model.normalize import normalize_intensity
 
 CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.json"

@@ -23,8 +23,8 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from model.errors import AmsegError, ImageInputError
-from model.imageio import read_image, write_png
-from model.pipeline import SegmentOptions
+from model.image.io import read_image, write_png
+from model.segment.single_pass import SegmentOptions
 from store.blobs import BlobNotFoundError, BlobStore, TaskBlob, task_blob_key, task_prefix
 from store.settings import Settings
 from store.tasks import (
@@ -137,8 +137,8 @@ def _run(
     still_ours: Callable[[], bool],
 ) -> dict[str, str]:
     # Imported here: the inference stack is heavy and only a worker needs it.
-    from model.inference import predict_image
     from model.registration import register_marks, write_registration
+    from model.segment.predict import predict_image
 
     def progress(value: float, stage: str | None = None) -> None:
         with context.sessions() as session:

@@ -38,12 +38,14 @@ _context_lock = threading.Lock()
 
 def build_context(settings: Settings) -> WorkerContext:
     """Everything one worker process needs, created fresh in that process."""
-    from model.inference import get_segmenter
+    from model.segment.neural import get_segmenter
+    from model.segment.runtime import RuntimeChoice
 
     engine = create_db_engine(settings.database_url)
 
     def load_segmenter(name: str | None):
-        return get_segmenter(settings.model_dir_for(name), device=settings.worker_device)
+        choice = RuntimeChoice(device=settings.worker_device)
+        return get_segmenter(settings.model_dir_for(name), runtime=choice)
 
     return WorkerContext(
         settings=settings,

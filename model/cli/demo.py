@@ -9,10 +9,11 @@ import typer
 from model.cli.app import app
 from model.cli.console import console
 from model.cli.segment import load_segmenter, run_groups
-from model.dataset import DatasetLayout
-from model.imageio import read_image
+from model.dataset.group import GridSpec
+from model.dataset.layout import DatasetLayout
+from model.image.io import read_image
 from model.metrics import mark_id_accuracy
-from model.pipeline import GridSpec, SegmentOptions
+from model.segment.single_pass import SegmentOptions
 from model.synth import fit_grid_inside, generate_slide, random_spec, write_dataset_layout
 
 

@@ -11,12 +11,12 @@ import typer
 from model.cli.app import app
 from model.cli.console import console, progress_bar
 from model.errors import AmsegError
-from model.imageio import read_image, write_png
-from model.pipeline import MAX_SCALE, SegmentOptions
-from model.tiling import DEFAULT_OVERLAP
+from model.image.io import read_image, write_png
+from model.segment.single_pass import MAX_SCALE, SegmentOptions
+from model.segment.tiles import DEFAULT_OVERLAP
 
 if TYPE_CHECKING:
-    from model.inference import TorchSegmenter
+    from model.segment.neural import TorchSegmenter
 
 
 def scale_help(default: str) -> str:
@@ -90,14 +90,15 @@ def predict(
     """
     check_accurate(accurate, scale)
     # Imported here so that other commands start without the inference stack.
-    from model.inference import TorchSegmenter
+    from model.segment.neural import TorchSegmenter
+    from model.segment.runtime import RuntimeChoice
 
     stems = [path.stem for path in images]
     duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
     if duplicates:
         raise AmsegError(f"several inputs would write the same output: {', '.join(duplicates)}")
     segmenter = TorchSegmenter.from_model_dir(
-        model_dir, device=device, precision=precision, backend=backend
+        model_dir, runtime=RuntimeChoice(device=device, precision=precision, backend=backend)
     )
     tile = tile_size if tile_size is not None else segmenter.tile_size
     if overlap is None:
@@ -159,7 +160,7 @@ def _predict_one(
 ) -> tuple[list[Path], float, float]:
     """Writes the outputs of one image; returns their paths, the scale the network ran at and
     the share of the image left out as padding."""
-    from model.inference import predict_image
+    from model.segment.predict import predict_image
 
     image = read_image(path)  # ImageInputError (an AmsegError) names the file
     segmentation = predict_image(image, segmenter, options, scale=scale, **callbacks)

@@ -13,11 +13,11 @@ import typer
 
 from model.cli.app import app
 from model.cli.console import console
-from model.dataset import DatasetLayout
+from model.dataset.layout import DatasetLayout
 from model.errors import AmsegError
-from model.imageio import read_image, to_grayscale, write_png
-from model.normalize import normalize_intensity, to_uint8
-from model.segmenters import Segmenter
+from model.image.io import read_image, to_grayscale, write_png
+from model.image.normalize import normalize_intensity, to_uint8
+from model.segment.segmenter import Segmenter
 
 DEFAULT_CROP = 512
 DEFAULT_MAX_UNCERTAIN = 0.02
@@ -64,8 +64,8 @@ def pseudo_label_group(
     looks: a grid shows but no marks were found, or small marks came out with uncertain
     outlines; with `accurate`, as `--accurate` does) and write its confident crops; earlier
     crops are replaced."""
-    from model.inference import predict_image
-    from model.pipeline import SegmentOptions
+    from model.segment.predict import predict_image
+    from model.segment.single_pass import SegmentOptions
 
     if not 0.5 < min_confidence < 1.0:
         raise AmsegError(f"--min-confidence must lie in (0.5, 1), got {min_confidence}")
@@ -100,10 +100,9 @@ def pseudo_label_group(
 
 def load_segmenter(model_dir: Path | None) -> Segmenter:
     """The trained model as a pipeline segmenter (imported lazily: torch is heavy)."""
-    from model.inference import TorchSegmenter
-    from model.network import DEFAULT_MODEL_DIR
+    from model.segment.neural import TorchSegmenter
 
-    return TorchSegmenter.from_model_dir(model_dir or DEFAULT_MODEL_DIR)
+    return TorchSegmenter.from_model_dir(model_dir)
 
 
 @app.command("pseudo-label")

@@ -13,7 +13,7 @@ from rich.markup import escape
 from model.cli.app import app
 from model.cli.console import progress_bar
 from model.errors import DatasetError
-from model.imageio import read_image, to_grayscale
+from model.image.io import read_image, to_grayscale
 
 if TYPE_CHECKING:
     from model.registration import Registration

@@ -10,10 +10,11 @@ import typer
 from model.cli.app import app
 from model.cli.console import console, progress_bar
 from model.cli.predict import ACCURATE_HELP, check_accurate, scale_help
-from model.dataset import DatasetLayout
+from model.dataset.group import GridSpec, GroupReport, process_group
+from model.dataset.layout import DatasetLayout
 from model.errors import AmsegError
-from model.pipeline import MAX_SCALE, GridSpec, GroupReport, SegmentOptions, process_group
-from model.segmenters import ClassicalSegmenter, Segmenter
+from model.segment.segmenter import ClassicalSegmenter, Segmenter
+from model.segment.single_pass import MAX_SCALE, SegmentOptions
 
 SEGMENTERS = ("auto", "model", "classical")
 
@@ -25,16 +26,16 @@ def load_segmenter(name: str = "auto", model_dir: Path | None = None) -> Segment
     the model when a model directory is given or the default one exists, else "classical".
     """
     if name == "auto":
-        from model.inference import DEFAULT_MODEL_DIR, WEIGHTS_FILE
+        from model.segment.neural import default_model_available
 
-        have_model = model_dir is not None or (DEFAULT_MODEL_DIR / WEIGHTS_FILE).is_file()
+        have_model = model_dir is not None or default_model_available()
         name = "model" if have_model else "classical"
     if name == "classical":
         if model_dir is not None:
             raise AmsegError("--model cannot be used with --segmenter classical")
         return ClassicalSegmenter()
     if name == "model":
-        from model.inference import get_segmenter
+        from model.segment.neural import get_segmenter
 
         return get_segmenter(model_dir)
     raise AmsegError(f"unknown segmenter {name!r}; available: {', '.join(SEGMENTERS)}")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from model.imageio import read_image
+from model.image.io import read_image
 from model.metrics import dice, mark_id_accuracy
 from model.synth import fit_grid_inside, generate_slide, random_spec
 from tests.conftest import REAL_DATA

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from model.segmenters import ClassicalSegmenter
+from model.segment.segmenter import ClassicalSegmenter
 
 
 def disc_grid_scene(

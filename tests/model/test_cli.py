@@ -45,7 +45,8 @@ def test_predict_path_does_not_load_scipy():
     code = (
         "import sys, numpy as np\n"
         "import model.cli\n"
-        "from model.inference import estimate_mark_pitch, predict_image\n"
+        "from model.segment.pitch import estimate_mark_pitch\n"
+        "from model.segment.predict import predict_image\n"
         "image = np.zeros((256, 256), np.uint8)\n"
         "image[4::16, 4::16] = 255\n"
         "assert estimate_mark_pitch(image) is not None\n"

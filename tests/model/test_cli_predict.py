@@ -12,10 +12,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import model.cli.predict  # noqa: F401  registers the command on the app
-from model import inference
 from model.cli.app import app
 from model.errors import AmsegError
-from model.network import ModelCard, build_from_card, save_model
+from model.segment import neural
+from model.segment.card import ModelCard
+from model.segment.network import build_from_card, save_model
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +85,7 @@ def test_a_bad_file_is_reported_and_the_others_still_run(model_dir, inputs, tmp_
 
 
 def test_missing_default_model_is_a_clear_error(inputs, tmp_path, monkeypatch):
-    monkeypatch.setattr(inference, "DEFAULT_MODEL_DIR", tmp_path / "no-model")
+    monkeypatch.setattr(neural, "DEFAULT_MODEL_DIR", tmp_path / "no-model")
     result = run(str(inputs["gray8"]), "-o", str(tmp_path / "out"))
     assert result.exit_code == 2  # a user error: one line, no traceback
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
@@ -94,16 +95,16 @@ def test_missing_default_model_is_a_clear_error(inputs, tmp_path, monkeypatch):
 
 def test_segment_defaults_to_classical_without_a_model(monkeypatch, tmp_path):
     from model.cli.segment import load_segmenter
-    from model.segmenters import ClassicalSegmenter
+    from model.segment.segmenter import ClassicalSegmenter
 
-    monkeypatch.setattr(inference, "DEFAULT_MODEL_DIR", tmp_path / "no-model")
+    monkeypatch.setattr(neural, "DEFAULT_MODEL_DIR", tmp_path / "no-model")
     assert isinstance(load_segmenter("auto"), ClassicalSegmenter)
     with pytest.raises(AmsegError, match="no trained default model"):
         load_segmenter("model")
 
 
 def test_accurate_enlarges_small_marks_and_says_so(model_dir, tmp_path):
-    from model.imageio import write_png
+    from model.image.io import write_png
     from tests.model.scenes import disc_grid_scene
 
     small, _ = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
@@ -123,7 +124,7 @@ def test_accurate_enlarges_small_marks_and_says_so(model_dir, tmp_path):
 
 
 def test_padding_is_reported_and_only_when_there_is_some(model_dir, tmp_path):
-    from model.imageio import write_png
+    from model.image.io import write_png
     from tests.model.scenes import disc_grid_scene
 
     image, _ = disc_grid_scene()

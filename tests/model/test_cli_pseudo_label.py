@@ -11,11 +11,13 @@ from typer.testing import CliRunner
 
 import model.cli.pseudo_label as pseudo_label_cli
 from model.cli.app import app
-from model.imageio import read_image
-from model.inference import MISSED_GRID_RETRY_SCALE, SMALL_MARK_SCALE, count_tiles
-from model.network import ModelCard, build_unet, load_model, save_model
-from model.pipeline import SegmentOptions
-from model.segmenters import ClassicalSegmenter
+from model.image.io import read_image
+from model.segment.card import ModelCard
+from model.segment.network import build_unet, load_model, save_model
+from model.segment.pitch import SMALL_MARK_SCALE
+from model.segment.predict import MISSED_GRID_RETRY_SCALE, count_tiles
+from model.segment.segmenter import ClassicalSegmenter
+from model.segment.single_pass import SegmentOptions
 from model.synth import generate_slide, random_spec, write_dataset_layout
 from model.training import find_pairs
 
@@ -118,8 +120,8 @@ def test_uncertain_fraction_is_exclusive():
 def test_marks_found_only_on_the_second_look_are_labelled(tmp_path):
     """Pseudo-labels come from predict_image: marks too small for the segmenter at full
     resolution are found enlarged, not written as confident background."""
-    from model.dataset import DatasetLayout
-    from model.imageio import write_png
+    from model.dataset.layout import DatasetLayout
+    from model.image.io import write_png
     from tests.model.scenes import SmallMarkBlindSegmenter, disc_grid_scene
 
     image, labels = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
@@ -162,8 +164,8 @@ def test_the_command_asks_for_the_accurate_policy_unless_fast(dataset, tmp_path,
 
 
 def test_a_group_is_segmented_with_the_policy_asked_for(tmp_path):
-    from model.dataset import DatasetLayout
-    from model.imageio import write_png
+    from model.dataset.layout import DatasetLayout
+    from model.image.io import write_png
     from tests.model.scenes import SmallMarkBlindSegmenter, disc_grid_scene
 
     image, _ = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)

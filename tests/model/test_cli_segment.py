@@ -3,7 +3,7 @@
 from typer.testing import CliRunner
 
 from model.cli import app
-from model.imageio import read_image, write_png
+from model.image.io import read_image, write_png
 from model.metrics import mark_id_accuracy
 from tests.model.scenes import SmallMarkBlindSegmenter, disc_grid_scene
 

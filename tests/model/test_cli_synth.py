@@ -11,7 +11,7 @@ from typer.testing import CliRunner, Result
 from model.cli.app import app
 from model.cli.synth import SynthOptionError  # importing registers the command on `app`
 from model.errors import AmsegError
-from model.imageio import read_image
+from model.image.io import read_image
 
 runner = CliRunner()
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import model.cli.train  # noqa: F401  registers the command
 from model.cli.app import app
 from model.errors import AmsegError
-from model.network import load_model
+from model.segment.network import load_model
 from model.synth import generate_slide, random_spec, write_training_layout
 
 runner = CliRunner()

@@ -6,10 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from model.imageio import read_image
-from model.inference import DEFAULT_MODEL_DIR, WEIGHTS_FILE, TorchSegmenter, predict_image
+from model.image.io import read_image
 from model.metrics import dice
-from model.pipeline import SegmentOptions
+from model.segment.card import DEFAULT_MODEL_DIR, WEIGHTS_FILE
+from model.segment.neural import TorchSegmenter
+from model.segment.predict import predict_image
+from model.segment.single_pass import SegmentOptions
 from model.synth import generate_slide, random_spec
 
 pytestmark = pytest.mark.skipif(

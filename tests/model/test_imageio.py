@@ -9,7 +9,7 @@ import tifffile
 from PIL import Image
 
 from model.errors import ImageInputError
-from model.imageio import read_image, to_grayscale, write_png, write_tiff
+from model.image.io import read_image, to_grayscale, write_png, write_tiff
 
 
 @pytest.fixture

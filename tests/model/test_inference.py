@@ -18,37 +18,37 @@ import numpy as np
 import pytest
 import torch
 
-from model import inference
-from model import network as network_module
 from model.errors import AmsegError
-from model.imageio import read_image
-from model.inference import (
-    BF16_DICE_METRIC,
-    MISSED_GRID_RETRY_SCALE,
+from model.image.io import read_image
+from model.metrics import dice
+from model.segment import neural, predict
+from model.segment.agreement import reduced_precision_agreement
+from model.segment.card import IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_FILE, ModelCard
+from model.segment.network import build_from_card, load_model, save_model
+from model.segment.neural import TorchSegmenter, get_segmenter
+from model.segment.pitch import (
     SMALL_MARK_SCALE,
     SMALL_PITCH_PX,
     TARGET_PITCH_PX,
-    UNCERTAIN_OUTLINE_RATIO,
-    TorchSegmenter,
     auto_scale,
-    count_tiles,
     estimate_mark_pitch,
-    get_segmenter,
+)
+from model.segment.predict import (
+    MISSED_GRID_RETRY_SCALE,
+    UNCERTAIN_OUTLINE_RATIO,
+    count_tiles,
     missed_grid_retry_scale,
     options_for,
     outline_uncertainty,
     predict_image,
-    reduced_precision_agreement,
     resample,
-    resolve_runtime,
     restore_segmentation,
     uncertain_outline_retry_scale,
 )
-from model.metrics import dice
-from model.network import IMAGENET_MEAN, IMAGENET_STD, ModelCard, build_from_card, save_model
-from model.pipeline import MAX_SCALE, Segmentation, SegmentOptions, segment_image
-from model.segmenters import ClassicalSegmenter
-from model.torch_runtime import ProbabilityNet
+from model.segment.runtime import BF16_DICE_METRIC, Runtime, RuntimeChoice, resolve_runtime
+from model.segment.segmenter import ClassicalSegmenter
+from model.segment.single_pass import MAX_SCALE, Segmentation, SegmentOptions, segment_image
+from model.segment.torch_runtime import ProbabilityNet
 from tests.model.scenes import BlindSegmenter, SmallMarkBlindSegmenter, disc_grid_scene
 
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
@@ -88,7 +88,9 @@ def tiles(n: int = 3, size: int = 64, seed: int = 0) -> np.ndarray:
 
 
 def test_probabilities_have_tile_shape_and_unit_range(model_dir):
-    segmenter = TorchSegmenter.from_model_dir(model_dir, backend="torch", precision="fp32")
+    segmenter = TorchSegmenter.from_model_dir(
+        model_dir, runtime=RuntimeChoice(backend="torch", precision="fp32")
+    )
     out = segmenter.predict_batch(tiles())
     assert out.shape == (3, 64, 64) and out.dtype == np.float32
     assert out.min() >= 0.0 and out.max() <= 1.0
@@ -99,20 +101,22 @@ def test_probabilities_have_tile_shape_and_unit_range(model_dir):
 def test_normalization_matches_the_card(directory, request):
     """Gray tiles are normalized with the card's mean/std and replicated to in_channels."""
     path = request.getfixturevalue(directory)
-    network, card = network_module.load_model(path)
+    network, card = load_model(path)
     batch = tiles(2)
     mean = torch.tensor(card.input_mean).view(1, -1, 1, 1)
     std = torch.tensor(card.input_std).view(1, -1, 1, 1)
     x = torch.from_numpy(batch)[:, None].expand(-1, card.in_channels, -1, -1)
     with torch.inference_mode():
         expected = torch.sigmoid(network((x - mean) / std))[:, 0].numpy()
-    got = TorchSegmenter(network, card, backend="torch", precision="fp32").predict_batch(batch)
+    got = TorchSegmenter(
+        network, card, runtime=RuntimeChoice(backend="torch", precision="fp32")
+    ).predict_batch(batch)
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 def test_batch_equals_single_tiles(model_dir):
     segmenter = TorchSegmenter.from_model_dir(
-        model_dir, backend="torch", precision="fp32", batch_size=4
+        model_dir, runtime=RuntimeChoice(backend="torch", precision="fp32", batch_size=4)
     )
     batch = tiles(3)
     together = segmenter.predict_batch(batch)
@@ -122,13 +126,19 @@ def test_batch_equals_single_tiles(model_dir):
 
 @pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino not installed")
 def test_openvino_fp32_agrees_with_eager_and_is_cached(model_dir, tmp_path_factory):
-    reference = TorchSegmenter.from_model_dir(model_dir, backend="torch", precision="fp32")
-    segmenter = TorchSegmenter.from_model_dir(model_dir, backend="openvino", precision="fp32")
+    reference = TorchSegmenter.from_model_dir(
+        model_dir, runtime=RuntimeChoice(backend="torch", precision="fp32")
+    )
+    segmenter = TorchSegmenter.from_model_dir(
+        model_dir, runtime=RuntimeChoice(backend="openvino", precision="fp32")
+    )
     batch = tiles(3, size=96)  # another size than the export example: shapes are dynamic
     expected = reference.predict_batch(batch)
     np.testing.assert_allclose(segmenter.predict_batch(batch), expected, atol=1e-4)
     exports = list((tmp_path_factory.getbasetemp() / "amseg-cache" / "openvino").iterdir())
-    again = TorchSegmenter.from_model_dir(model_dir, backend="openvino", precision="fp32")
+    again = TorchSegmenter.from_model_dir(
+        model_dir, runtime=RuntimeChoice(backend="openvino", precision="fp32")
+    )
     assert list((tmp_path_factory.getbasetemp() / "amseg-cache" / "openvino").iterdir()) == exports
     np.testing.assert_allclose(again.predict_batch(batch), expected, atol=1e-4)
 
@@ -137,7 +147,9 @@ def test_openvino_fp32_agrees_with_eager_and_is_cached(model_dir, tmp_path_facto
 def test_openvino_keeps_the_compiled_network_and_survives_a_damaged_one(tmp_path, monkeypatch):
     monkeypatch.setenv("AMSEG_CACHE_DIR", str(tmp_path / "cache"))
     directory = make_model_dir(tmp_path / "model")
-    first = TorchSegmenter.from_model_dir(directory, backend="openvino", precision="fp32")
+    first = TorchSegmenter.from_model_dir(
+        directory, runtime=RuntimeChoice(backend="openvino", precision="fp32")
+    )
     blobs = list((tmp_path / "cache").rglob("compiled/*.blob"))
     assert len(blobs) == 1
     batch = tiles(2)
@@ -146,7 +158,9 @@ def test_openvino_keeps_the_compiled_network_and_survives_a_damaged_one(tmp_path
     size = blob.stat().st_size
     blob.chmod(0o600)
     blob.write_bytes(blob.read_bytes()[: size // 10])  # as if a process died writing it
-    again = TorchSegmenter.from_model_dir(directory, backend="openvino", precision="fp32")
+    again = TorchSegmenter.from_model_dir(
+        directory, runtime=RuntimeChoice(backend="openvino", precision="fp32")
+    )
     np.testing.assert_allclose(again.predict_batch(batch), expected, atol=1e-5)
     assert blob.stat().st_size == size  # compiled afresh and written back whole
 
@@ -158,46 +172,42 @@ def test_bf16_runs_and_stays_close(model_dir, backend):
         pytest.skip("openvino not installed")
     batch = tiles(2)
     expected = TorchSegmenter.from_model_dir(
-        model_dir, backend="torch", precision="fp32"
+        model_dir, runtime=RuntimeChoice(backend="torch", precision="fp32")
     ).predict_batch(batch)
-    got = TorchSegmenter.from_model_dir(model_dir, backend=backend, precision="bf16").predict_batch(
-        batch
-    )
+    got = TorchSegmenter.from_model_dir(
+        model_dir, runtime=RuntimeChoice(backend=backend, precision="bf16")
+    ).predict_batch(batch)
     assert np.abs(got - expected).mean() < 0.02
 
 
 def test_runtime_choices(model_dir):
     card = ModelCard(**TINY)
-    runtime = resolve_runtime(card.metrics, device="cpu", backend="torch")
+    runtime = resolve_runtime(RuntimeChoice(device="cpu", backend="torch"), card.metrics)
     assert runtime.device == "cpu" and runtime.threads >= 1 and runtime.batch_size == 1
-    from model.inference import cpu_supports_bf16
+    from model.segment.runtime import cpu_supports_bf16
 
     assert runtime.precision == ("bf16" if cpu_supports_bf16() else "fp32")
     vetoed = {BF16_DICE_METRIC: 0.95}
-    assert resolve_runtime(vetoed, device="cpu", backend="torch").precision == "fp32"
+    assert resolve_runtime(RuntimeChoice(device="cpu", backend="torch"), vetoed).precision == "fp32"
     with pytest.raises(AmsegError, match="fp16"):
-        resolve_runtime(None, device="cpu", precision="fp16")
+        resolve_runtime(RuntimeChoice(device="cpu", precision="fp16"), None)
     with pytest.raises(AmsegError, match="unknown backend"):
-        resolve_runtime(None, backend="tensorrt")
+        resolve_runtime(RuntimeChoice(backend="tensorrt"), None)
     if not torch.cuda.is_available():
         with pytest.raises(AmsegError, match="CUDA"):
-            resolve_runtime(None, device="cuda")
+            resolve_runtime(RuntimeChoice(device="cuda"), None)
 
 
 def test_get_segmenter_loads_once(model_dir):
-    first = get_segmenter(model_dir, backend="torch", precision="fp32")
-    assert get_segmenter(str(model_dir), backend="torch", precision="fp32") is first
-
-
-def test_model_directory_constants_mirror_the_network_module():
-    assert inference.DEFAULT_MODEL_DIR == network_module.DEFAULT_MODEL_DIR
-    assert inference.WEIGHTS_FILE == network_module.WEIGHTS_FILE
-    assert inference.CARD_FILE == network_module.CARD_FILE
-    assert inference.CARD_FORMAT == network_module.CARD_FORMAT
+    first = get_segmenter(model_dir, runtime=RuntimeChoice(backend="torch", precision="fp32"))
+    assert (
+        get_segmenter(str(model_dir), runtime=RuntimeChoice(backend="torch", precision="fp32"))
+        is first
+    )
 
 
 def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(inference, "DEFAULT_MODEL_DIR", tmp_path / "nothing-here")
+    monkeypatch.setattr(neural, "DEFAULT_MODEL_DIR", tmp_path / "nothing-here")
     with pytest.raises(AmsegError, match="no trained default model"):
         TorchSegmenter.from_model_dir()
     with pytest.raises(AmsegError, match="no trained default model"):
@@ -210,7 +220,7 @@ def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
 )
 @pytest.mark.parametrize("scale", [1.0, 0.5, 1.5])
 def test_predict_image_keeps_the_input_size(model_dir, shape, dtype, scale):
-    segmenter = get_segmenter(model_dir, backend="torch", precision="fp32")
+    segmenter = get_segmenter(model_dir, runtime=RuntimeChoice(backend="torch", precision="fp32"))
     image = np.random.default_rng(1).integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
     planned = []
     segmentation = predict_image(
@@ -224,7 +234,7 @@ def test_predict_image_keeps_the_input_size(model_dir, shape, dtype, scale):
 
 
 def test_predict_image_rejects_a_bad_scale(model_dir):
-    segmenter = get_segmenter(model_dir, backend="torch", precision="fp32")
+    segmenter = get_segmenter(model_dir, runtime=RuntimeChoice(backend="torch", precision="fp32"))
     for bad in (0.0, -1.0, MAX_SCALE + 0.5):
         with pytest.raises(AmsegError, match="scale"):
             predict_image(np.zeros((64, 64), np.uint8), segmenter, OPTIONS, scale=bad)
@@ -422,7 +432,7 @@ def test_an_accurate_pass_out_of_memory_falls_back_to_the_default_scale():
 
 def test_options_for_a_gpu_runtime_batch_more_tiles():
     class OnGpu(ClassicalSegmenter):
-        runtime = inference.Runtime("cuda", "torch", "fp16", threads=2, batch_size=16)
+        runtime = Runtime("cuda", "torch", "fp16", threads=2, batch_size=16)
 
     options = SegmentOptions(batch_size=8)
     assert options_for(OnGpu(), options).batch_size == 16
@@ -482,7 +492,7 @@ def test_marks_too_small_for_the_segmenter_are_found_on_a_second_enlarged_pass()
 def test_a_second_pass_that_finds_no_more_does_not_replace_the_first(monkeypatch):
     # Force the second look on a scene whose marks the first pass finds: the enlarged pass
     # finds about as many mark pixels, so the full-resolution result stays.
-    monkeypatch.setattr(inference, "MISSED_GRID_MASK_FRACTION", 1.0)
+    monkeypatch.setattr(predict, "MISSED_GRID_MASK_FRACTION", 1.0)
     image, labels = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
     passes = []
     result = predict_image(
@@ -641,8 +651,8 @@ def test_reduced_precision_keeps_the_masks_of_the_trained_model(real_crops):
 
     Checks $AMSEG_MODEL_DIR when set, else the default model; skips when there is none.
     """
-    directory = Path(os.environ.get("AMSEG_MODEL_DIR") or inference.DEFAULT_MODEL_DIR)
-    if not (directory / network_module.WEIGHTS_FILE).is_file():
+    directory = Path(os.environ.get("AMSEG_MODEL_DIR") or neural.DEFAULT_MODEL_DIR)
+    if not (directory / WEIGHTS_FILE).is_file():
         pytest.skip(f"no trained model in {directory}")
     images = [(path.name, read_image(path)) for path in real_crops]
     report = reduced_precision_agreement(directory, images, precision="bf16", backend="auto")
@@ -655,11 +665,15 @@ def test_cached_export_loads_without_torch(model_dir):
     import subprocess
     import sys
 
-    TorchSegmenter.from_model_dir(model_dir, backend="openvino", precision="fp32")  # caches it
+    TorchSegmenter.from_model_dir(
+        model_dir, runtime=RuntimeChoice(backend="openvino", precision="fp32")
+    )  # caches it
     code = (
         "import sys, numpy as np\n"
-        "from model.inference import TorchSegmenter\n"
-        f"s = TorchSegmenter.from_model_dir({str(model_dir)!r}, backend='openvino')\n"
+        "from model.segment.neural import TorchSegmenter\n"
+        "from model.segment.runtime import RuntimeChoice\n"
+        f"s = TorchSegmenter.from_model_dir({str(model_dir)!r}, "
+        "runtime=RuntimeChoice(backend='openvino'))\n"
         "out = s.predict_batch(np.zeros((1, 64, 64), np.float32))\n"
         "assert out.shape == (1, 64, 64) and s.tile_size == 64\n"
         "print('torch' in sys.modules)\n"

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from model.errors import AmsegError
-from model.network import (
+from model.segment.card import ModelCard
+from model.segment.network import (
     FullResUnetDecoder,
-    ModelCard,
     add_full_res_skip,
     build_from_card,
     build_unet,

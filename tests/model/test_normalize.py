@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from model.normalize import (
+from model.image.normalize import (
     fill_padding,
     find_padding,
     intensity_window,

@@ -5,13 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from model.dataset import DatasetLayout
+from model.dataset.group import GridSpec, process_group
+from model.dataset.layout import DatasetLayout
 from model.errors import DatasetError
-from model.imageio import read_image, write_png, write_tiff
-from model.inference import SMALL_MARK_SCALE
+from model.image.io import read_image, write_png, write_tiff
 from model.metrics import dice, mark_id_accuracy
-from model.pipeline import GridSpec, SegmentOptions, process_group, segment_image
-from model.segmenters import ClassicalSegmenter
+from model.segment.pitch import SMALL_MARK_SCALE
+from model.segment.segmenter import ClassicalSegmenter
+from model.segment.single_pass import SegmentOptions, segment_image
 from tests.model.scenes import SmallMarkBlindSegmenter, disc_grid_scene
 
 SMALL_TILES = SegmentOptions(tile_size=128, overlap=32)
@@ -177,9 +178,9 @@ def test_process_group_keeps_only_the_tiles_of_the_pass_it_used(tmp_path):
 def test_process_group_keeps_the_first_pass_tiles_when_the_second_finds_no_more(
     tmp_path, monkeypatch
 ):
-    from model import inference
+    from model.segment import predict
 
-    monkeypatch.setattr(inference, "MISSED_GRID_MASK_FRACTION", 1.0)  # always look twice
+    monkeypatch.setattr(predict, "MISSED_GRID_MASK_FRACTION", 1.0)  # always look twice
     image, _ = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
     layout = _dataset(tmp_path, image)
     options = SegmentOptions(tile_size=128, overlap=32, scale=None)
@@ -232,7 +233,7 @@ def test_earlier_tiles_and_left_over_pass_folders_are_replaced(tmp_path):
 def test_process_group_with_the_accurate_policy_records_what_ran(tmp_path):
     """--accurate enlarges a small-mark grid in one pass; meta.json records that pass and the
     batch size the segmenter's runtime asked for, not the CPU default."""
-    from model.inference import Runtime
+    from model.segment.runtime import Runtime
 
     class OnGpu(ClassicalSegmenter):
         runtime = Runtime("cuda", "torch", "fp16", threads=2, batch_size=16)

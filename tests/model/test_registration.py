@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model.errors import RegistrationError
-from model.imageio import read_image
+from model.image.io import read_image
 from model.overlay import render_overlay
 from model.registration import MarkRecord, Registration, register_marks, write_registration
 from tests.model.grid_masks import GridMask, GridSpec, id_accuracy, make_grid_mask

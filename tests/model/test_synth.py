@@ -12,7 +12,7 @@ from PIL import Image
 from scipy import ndimage
 
 from model.errors import AmsegError
-from model.imageio import read_image
+from model.image.io import read_image
 from model.synth import (
     SlideSpec,
     SyntheticSlide,

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.tiling import (
+from model.segment.tiles import (
     TileStitcher,
     blend_weights,
     extract_tile,

@@ -12,9 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from model.errors import AmsegError
-from model.imageio import write_png
+from model.image.io import write_png
 from model.metrics import dice_counts, dice_from_counts, object_counts
-from model.network import ModelCard, build_unet, legacy_card, load_model, save_model
+from model.segment.card import ModelCard
+from model.segment.network import build_unet, legacy_card, load_model, save_model
 from model.training import (
     ADDED_LAYERS_LR_FACTOR,
     Sample,

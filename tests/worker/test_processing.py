@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from sqlalchemy import update
 
-from model.imageio import read_image
-from model.inference import SMALL_MARK_SCALE, get_segmenter
+from model.image.io import read_image
 from model.metrics import mark_id_accuracy
+from model.segment.neural import get_segmenter
+from model.segment.pitch import SMALL_MARK_SCALE
 from model.synth import fit_grid_inside, generate_slide, random_spec
 from store.blobs import LocalBlobStore, TaskBlob, task_blob_key
 from store.database import create_db_engine, create_session_factory, upgrade_database

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from model.errors import AmsegError
-from model.network import ModelCard
+from model.segment.card import ModelCard
 
 
 class ProbabilityNet(torch.nn.Module):

@@ -8,10 +8,7 @@ with `encoder_weights=None` and weights come only from model directories.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # smp must never reach for a model hub
@@ -23,60 +20,18 @@ from segmentation_models_pytorch.base import modules as smp_modules
 from segmentation_models_pytorch.base.initialization import initialize_decoder
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder, UnetDecoderBlock
 
-from model import __version__
 from model.errors import AmsegError
-
-CARD_FORMAT = "amseg-model/1"
-WEIGHTS_FILE = "model.safetensors"
-CARD_FILE = "model_card.json"
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "default"
-
-LIGHT_DECODER = (128, 64, 32, 16, 8)
-SMP_DEFAULT_DECODER = (256, 128, 64, 32, 16)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class ModelCard:
-    """Everything about a trained model except its weights (stored as model_card.json)."""
-
-    encoder: str = "efficientnet-b0"
-    decoder_channels: tuple[int, ...] = LIGHT_DECODER
-    in_channels: int = 1
-    architecture: str = "Unet"
-    # Channels of a small full-resolution branch on the input, fed to the last decoder block
-    # (0: the plain smp U-Net, whose finest skip is at half resolution). See FullResUnetDecoder.
-    full_res_skip: int = 0
-    # Tiles arrive normalized to [0, 1] (percentile clip); the network sees (x - mean) / std,
-    # per input channel (gray is replicated for 3-channel networks).
-    input_mean: tuple[float, ...] = (0.5,)
-    input_std: tuple[float, ...] = (0.25,)
-    tile_size: int = 512
-    threshold: float = 0.5
-    mark_px: float | None = None  # typical mark diameter (px) the model works best at
-    matrix: str | None = None  # MALDI matrix the model was trained for (DHB, DAN)
-    data: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    training: dict = field(default_factory=dict)
-    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-    amseg_version: str = __version__
-    format: str = CARD_FORMAT
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelCard:
-        raw = json.loads(text)
-        if raw.get("format") != CARD_FORMAT:
-            raise AmsegError(f"unsupported model card format {raw.get('format')!r}")
-        known = {f for f in cls.__dataclass_fields__}
-        values = {k: v for k, v in raw.items() if k in known}
-        for key in ("decoder_channels", "input_mean", "input_std"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
+from model.segment.card import (
+    DEFAULT_MODEL_DIR,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LIGHT_DECODER,
+    SMP_DEFAULT_DECODER,
+    WEIGHTS_FILE,
+    ModelCard,
+    read_card,
+    write_card,
+)
 
 
 class FullResUnetDecoder(UnetDecoder):
@@ -199,9 +154,7 @@ def save_model(directory: str | os.PathLike, network: torch.nn.Module, card: Mod
     tmp_weights = directory / f".{WEIGHTS_FILE}.tmp"
     save_file(state, str(tmp_weights))
     os.replace(tmp_weights, directory / WEIGHTS_FILE)
-    tmp_card = directory / f".{CARD_FILE}.tmp"
-    tmp_card.write_text(card.to_json())
-    os.replace(tmp_card, directory / CARD_FILE)
+    write_card(directory, card)
     return directory
 
 
@@ -210,12 +163,8 @@ def load_model(
 ) -> tuple[torch.nn.Module, ModelCard]:
     """Load a model directory (default: the model shipped with amseg) in eval mode."""
     directory = Path(directory) if directory is not None else DEFAULT_MODEL_DIR
-    card_path, weights_path = directory / CARD_FILE, directory / WEIGHTS_FILE
-    if not card_path.is_file() or not weights_path.is_file():
-        raise AmsegError(
-            f"{directory}: not a model directory (needs {CARD_FILE} and {WEIGHTS_FILE})"
-        )
-    card = ModelCard.from_json(card_path.read_text())
+    card = read_card(directory)
+    weights_path = directory / WEIGHTS_FILE
     network = build_from_card(card)
     state = load_file(str(weights_path), device="cpu")
     # Shapes first: smp's load_state_dict would drop a misfit tensor with a loud warning.

@@ -1,8 +1,5 @@
-"""Image → marks: normalize, tile, segment, stitch, (register); and the same per dataset group.
-
-`segment_image` is what the CLI, the dataset pipeline and the service worker all call; the
-dataset functions add the old on-disk layout around it (see `model.dataset`).
-"""
+"""One dataset group end to end: read the source, segment it, register the marks, and write
+the old on-disk layout around it (see `model.dataset.layout`)."""
 
 from __future__ import annotations
 
@@ -14,112 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from model.dataset import DatasetLayout
-from model.imageio import read_image, to_grayscale, write_png, write_tiff
-from model.normalize import (
-    DEFAULT_HIGH_PERCENTILE,
-    DEFAULT_LOW_PERCENTILE,
-    IntensityWindow,
-    intensity_window,
-    to_uint8,
-)
-from model.segmenters import Segmenter
-from model.tiling import (
-    DEFAULT_OVERLAP,
-    DEFAULT_TILE_SIZE,
-    Tile,
-    TileGrid,
-    plan_tiles,
-    predict_tiled,
-)
-
-# Largest --scale of the neural segmenter (inference.checked_scale): 2x makes 8 px marks 16 px;
-# beyond it time and memory (4x the pixels at 2x) grow with no use for marks of 8-60 px.
-MAX_SCALE = 2.0
-
-
-@dataclass(frozen=True)
-class SegmentOptions:
-    """Knobs of the segmentation step (defaults work for typical slides)."""
-
-    tile_size: int = DEFAULT_TILE_SIZE
-    overlap: int = DEFAULT_OVERLAP
-    low_percentile: float = DEFAULT_LOW_PERCENTILE
-    high_percentile: float = DEFAULT_HIGH_PERCENTILE
-    threshold: float | None = None  # None: the segmenter's own threshold
-    batch_size: int = 8
-    min_mark_area: int = 12  # connected components smaller than this (px) are noise
-    # Resampling before the network in `process_group`: 1.0 = full resolution, None = from
-    # the grid pitch (model.inference.auto_scale: only large marks are shrunk).
-    scale: float | None = 1.0
-    # With scale None: also enlarge grids of small marks 2x (model.inference.auto_scale),
-    # for sharper outlines at 4x the network time on those images.
-    accurate: bool = False
-
-
-@dataclass
-class Segmentation:
-    """Result of `segment_image`, all at the input image's size."""
-
-    probabilities: np.ndarray  # float32 in [0, 1]
-    mask: np.ndarray  # bool
-    window: IntensityWindow
-    grid: TileGrid
-    threshold: float
-    # The network saw the image resampled by this factor; `grid` and `window` describe that
-    # resampled image (see inference.predict_image).
-    scale: float = 1.0
-    # (y, x) of the image's corner that `grid` starts from: not (0, 0) when padding around
-    # the sample was cropped off (see inference.predict_image).
-    offset: tuple[int, int] = (0, 0)
-    # Share of the image's pixels found to be padding and left out (background in `mask`).
-    padding_share: float = 0.0
-
-
-def segment_image(
-    image: np.ndarray,
-    segmenter: Segmenter,
-    options: SegmentOptions = SegmentOptions(),
-    *,
-    on_progress: Callable[[int], None] | None = None,
-    on_tile: Callable[[Tile, np.ndarray, np.ndarray], None] | None = None,
-) -> Segmentation:
-    """Segment marks in a gray or colour image of any bit depth and size.
-
-    Intensities are normalized per tile through the whole image's percentile window, so no
-    float copy of the image is made; probabilities are blended across tile overlaps and
-    thresholded once on the stitched map.
-    """
-    gray = to_grayscale(image)
-    window = intensity_window(gray, options.low_percentile, options.high_percentile)
-    grid = plan_tiles(gray.shape[0], gray.shape[1], options.tile_size, options.overlap)
-    probabilities = predict_tiled(
-        gray,
-        segmenter.predict_batch,
-        grid,
-        transform=window.apply,
-        batch_size=options.batch_size,
-        on_progress=on_progress,
-        on_tile=on_tile,
-    )
-    threshold = segmenter.threshold if options.threshold is None else options.threshold
-    mask = remove_small_components(probabilities > threshold, options.min_mark_area)
-    return Segmentation(probabilities, mask, window, grid, threshold)
-
-
-def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
-    """Drop 8-connected components smaller than `min_area` pixels."""
-    if min_area <= 1 or not mask.any():
-        return mask
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(
-        mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
-    )
-    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
-    keep[0] = False
-    return keep[labels]
+from model.dataset.layout import DatasetLayout
+from model.image.io import read_image, to_grayscale, write_png, write_tiff
+from model.image.normalize import IntensityWindow, intensity_window, to_uint8
+from model.segment.predict import options_for, predict_image
+from model.segment.segmenter import Segmenter
+from model.segment.single_pass import SegmentOptions
+from model.segment.tiles import Tile
 
 
 def normalized_uint8(image: np.ndarray, window: IntensityWindow) -> np.ndarray:
@@ -192,8 +92,6 @@ def process_group(
     )
 
     stage("segment")
-    # Imported here: model.inference builds on this module.
-    from model.inference import options_for, predict_image
 
     options = options_for(segmenter, options)  # so that meta.json records what ran
 

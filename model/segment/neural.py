@@ -1,0 +1,142 @@
+"""The trained U-Net as a `Segmenter`: tiles in, probabilities out, on the chosen runtime."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from model.errors import AmsegError
+from model.segment.card import DEFAULT_MODEL_DIR, WEIGHTS_FILE, ModelCard, read_card
+from model.segment.runtime import (
+    OpenVinoRunner,
+    Runtime,
+    RuntimeChoice,
+    directory_fingerprint,
+    ensure_openvino_export,
+    export_path,
+    resolve_runtime,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and segmentation-models-pytorch take ~4 s to import; a process whose OpenVINO export
+# is cached never needs them, so `network` and `torch_runtime` load on demand.
+
+
+class TorchSegmenter:
+    """A trained U-Net as a `Segmenter`: (N, T, T) tiles in [0, 1] → (N, T, T) probabilities.
+
+    Built from an in-memory network and card, or with `from_model_dir`, which skips torch
+    altogether when the OpenVINO backend is chosen and the export is already cached.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        card: ModelCard,
+        *,
+        runtime: RuntimeChoice = RuntimeChoice(),
+        model_dir: Path | None = None,
+    ) -> None:
+        from model.segment import torch_runtime
+
+        resolved = resolve_runtime(runtime, card.metrics)
+        self._setup(resolved, card, model_dir)
+        net = torch_runtime.ProbabilityNet(network.float().cpu().eval(), card).eval()
+        if resolved.backend == "openvino":
+            fingerprint = (
+                directory_fingerprint(model_dir)
+                if model_dir is not None
+                else torch_runtime.state_fingerprint(network, card)
+            )
+            xml = ensure_openvino_export(export_path(fingerprint), lambda: net)
+            self._run = OpenVinoRunner(xml, resolved)
+        else:
+            if resolved.device == "cpu":
+                torch_runtime.set_threads(resolved.threads)
+            self._run = torch_runtime.TorchRunner(net, resolved.device, resolved.precision)
+
+    def _setup(self, runtime: Runtime, card: ModelCard, model_dir: Path | None) -> None:
+        self.runtime = runtime
+        self.card = card
+        self.encoder = card.encoder
+        self.name = f"unet-{card.encoder}"
+        self.threshold = float(card.threshold)
+        self.tile_size = int(card.tile_size)
+        self.model_dir = model_dir
+        self._run: Callable[[np.ndarray], np.ndarray]
+
+    @classmethod
+    def from_model_dir(
+        cls,
+        path: Path | str | None = None,
+        *,
+        runtime: RuntimeChoice = RuntimeChoice(),
+    ) -> TorchSegmenter:
+        """Load a model directory (default: the model shipped with amseg)."""
+        directory = Path(path) if path is not None else DEFAULT_MODEL_DIR
+        if path is None and not (directory / WEIGHTS_FILE).is_file():
+            raise AmsegError(
+                f"no trained default model in {directory}; pass a model directory with "
+                "--model DIR (or use the classical segmenter where a command offers it)"
+            )
+        card = read_card(directory)
+        resolved = resolve_runtime(runtime, card.metrics)
+        if resolved.backend == "openvino":
+            xml = export_path(directory_fingerprint(directory))
+            if xml.is_file() and xml.with_suffix(".bin").is_file():
+                segmenter = cls.__new__(cls)
+                segmenter._setup(resolved, card, directory)
+                segmenter._run = OpenVinoRunner(xml, resolved)
+                return segmenter
+        from model.segment.network import load_model
+
+        network, card = load_model(directory, device="cpu")
+        return cls(network, card, runtime=resolved.as_choice(), model_dir=directory)
+
+    def describe(self) -> str:
+        """One line for logs: model, backend, precision, device."""
+        where = f" from {self.model_dir}" if self.model_dir is not None else ""
+        return f"{self.encoder} U-Net{where} via {self.runtime.describe()}"
+
+    def predict_batch(self, tiles: np.ndarray) -> np.ndarray:
+        """Probabilities (N, T, T) float32 in [0, 1] for tiles (N, T, T) float32 in [0, 1]."""
+        tiles = np.asarray(tiles, dtype=np.float32)
+        if tiles.ndim != 3:
+            raise ValueError(f"tiles must be (N, T, T), got shape {tiles.shape}")
+        out = np.empty(tiles.shape, dtype=np.float32)
+        step = self.runtime.batch_size
+        for start in range(0, len(tiles), step):
+            out[start : start + step] = self._run(tiles[start : start + step])
+        return out
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_segmenter(path: Path, runtime: RuntimeChoice) -> TorchSegmenter:
+    return TorchSegmenter.from_model_dir(path, runtime=runtime)
+
+
+def default_model_available() -> bool:
+    """Whether the default model directory holds weights (a source checkout without them may
+    fall back to the classical segmenter)."""
+    return (DEFAULT_MODEL_DIR / WEIGHTS_FILE).is_file()
+
+
+def get_segmenter(
+    path: Path | str | None = None,
+    *,
+    runtime: RuntimeChoice = RuntimeChoice(),
+) -> TorchSegmenter:
+    """The segmenter for a model directory, loaded once per process (for long-lived workers)."""
+    if path is None:
+        directory = DEFAULT_MODEL_DIR
+        if not (directory / WEIGHTS_FILE).is_file():
+            return TorchSegmenter.from_model_dir(None)  # raises the clear "no default" error
+    else:
+        directory = Path(path)
+    return _cached_segmenter(directory.resolve(), runtime)

@@ -1,0 +1,256 @@
+"""Where the network runs: device, backend, precision, threads and batch, and the OpenVINO export.
+
+`RuntimeChoice` is what a user asks for (each field may be "auto"); `resolve_runtime` turns it
+into a concrete `Runtime` for this machine, or explains why it cannot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.errors import AmsegError
+from model.segment.card import CARD_FILE, WEIGHTS_FILE
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BACKENDS = ("auto", "torch", "openvino")
+
+# A reduced-precision path must give the same masks as fp32 on real crops (Dice >= this).
+MIN_REDUCED_PRECISION_DICE = 0.99
+# Model-card metric written by whoever validated bf16 on a trained model; a value below
+# MIN_REDUCED_PRECISION_DICE makes precision="auto" stay in fp32 for that model.
+BF16_DICE_METRIC = "bf16_mask_dice"
+
+# Eager CPU runs slower on batches than on single tiles (cache pressure; measured in
+# benchmarks/backends.py), OpenVINO is indifferent; a GPU needs batches to be kept busy.
+CPU_BATCH_SIZE = 1
+CUDA_BATCH_SIZE = 16
+
+_EXPORT_VERSION = "1"  # bump when the exported graph changes (normalization, output)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeChoice:
+    """What the user asked for; "auto" and None are decided by `resolve_runtime`."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    backend: str = "auto"
+    threads: int | None = None
+    batch_size: int | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Hardware and backend detection
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@functools.cache
+def cpu_supports_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower."""
+    flags = _cpu_flags()
+    if flags:
+        return bool(flags & {"avx512_bf16", "amx_bf16"})
+    # No /proc/cpuinfo (not Linux): torch reports AMX-capable CPUs by capability name.
+    from model.segment.torch_runtime import cpu_capability
+
+    return "AMX" in cpu_capability().upper()
+
+
+@functools.cache
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA GPU; without an NVIDIA driver on Linux, torch is not imported."""
+    if sys.platform == "linux" and not Path("/proc/driver/nvidia/version").exists():
+        return False
+    from model.segment.torch_runtime import cuda_available as torch_cuda_available
+
+    return torch_cuda_available()
+
+
+def openvino_available() -> bool:
+    """Whether the optional OpenVINO runtime is installed."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def default_threads() -> int:
+    """CPU cores this process may use (the affinity mask, which os.cpu_count() ignores)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """Where and how the network runs, with every "auto" resolved."""
+
+    device: str
+    backend: str
+    precision: str
+    threads: int
+    batch_size: int
+
+    def describe(self) -> str:
+        where = "GPU" if self.device == "cuda" else f"CPU, {self.threads} threads"
+        return f"{self.backend} {self.precision} ({where})"
+
+    def as_choice(self) -> RuntimeChoice:
+        """This runtime as a choice with nothing left to decide."""
+        return RuntimeChoice(
+            self.device, self.precision, self.backend, self.threads, self.batch_size
+        )
+
+
+def resolve_runtime(
+    choice: RuntimeChoice = RuntimeChoice(), metrics: dict | None = None
+) -> Runtime:
+    """Turn the user's choice (each field may be "auto") into a concrete runtime, or explain
+    why not. `metrics` are the model card's; a recorded failed bf16 check keeps "auto" in fp32.
+    """
+    device, precision, backend = choice.device, choice.precision, choice.backend
+    threads, batch_size = choice.threads, choice.batch_size
+    for value, allowed, what in (
+        (device, DEVICES, "device"),
+        (precision, PRECISIONS, "precision"),
+        (backend, BACKENDS, "backend"),
+    ):
+        if value not in allowed:
+            raise AmsegError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+    if device == "auto":
+        device = "cuda" if cuda_available() else "cpu"
+    elif device == "cuda" and not cuda_available():
+        raise AmsegError("--device cuda was asked for, but torch sees no CUDA GPU")
+
+    if backend == "auto":
+        backend = "openvino" if device == "cpu" and openvino_available() else "torch"
+    elif backend == "openvino":
+        if device != "cpu":
+            raise AmsegError("the openvino backend runs on the CPU only; use --backend torch")
+        if not openvino_available():
+            raise AmsegError("the openvino backend is not installed (pip install openvino)")
+
+    if precision == "auto":
+        if device == "cuda":
+            from model.segment.torch_runtime import cuda_bf16_supported
+
+            precision = "bf16" if cuda_bf16_supported() else "fp16"
+        else:
+            bf16_dice = (metrics or {}).get(BF16_DICE_METRIC)
+            vetoed = bf16_dice is not None and float(bf16_dice) < MIN_REDUCED_PRECISION_DICE
+            precision = "bf16" if cpu_supports_bf16() and not vetoed else "fp32"
+    elif precision == "fp16" and device == "cpu":
+        raise AmsegError("fp16 is a GPU precision; on the CPU use bf16 or fp32")
+
+    if threads is not None and threads < 1:
+        raise AmsegError(f"threads must be at least 1, got {threads}")
+    if batch_size is not None and batch_size < 1:
+        raise AmsegError(f"batch size must be at least 1, got {batch_size}")
+    return Runtime(
+        device=device,
+        backend=backend,
+        precision=precision,
+        threads=threads or default_threads(),
+        batch_size=batch_size or (CUDA_BATCH_SIZE if device == "cuda" else CPU_BATCH_SIZE),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# OpenVINO: export once per weights, cached on disk
+
+
+def cache_root() -> Path:
+    """Where exported models are kept: $AMSEG_CACHE_DIR, else $XDG_CACHE_HOME/amseg."""
+    if os.environ.get("AMSEG_CACHE_DIR"):
+        return Path(os.environ["AMSEG_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "amseg"
+
+
+def directory_fingerprint(directory: Path) -> str:
+    """Hash of a model directory's weights and card (export cache key; no torch needed)."""
+    digest = hashlib.sha256()
+    for name in (CARD_FILE, WEIGHTS_FILE):
+        with (directory / name).open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()[:24]
+
+
+def export_path(fingerprint: str) -> Path:
+    import openvino as ov
+
+    version = ov.__version__.split("-")[0]
+    return cache_root() / "openvino" / f"{fingerprint}-e{_EXPORT_VERSION}-ov{version}" / "model.xml"
+
+
+def ensure_openvino_export(xml: Path, make_net: Callable[[], Any]) -> Path:
+    """Export (once, atomically: concurrent workers may race) unless `xml` is cached."""
+    if xml.is_file() and xml.with_suffix(".bin").is_file():
+        return xml
+    from model.segment.torch_runtime import export_openvino
+
+    target = xml.parent
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared by workers
+    try:
+        export_openvino(make_net(), staging / xml.name)
+        try:
+            os.replace(staging, target)  # atomic; fails if another process got there first
+        except OSError:
+            if not xml.is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return xml
+
+
+class OpenVinoRunner:
+    """OpenVINO on the CPU, compiled from the cached IR (probabilities out, like ProbabilityNet)."""
+
+    def __init__(self, xml: Path, runtime: Runtime) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if runtime.precision == "bf16" else "f32",
+            "INFERENCE_NUM_THREADS": runtime.threads,
+            "PERFORMANCE_HINT": "LATENCY",  # one stream using every thread: one tile at a time
+        }
+        if os.access(xml.parent, os.W_OK):
+            # OpenVINO keeps the compiled network there, keyed by these settings and its
+            # version: later processes load it (0.06-0.12 s on a 2-core CPU) instead of
+            # compiling it (0.15-0.18 s). A damaged or half-written file is detected,
+            # compiled afresh and replaced.
+            config["CACHE_DIR"] = str(xml.parent / "compiled")
+        self.compiled = core.compile_model(str(xml), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.lock = threading.Lock()  # one infer request: calls from threads must take turns
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch[:, None], dtype=np.float32)
+        with self.lock:
+            result = self.request.infer({0: x})
+            return np.array(result[0][:, 0], dtype=np.float32, copy=True)
