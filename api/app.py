@@ -10,41 +10,23 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import anyio
-from celery import Celery
 from fastapi import FastAPI
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 import model
+from api.deps import Services
 from api.metrics import Metrics, MetricsMiddleware
 from api.problems import install_problem_handlers
-from api.routes import router
+from api.routes import operations, results, tasks
+from api.sweep import sweep_once
 from api.uploads import BodyLimitMiddleware
-from store.blobs import BlobStore, create_blob_store
+from store.blobs import create_blob_store
 from store.database import create_db_engine, create_session_factory, upgrade_database
+from store.queue import create_celery, ensure_broker_dirs
 from store.settings import Settings, get_settings
-from worker.celery_app import create_celery, ensure_broker_dirs, send_process_task
-from worker.sweep import sweep_once
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Services:
-    """What the routes use; built once per app in the lifespan."""
-
-    settings: Settings
-    engine: Engine
-    sessions: sessionmaker[Session]
-    blobs: BlobStore
-    celery: Celery
-
-    def publish(self, task_id: str) -> None:
-        """Send the task's message to the broker (blocking; call from a thread)."""
-        send_process_task(self.celery, task_id, self.settings.task_queue)
 
 
 def build_services(settings: Settings, *, migrate: bool) -> Services:
@@ -113,7 +95,8 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = Metrics()
     install_problem_handlers(app)
-    app.include_router(router)
+    for routes in (tasks, results, operations):
+        app.include_router(routes.router)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 
     # Outermost, so an oversized body is refused before anything reads it.

@@ -39,8 +39,8 @@ def worker(
     DATABASE_URL, REDIS_URL, S3_BUCKET and the others must match the API's. Stop with Ctrl-C:
     the running task is finished, or handed back to the queue.
     """
+    from store.queue import ensure_broker_dirs
     from store.settings import get_settings
-    from worker.celery_app import ensure_broker_dirs
     from worker.tasks import app as celery_app
 
     settings = get_settings()

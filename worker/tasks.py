@@ -19,9 +19,9 @@ from sqlalchemy.exc import OperationalError
 
 from store.blobs import create_blob_store
 from store.database import create_db_engine, create_session_factory
+from store.queue import PROCESS_TASK, create_celery
 from store.settings import Settings, get_settings
 from store.tasks import fail_task, get_task, release_task
-from worker.celery_app import PROCESS_TASK, create_celery
 from worker.processing import WorkerContext, fail_with_error, process_task
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,10 @@ import httpx
 import numpy as np
 import pytest
 
+from store.queue import create_celery, send_process_task
 from store.settings import Settings
 from tests.conftest import RedisServer
 from tests.service_stack import ServiceStack, Worker, png_bytes
-from worker.celery_app import create_celery, send_process_task
 
 pytestmark = pytest.mark.slow
 

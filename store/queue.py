@@ -1,7 +1,8 @@
-"""The Celery application: broker settings chosen for "no task lost, none run twice at once".
+"""The queue both sides use: the Celery app, its broker settings chosen for "no task lost, none
+run twice at once", and the message that asks for a task.
 
-Light on purpose: the API imports this module to publish messages, so it must not pull in the
-model. The task body lives in `worker.tasks`, registered by name.
+The API publishes with it, the worker consumes with it; it pulls in no model code. The task
+body lives in `worker.tasks`, registered by name.
 
 Delivery (see ../shared/reference/service-anchors.md §2 for the measurements behind it):
 - messages carry only the task id; the database row is the truth;

@@ -7,10 +7,10 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.sweep import sweep_once
 from store.database import create_db_engine, create_session_factory, upgrade_database
 from store.settings import Settings
 from store.tasks import Task, TaskParameters, TaskStatus, create_task, get_task
-from worker.sweep import sweep_once
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The periodic sweep that makes "no task is lost" true when a broker message or worker is.
+"""The periodic sweep that makes "no task is lost" true when a broker message or worker is;
+the API runs it in the background (`api.app`).
 
 It fails tasks that ran out of attempts, and re-sends the message of tasks that sat QUEUED or
 whose heartbeat went stale. Running it in several processes at once is safe: every change is

@@ -1,0 +1,132 @@
+"""Results of a finished task: mask, registered ids, ams.csv, overlay, QC."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import RedirectResponse, StreamingResponse
+
+from api.deps import ServicesDep, require_api_key
+from api.problems import Problem
+from api.routes.common import POLL_AFTER_S
+from api.routes.common import PROBLEM_RESPONSE as _PROBLEM
+from api.routes.common import load_task as _load_task
+from store.blobs import TaskBlob
+from store.tasks import Task, TaskStatus
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["results"], dependencies=[Depends(require_api_key)])
+
+
+def _finished(svc: ServicesDep, task_id: str) -> Task:
+    task = _load_task(svc, task_id)
+    if task.status == TaskStatus.FINISHED:
+        return task
+    if task.status == TaskStatus.FAILED:
+        raise Problem(
+            409,
+            f"task {task.id} FAILED, so it has no results: {task.error}",
+            kind="task-failed",
+            task_status=task.status.value,
+        )
+    raise Problem(
+        409,
+        f"task {task.id} is {task.status.value} ({task.progress:.0%}); results are ready when "
+        "it is FINISHED",
+        kind="task-not-finished",
+        task_status=task.status.value,
+        headers={"Retry-After": str(POLL_AFTER_S)},
+    )
+
+
+def _stream_result(svc: ServicesDep, task: Task, blob: TaskBlob) -> StreamingResponse:
+    key = task.result_keys.get(blob.value)
+    if key is None:
+        if blob in (TaskBlob.LABELS, TaskBlob.AMS, TaskBlob.QC):
+            raise Problem(
+                404,
+                f"task {task.id} was submitted without rows and cols, so its marks were not "
+                "registered; submit the image again with ?rows=R&cols=C",
+                kind="not-registered",
+            )
+        raise Problem(404, f"task {task.id} has no {blob.value}", kind="no-such-result")
+    blobs = svc.blobs
+    chunks = blobs.iter_chunks(key)  # raises BlobNotFoundError now, not mid-stream
+    filename = f"{task.id}_{blob.value.replace('.png', '').replace('.', '_')}"
+    suffix = {"image/png": ".png", "text/csv": ".csv", "application/json": ".json"}
+    filename += suffix.get(blob.content_type or "", "")
+    return StreamingResponse(
+        chunks,
+        media_type=blob.content_type,
+        headers={"Content-Disposition": f'inline; filename="{filename}"'},
+    )
+
+
+_RESULT_RESPONSES = {404: _PROBLEM, 409: _PROBLEM}
+
+
+@router.get(
+    "/masks/{task_id}",
+    summary="The mask PNG (0/255, the input's size)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"image/png": {}}}, 303: {}, **_RESULT_RESPONSES},
+)
+def read_mask(
+    svc: ServicesDep,
+    task_id: str,
+    redirect: Annotated[bool, Query(description="Redirect to a presigned S3 URL")] = False,
+):
+    """The mask of a FINISHED task; 409 while it is not finished."""
+    task = _finished(svc, task_id)
+    if redirect and (key := task.result_keys.get(TaskBlob.MASK.value)):
+        url = svc.blobs.presigned_url(key, expires_in_s=3600)
+        if url is not None:  # the local store has no URLs: stream it instead
+            return RedirectResponse(url, status_code=303)
+    return _stream_result(svc, task, TaskBlob.MASK)
+
+
+@router.get(
+    "/tasks/{task_id}/labels",
+    summary="Registered ids (uint16 PNG, 0 = background)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"image/png": {}}}, **_RESULT_RESPONSES},
+)
+def read_labels(svc: ServicesDep, task_id: str):
+    """Each mark painted with its grid id row * cols + col + 1 (tasks given rows and cols)."""
+    return _stream_result(svc, _finished(svc, task_id), TaskBlob.LABELS)
+
+
+@router.get(
+    "/tasks/{task_id}/ams.csv",
+    summary="One row per registered mark",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}}, **_RESULT_RESPONSES},
+)
+def read_ams_csv(svc: ServicesDep, task_id: str):
+    """id, row, col, centre, area and bounding box of every mark."""
+    return _stream_result(svc, _finished(svc, task_id), TaskBlob.AMS)
+
+
+@router.get(
+    "/tasks/{task_id}/overlay.png",
+    summary="The image with the marks (and ids) drawn on it",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"image/png": {}}}, **_RESULT_RESPONSES},
+)
+def read_overlay(svc: ServicesDep, task_id: str):
+    """For a quick look at the result."""
+    return _stream_result(svc, _finished(svc, task_id), TaskBlob.OVERLAY)
+
+
+@router.get(
+    "/tasks/{task_id}/qc",
+    summary="Registration quality: fit, coverage and warnings",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/json": {}}}, **_RESULT_RESPONSES},
+)
+def read_qc(svc: ServicesDep, task_id: str):
+    """The QC record of the registration (JSON)."""
+    return _stream_result(svc, _finished(svc, task_id), TaskBlob.QC)

@@ -1,0 +1,235 @@
+"""Tasks: upload an image as a task, list, read and delete tasks."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Annotated
+from uuid import uuid4
+
+import anyio
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from pydantic import ValidationError
+
+from api.deps import MetricsDep, Services, ServicesDep, require_api_key
+from api.problems import Problem
+from api.routes.common import POLL_AFTER_S
+from api.routes.common import PROBLEM_RESPONSE as _PROBLEM
+from api.routes.common import load_task as _load_task
+from api.routes.common import unknown_task as _unknown_task
+from api.schemas import TaskCreated, TaskPage, TaskPublic, task_links, task_public
+from api.uploads import IMAGE_CONTENT_TYPES, MULTIPART, ReceivedImage, receive_upload
+from store.blobs import TaskBlob, task_blob_key, task_prefix
+from store.tasks import (
+    MAX_PAGE_SIZE,
+    Task,
+    TaskParameters,
+    TaskStatus,
+    create_task,
+    delete_task,
+    get_task,
+    get_task_by_idempotency_key,
+    list_tasks,
+    request_cancel,
+)
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["tasks"], dependencies=[Depends(require_api_key)])
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            **{
+                media: {"schema": {"type": "string", "format": "binary"}}
+                for media in IMAGE_CONTENT_TYPES
+            },
+            MULTIPART: {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "/tasks",
+    status_code=201,
+    response_model=TaskCreated,
+    summary="Upload an image as a new task",
+    openapi_extra=_UPLOAD_BODY,
+    responses={
+        200: {"model": TaskCreated, "description": "Idempotency-Key seen before: that task"},
+        401: _PROBLEM,
+        413: _PROBLEM,
+        415: _PROBLEM,
+        422: _PROBLEM,
+    },
+)
+async def create_task_route(
+    request: Request,
+    svc: ServicesDep,
+    metrics: MetricsDep,
+    response: Response,
+    rows: Annotated[
+        int | None, Query(ge=1, le=10_000, description="Grid rows (with cols: register ids)")
+    ] = None,
+    cols: Annotated[int | None, Query(ge=1, le=10_000, description="Grid columns")] = None,
+    model: Annotated[
+        str | None, Query(max_length=100, description="Model name (default: shipped model)")
+    ] = None,
+    threshold: Annotated[
+        float | None, Query(ge=0.0, le=1.0, description="Probability threshold")
+    ] = None,
+    tile_size: Annotated[int | None, Query(ge=64, le=4096, description="Tile edge, px")] = None,
+    accurate: Annotated[
+        bool | None,
+        Query(
+            description="Enlarge grids of small marks 2x first: sharper outlines, 4x the "
+            "network time on those images (default: ACCURATE_SEGMENTATION, else on only for "
+            "the gpu queue)"
+        ),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="Same key, same task: a retried upload does not create a second task",
+        ),
+    ] = None,
+) -> TaskCreated:
+    """Upload an image (raw body or multipart field `file`) and queue it for segmentation."""
+    try:
+        parameters = TaskParameters(
+            rows=rows,
+            cols=cols,
+            model=model,
+            threshold=threshold,
+            tile_size=tile_size,
+            accurate=svc.settings.default_accurate if accurate is None else accurate,
+        )
+        svc.settings.model_dir_for(parameters.model)
+    except (ValidationError, ValueError) as error:
+        detail = error.errors()[0]["msg"] if isinstance(error, ValidationError) else str(error)
+        raise Problem(422, detail, kind="invalid-parameters") from None
+
+    with tempfile.TemporaryDirectory(prefix="amseg-upload-") as scratch:
+        received = await receive_upload(request, Path(scratch))
+        task, created = await anyio.to_thread.run_sync(
+            _store_and_create, svc, received, parameters, idempotency_key
+        )
+    if not created:
+        if task.input_sha256 != received.sha256 or task.task_parameters != parameters:
+            raise Problem(
+                422,
+                "this Idempotency-Key was used for a different upload; use a new key",
+                kind="idempotency-key-reused",
+            )
+        response.status_code = 200
+    else:
+        metrics.uploads.inc()
+        try:
+            await anyio.to_thread.run_sync(svc.publish, str(task.id))
+        except Exception as error:  # the sweep re-sends QUEUED tasks, so nothing is lost
+            log.warning("could not queue task %s now (%s); the sweep will", task.id, error)
+    response.headers["Location"] = f"/tasks/{task.id}"
+    return TaskCreated(id=str(task.id), status=task.status, links=task_links(task))
+
+
+def _store_and_create(
+    svc: Services, received: ReceivedImage, parameters: TaskParameters, idempotency_key: str | None
+) -> tuple[Task, bool]:
+    """Upload the input first, then commit the row: a queued task always has its input."""
+    if idempotency_key is not None:
+        with svc.sessions() as session:
+            existing = get_task_by_idempotency_key(session, idempotency_key)
+            if existing is not None:
+                session.expunge(existing)
+                return existing, False
+    task_id = uuid4()
+    input_key = task_blob_key(task_id, TaskBlob.INPUT)
+    with received.path.open("rb") as handle:
+        svc.blobs.put_stream(input_key, handle, content_type=received.content_type)
+    try:
+        with svc.sessions() as session:
+            task, created = create_task(
+                session,
+                parameters=parameters,
+                input_content_type=received.content_type,
+                input_size=received.size,
+                image_width=received.width,
+                image_height=received.height,
+                input_sha256=received.sha256,
+                idempotency_key=idempotency_key,
+                task_id=task_id,
+            )
+            session.expunge(task)
+    except BaseException:
+        svc.blobs.delete_prefix(task_prefix(task_id))
+        raise
+    if not created:  # a concurrent request with the same key won
+        svc.blobs.delete_prefix(task_prefix(task_id))
+    return task, created
+
+
+@router.get("/tasks", response_model=TaskPage, summary="List tasks, newest first")
+def list_tasks_route(
+    svc: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    status: TaskStatus | None = None,
+) -> TaskPage:
+    """One page of tasks; pass `next_cursor` as `cursor` for the next one."""
+    with svc.sessions() as session:
+        try:
+            page = list_tasks(session, limit=limit, cursor=cursor, status=status)
+        except ValueError as error:
+            raise Problem(422, str(error), kind="invalid-cursor") from None
+        data = [task_public(task) for task in page.tasks]
+    next_link = None
+    if page.next_cursor is not None:
+        next_link = f"/tasks?limit={limit}&cursor={page.next_cursor}"
+        if status is not None:
+            next_link += f"&status={status.value}"
+    return TaskPage(data=data, next_cursor=page.next_cursor, links={"next": next_link})
+
+
+@router.get(
+    "/tasks/{task_id}",
+    response_model=TaskPublic,
+    summary="Status, progress and result links of a task",
+    responses={404: _PROBLEM},
+)
+def read_task(svc: ServicesDep, response: Response, task_id: str) -> TaskPublic:
+    """The task's state; while it is not over, `Retry-After` says when to poll again."""
+    task = _load_task(svc, task_id)
+    if not task.is_terminal:
+        response.headers["Retry-After"] = str(POLL_AFTER_S)
+    return task_public(task)
+
+
+@router.delete(
+    "/tasks/{task_id}",
+    status_code=204,
+    summary="Cancel a task and delete it with its files",
+    responses={404: _PROBLEM},
+)
+def delete_task_route(svc: ServicesDep, task_id: str) -> Response:
+    """Stops the task if it runs (its worker notices within seconds) and removes everything."""
+    svc = svc
+    with svc.sessions() as session:
+        task = get_task(session, task_id)
+        if task is None:
+            raise _unknown_task(task_id)
+        request_cancel(session, task.id)
+        svc.blobs.delete_prefix(task_prefix(task.id))
+        delete_task(session, task.id)
+    return Response(status_code=204)
