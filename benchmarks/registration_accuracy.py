@@ -15,7 +15,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: import model and tests
 
-from model.registration import register_marks  # noqa: E402
+from model.register.registration import register_marks  # noqa: E402
 from tests.model.grid_masks import GridSpec, id_accuracy, make_grid_mask  # noqa: E402
 
 TARGET = 0.995
@@ -56,12 +56,14 @@ def generated_case(index: int, seed: int) -> tuple[str, np.ndarray, np.ndarray, 
 def synth_case(index: int, seed: int) -> tuple[str, np.ndarray, np.ndarray, int, int]:
     """A realistic slide from model.synth's ground truth: the grid inside the image, 5 % of the
     marks missing and one interior row and column left out (ids must not shift)."""
-    from model import synth
+    from model.synth.grid import fit_grid_inside
+    from model.synth.slide import generate_slide
+    from model.synth.styles import random_spec
 
     case_seed = seed * 1000 + index
     rng = np.random.default_rng(case_seed)
     rows, cols = int(rng.integers(12, 41)), int(rng.integers(12, 41))
-    spec = synth.random_spec(
+    spec = random_spec(
         case_seed,
         height=1536,
         width=1536,
@@ -72,8 +74,8 @@ def synth_case(index: int, seed: int) -> tuple[str, np.ndarray, np.ndarray, int,
         missing_rows=(int(rng.integers(1, rows - 1)),),
         missing_cols=(int(rng.integers(1, cols - 1)),),
     )
-    spec = synth.fit_grid_inside(spec)
-    slide = synth.generate_slide(spec, case_seed)
+    spec = fit_grid_inside(spec)
+    slide = generate_slide(spec, case_seed)
     label = f"{spec.rows}x{spec.cols} {spec.angle_deg:+5.1f}° {spec.shape}"
     return label, slide.mask, slide.labels, spec.rows, spec.cols
 

@@ -15,7 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: import model and tests
 
-from model.registration import register_marks, write_registration  # noqa: E402
+from model.register.registration import register_marks  # noqa: E402
+from model.register.writers import write_registration  # noqa: E402
 from tests.model.grid_masks import GridSpec, id_accuracy, make_grid_mask  # noqa: E402
 
 

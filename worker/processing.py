@@ -9,7 +9,6 @@ updates, and a task that is already FINISHED or FAILED is left as it is.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import tempfile
 import threading
@@ -137,7 +136,8 @@ def _run(
     still_ours: Callable[[], bool],
 ) -> dict[str, str]:
     # Imported here: the inference stack is heavy and only a worker needs it.
-    from model.registration import register_marks, write_registration
+    from model.register.registration import register_marks
+    from model.register.writers import write_registration
     from model.segment.predict import predict_image
 
     def progress(value: float, stage: str | None = None) -> None:
@@ -165,8 +165,6 @@ def _run(
             threshold=parameters.threshold,
             accurate=parameters.accurate,
         )
-        if options.overlap > options.tile_size // 2:
-            options = dataclasses.replace(options, overlap=options.tile_size // 2)
         tiles = _TileProgress(progress, PROGRESS_LOADED, PROGRESS_SEGMENTED, still_ours)
         segmentation = predict_image(
             image,
@@ -202,7 +200,7 @@ def _run(
 
 
 def _mask_overlay(scratch_dir: Path, image: np.ndarray, mask: np.ndarray) -> Path:
-    from model.overlay import render_overlay
+    from model.register.overlay import render_overlay
 
     return write_png(scratch_dir / TaskBlob.OVERLAY.value, render_overlay(image, mask))
 

@@ -16,7 +16,7 @@ from model.errors import DatasetError
 from model.image.io import read_image, to_grayscale
 
 if TYPE_CHECKING:
-    from model.registration import Registration
+    from model.register.records import Registration
 
 MASK_NAMES = ("mask.tiff", "mask.tif", "mask.png")
 SOURCE_NAMES = ("source.tiff", "source.tif", "source.png")
@@ -128,7 +128,8 @@ def _register_files(
     mask_path: Path, image_path: Path | None, out_dir: Path, rows: int, cols: int
 ) -> tuple[Registration, dict[str, Path]]:
     # Imported here: registration needs scipy, which other commands need not load.
-    from model.registration import register_marks, write_registration
+    from model.register.registration import register_marks
+    from model.register.writers import write_registration
 
     registration = register_marks(_read_mask(mask_path), rows, cols)
     source = to_grayscale(read_image(image_path)) if image_path is not None else None

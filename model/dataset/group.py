@@ -18,7 +18,7 @@ from model.image.io import read_image, to_grayscale, write_png, write_tiff
 from model.image.normalize import IntensityWindow, intensity_window, to_uint8
 from model.segment.predict import options_for, predict_image
 from model.segment.segmenter import Segmenter
-from model.segment.single_pass import SegmentOptions
+from model.segment.single_pass import Segmentation, SegmentOptions
 from model.segment.tiles import Tile
 
 
@@ -72,6 +72,36 @@ def process_group(
             on_stage(name)
 
     stage("normalize")
+    gray, normalized = _normalize_source(layout, group, options)
+
+    stage("segment")
+    options = options_for(segmenter, options)  # so that meta.json records what ran
+    tiles_dir = layout.tiles_dir(group)
+    segmentation = _segment_into_tiles(
+        tiles_dir,
+        gray,
+        segmenter,
+        options,
+        write_tiles=write_tiles,
+        on_tiles_planned=on_tiles_planned,
+        on_progress=on_progress,
+    )
+    _write_tiles_meta(tiles_dir, gray, segmentation, segmenter, options)
+
+    stage("stitch")
+    report = _write_stitched(layout, group, normalized, segmentation)
+
+    if grid is not None:
+        stage("register")
+        _register_group(layout, group, segmentation.mask, normalized, grid, report)
+    return report
+
+
+def _normalize_source(
+    layout: DatasetLayout, group: str, options: SegmentOptions
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read the group's source image, write source_norm/<group>/ (the uint8 image and how it
+    was normalized) and return the gray image and its normalized uint8 copy."""
     source_path = layout.source_image(group)
     image = read_image(source_path)
     gray = to_grayscale(image)
@@ -90,12 +120,21 @@ def process_group(
             indent=2,
         )
     )
+    return gray, normalized
 
-    stage("segment")
 
-    options = options_for(segmenter, options)  # so that meta.json records what ran
-
-    tiles_dir = layout.tiles_dir(group)
+def _segment_into_tiles(
+    tiles_dir: Path,
+    gray: np.ndarray,
+    segmenter: Segmenter,
+    options: SegmentOptions,
+    *,
+    write_tiles: bool,
+    on_tiles_planned: Callable[[int], None] | None,
+    on_progress: Callable[[int], None] | None,
+) -> Segmentation:
+    """Segment `gray`, writing the tiles of each network pass (when `write_tiles`) to a folder
+    of its own; the pass whose mask is kept becomes `tiles_dir`, the others are removed."""
     # Earlier tiles of the group go first (also pass folders a killed run left behind).
     for stale in (tiles_dir, *tiles_dir.parent.glob(f".{glob.escape(tiles_dir.name)}.pass*")):
         if stale.exists():
@@ -141,6 +180,17 @@ def process_group(
         if folder != kept:
             shutil.rmtree(folder)
     kept.rename(tiles_dir)
+    return segmentation
+
+
+def _write_tiles_meta(
+    tiles_dir: Path,
+    gray: np.ndarray,
+    segmentation: Segmentation,
+    segmenter: Segmenter,
+    options: SegmentOptions,
+) -> None:
+    """tiles/<group>/meta.json: the tile grid, where the tiles lie in the image, what ran."""
     meta = segmentation.grid.to_dict() | {
         "orig_image": {"h": gray.shape[0], "w": gray.shape[1]},
         "scale": segmentation.scale,  # the tiles are of the image resampled by this factor
@@ -152,11 +202,14 @@ def process_group(
     }
     (tiles_dir / "meta.json").write_text(json.dumps(meta, indent=2))
 
-    stage("stitch")
-    # Imported here: registration and overlays need scipy.spatial/optimize, which
-    # `amseg predict` (segment_image only) would otherwise load for nothing.
-    from model.overlay import render_overlay
-    from model.registration import register_marks, write_registration
+
+def _write_stitched(
+    layout: DatasetLayout, group: str, normalized: np.ndarray, segmentation: Segmentation
+) -> GroupReport:
+    """tiles_stitched/<group>/: the whole mask and its overlay on the normalized source."""
+    # Imported here: overlays need scipy.spatial, which `amseg predict` (segment_image only)
+    # would otherwise load for nothing.
+    from model.register.overlay import render_overlay
 
     stitched_dir = _fresh_dir(layout.stitched_dir(group))
     mask_u8 = segmentation.mask.astype(np.uint8) * 255
@@ -164,16 +217,28 @@ def process_group(
     write_png(stitched_dir / "overlay.png", render_overlay(normalized, segmentation.mask))
     report = GroupReport(group=group, ok=True, scale=segmentation.scale)
     report.outputs["mask"] = str(stitched_dir / "mask.tiff")
-
-    if grid is not None:
-        stage("register")
-        registration = register_marks(segmentation.mask, grid.rows, grid.cols)
-        coords_dir = _fresh_dir(layout.am_coords_dir(group))
-        written = write_registration(coords_dir, registration, source=normalized)
-        report.outputs.update({name: str(path) for name, path in written.items()})
-        report.marks_found = len(registration.marks)
-        report.qc = registration.qc
     return report
+
+
+def _register_group(
+    layout: DatasetLayout,
+    group: str,
+    mask: np.ndarray,
+    normalized: np.ndarray,
+    grid: GridSpec,
+    report: GroupReport,
+) -> None:
+    """Number the marks of `mask` on `grid`, write am_coords/<group>/ and add it to `report`."""
+    # Imported here, like the overlay: registration needs scipy.spatial/optimize.
+    from model.register.registration import register_marks
+    from model.register.writers import write_registration
+
+    registration = register_marks(mask, grid.rows, grid.cols)
+    coords_dir = _fresh_dir(layout.am_coords_dir(group))
+    written = write_registration(coords_dir, registration, source=normalized)
+    report.outputs.update({name: str(path) for name, path in written.items()})
+    report.marks_found = len(registration.marks)
+    report.qc = registration.qc
 
 
 def _fresh_dir(path: Path) -> Path:

@@ -13,7 +13,7 @@ import model.cli.register  # noqa: F401  registers the command on the app
 from model.cli.app import app
 from model.errors import RegistrationError
 from model.image.io import read_image, write_png, write_tiff
-from model.registration import register_marks
+from model.register.registration import register_marks
 from tests.model.grid_masks import GridSpec, id_accuracy, make_grid_mask
 
 runner = CliRunner()

@@ -4,16 +4,13 @@ and the id of each registered mark written next to it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from scipy.spatial import cKDTree
 
 from model.image.normalize import intensity_window
-
-if TYPE_CHECKING:
-    from model.registration import MarkRecord
+from model.register.records import MarkRecord
 
 ALPHA = 0.35
 """Weight of the tint colour over the background inside marks."""

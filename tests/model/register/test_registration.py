@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 
@@ -13,34 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model.errors import RegistrationError
-from model.image.io import read_image
-from model.overlay import render_overlay
-from model.registration import MarkRecord, Registration, register_marks, write_registration
+from model.register.records import Registration
+from model.register.registration import register_marks
 from tests.model.grid_masks import GridMask, GridSpec, id_accuracy, make_grid_mask
-
-# Everything at once: the hard cases of the legacy registration (seed spec §7.2).
-HARD = GridSpec(
-    rows=12,
-    cols=15,
-    pitch_x=30.0,
-    pitch_y=27.0,
-    shear=0.02,
-    jitter=0.03,
-    missing_fraction=0.05,
-    missing_rows=(5,),
-    missing_cols=(7,),
-    ellipse_fraction=0.15,
-    crescent_fraction=0.15,
-    fragment_fraction=0.1,
-    touching_pairs=3,
-    specks=40,
-    dust=5,
-    margin=0.1,
-)
-
-
-def _register(grid: GridMask) -> Registration:
-    return register_marks(grid.mask, grid.spec.rows, grid.spec.cols)
+from tests.model.register.cases import HARD, register_grid
 
 
 def assert_ids_right(registration: Registration, grid: GridMask) -> None:
@@ -56,7 +31,7 @@ def assert_ids_right(registration: Registration, grid: GridMask) -> None:
 @pytest.mark.parametrize("angle", [-12, -10, -5, -2, 0, 3, 7, 10, 12])
 def test_every_id_right_under_rotation_with_all_defects(angle: float) -> None:
     grid = make_grid_mask(dataclasses.replace(HARD, angle_deg=angle, seed=100 + angle))
-    registration = _register(grid)
+    registration = register_grid(grid)
     assert_ids_right(registration, grid)
     qc = registration.qc
     assert qc["angle_deg"] == pytest.approx(angle, abs=0.3)
@@ -68,7 +43,7 @@ def test_every_id_right_under_rotation_with_all_defects(angle: float) -> None:
 def test_missing_interior_row_and_column_do_not_shift_ids() -> None:
     spec = GridSpec(rows=10, cols=11, missing_rows=(4,), missing_cols=(2, 8), angle_deg=4, seed=3)
     grid = make_grid_mask(spec)
-    registration = _register(grid)
+    registration = register_grid(grid)
     assert_ids_right(registration, grid)
     missing = set(registration.qc["missing_ids"])
     expected_missing = {
@@ -82,7 +57,7 @@ def test_missing_interior_row_and_column_do_not_shift_ids() -> None:
 def test_serpentine_rows_shifted_alternately_keep_their_ids(row_shift: float) -> None:
     spec = dataclasses.replace(HARD, row_shift=row_shift, angle_deg=-4, seed=71)
     grid = make_grid_mask(spec)
-    registration = _register(grid)
+    registration = register_grid(grid)
     assert_ids_right(registration, grid)
     assert registration.qc["row_shift_px"] == pytest.approx(row_shift * 30.0, abs=1.5)
 
@@ -92,7 +67,7 @@ def test_marks_cut_by_the_image_border_keep_their_ids() -> None:
     # The outermost marks are really cut: some ground-truth marks touch the border.
     edge_ids = set(np.unique(grid.labels[0, :])) | set(np.unique(grid.labels[:, -1]))
     assert len(edge_ids - {0}) >= 5
-    assert_ids_right(_register(grid), grid)
+    assert_ids_right(register_grid(grid), grid)
 
 
 def test_crescents_whose_centroid_lies_outside_the_mark_keep_their_ids() -> None:
@@ -102,13 +77,13 @@ def test_crescents_whose_centroid_lies_outside_the_mark_keep_their_ids() -> None
         ys, xs = np.nonzero(grid.labels == mark_id)
         outside += not grid.mask[round(ys.mean()), round(xs.mean())]
     assert outside >= 10, "the generator should make crescents with an empty centroid"
-    assert_ids_right(_register(grid), grid)
+    assert_ids_right(register_grid(grid), grid)
 
 
 def test_touching_pairs_are_split_into_both_ids() -> None:
     spec = GridSpec(rows=8, cols=10, touching_pairs=6, angle_deg=5, seed=11)
     grid = make_grid_mask(spec)
-    registration = _register(grid)
+    registration = register_grid(grid)
     assert_ids_right(registration, grid)
     touching = [i for i, kind in grid.kinds.items() if kind == "touching"]
     assert len(touching) == 12
@@ -125,7 +100,7 @@ def test_touching_pairs_are_split_into_both_ids() -> None:
 
 def test_fragments_of_one_mark_share_its_id() -> None:
     grid = make_grid_mask(GridSpec(rows=8, cols=9, fragment_fraction=0.6, radius=0.35, seed=13))
-    registration = _register(grid)
+    registration = register_grid(grid)
     assert_ids_right(registration, grid)
     _, components = cv2.connectedComponents(grid.mask.view(np.uint8), connectivity=8)
     fragmented = 0
@@ -141,7 +116,7 @@ def test_fragments_of_one_mark_share_its_id() -> None:
 
 def test_specks_and_dust_stay_background_and_are_counted() -> None:
     grid = make_grid_mask(GridSpec(rows=8, cols=9, specks=60, dust=8, seed=17))
-    registration = _register(grid)
+    registration = register_grid(grid)
     assert_ids_right(registration, grid)
     noise_components = cv2.connectedComponents(grid.noise.view(np.uint8), connectivity=8)[0] - 1
     assert noise_components >= 15
@@ -150,7 +125,7 @@ def test_specks_and_dust_stay_background_and_are_counted() -> None:
 
 def test_same_input_same_output_whatever_the_mask_encoding() -> None:
     grid = make_grid_mask(dataclasses.replace(HARD, angle_deg=7, seed=23))
-    first = _register(grid)
+    first = register_grid(grid)
     again = register_marks(grid.mask.astype(np.uint8) * 255, 12, 15)
     ones = register_marks(grid.mask.astype(np.uint8), 12, 15)
     floats = register_marks(grid.mask.astype(np.float32), 12, 15)
@@ -163,7 +138,7 @@ def test_same_input_same_output_whatever_the_mask_encoding() -> None:
 def test_whole_first_row_missing_is_flagged_as_ambiguous() -> None:
     spec = GridSpec(rows=8, cols=9, missing_rows=(0,), seed=29)
     grid = make_grid_mask(spec)
-    registration = _register(grid)
+    registration = register_grid(grid)
     qc = registration.qc
     assert qc["ambiguous_anchor"] is True
     assert any("ambiguous" in warning for warning in qc["warnings"])
@@ -176,14 +151,14 @@ def test_whole_first_row_missing_is_flagged_as_ambiguous() -> None:
 
 def test_whole_last_column_missing_keeps_ids_but_warns() -> None:
     grid = make_grid_mask(GridSpec(rows=8, cols=9, missing_cols=(8,), seed=31))
-    registration = _register(grid)
+    registration = register_grid(grid)
     assert_ids_right(registration, grid)
     assert registration.qc["ambiguous_anchor"] is True
 
 
 def test_complete_grid_has_clean_qc() -> None:
     grid = make_grid_mask(GridSpec(rows=7, cols=8, angle_deg=2, jitter=0.02, seed=37))
-    registration = _register(grid)
+    registration = register_grid(grid)
     assert_ids_right(registration, grid)
     qc = registration.qc
     assert qc["warnings"] == []
@@ -201,14 +176,14 @@ def test_complete_grid_has_clean_qc() -> None:
 
 def test_sparse_grid_with_many_missing_marks() -> None:
     grid = make_grid_mask(GridSpec(rows=10, cols=10, missing_fraction=0.3, angle_deg=-8, seed=41))
-    registration = _register(grid)
+    registration = register_grid(grid)
     assert_ids_right(registration, grid)
 
 
 @pytest.mark.parametrize(("rows", "cols"), [(2, 2), (1, 7), (6, 1), (3, 40)])
 def test_small_and_thin_grids(rows: int, cols: int) -> None:
     grid = make_grid_mask(GridSpec(rows=rows, cols=cols, angle_deg=3, seed=43))
-    assert_ids_right(_register(grid), grid)
+    assert_ids_right(register_grid(grid), grid)
 
 
 def test_errors_for_impossible_grids_and_empty_masks() -> None:
@@ -226,88 +201,6 @@ def test_errors_for_impossible_grids_and_empty_masks() -> None:
         register_marks(three, 1, 3)
     with pytest.raises(RegistrationError, match="2-D"):
         register_marks(np.zeros((5, 5, 3), np.uint8), 2, 2)
-
-
-def test_write_registration_outputs(tmp_path) -> None:
-    grid = make_grid_mask(dataclasses.replace(HARD, seed=53))
-    registration = _register(grid)
-    source = np.random.default_rng(0).random(grid.mask.shape).astype(np.float32)
-    written = write_registration(tmp_path / "out", registration, source=source)
-    assert set(written) == {"labels", "csv", "qc", "overlay"}
-    labels = read_image(written["labels"])
-    assert written["labels"].name == "am_coordinates.png"
-    assert labels.dtype == np.uint16
-    np.testing.assert_array_equal(labels, registration.labels)
-    with written["csv"].open() as handle:
-        rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == [
-        "id",
-        "row",
-        "col",
-        "x",
-        "y",
-        "area",
-        "bbox_x0",
-        "bbox_y0",
-        "bbox_x1",
-        "bbox_y1",
-    ]
-    assert len(rows) == len(registration.marks)
-    first: MarkRecord = registration.marks[0]
-    assert int(rows[0]["id"]) == first.id and int(rows[0]["bbox_x1"]) == first.bbox[2]
-    qc = json.loads(written["qc"].read_text())
-    assert set(qc) >= {
-        "rows",
-        "cols",
-        "expected",
-        "found",
-        "missing_ids",
-        "extra_components",
-        "angle_deg",
-        "pitch_px",
-        "shear",
-        "residual_rms_px",
-        "warnings",
-        "ambiguous_anchor",
-    }
-    overlay = read_image(written["overlay"])
-    assert overlay.shape == (*grid.mask.shape, 3) and overlay.dtype == np.uint8
-    # Without a source the mask is the background; a source of another size is resized.
-    write_registration(tmp_path / "plain", registration)
-    small = (np.random.default_rng(1).random((50, 70)) * 255).astype(np.uint8)
-    resized = write_registration(tmp_path / "small", registration, source=small)
-    assert read_image(resized["overlay"]).shape == (*grid.mask.shape, 3)
-
-
-def test_render_overlay_tints_marks_and_writes_ids() -> None:
-    grid = make_grid_mask(GridSpec(rows=5, cols=6, pitch_x=60, pitch_y=60, seed=59))
-    registration = _register(grid)
-    background = np.full(grid.mask.shape, 100, np.uint16)
-    plain = render_overlay(background, grid.mask)
-    assert plain.shape == (*grid.mask.shape, 3) and plain.dtype == np.uint8
-    inside = plain[grid.mask]
-    assert np.all(inside[:, 0] > inside[:, 1])  # red tint on marks
-    assert np.all(plain[~grid.mask] == plain[~grid.mask][0])  # untouched background
-    with_ids = render_overlay(background, registration.labels, registration.marks)
-    text = np.all(with_ids == 255, axis=-1)
-    assert text.sum() > 30 * 20  # white digits on every mark
-
-
-def test_overlays_stretch_the_sample_not_its_padding_or_nan() -> None:
-    """A white border does not dim the slide in its overlay; NaN pixels do not blacken it."""
-    rng = np.random.default_rng(2)
-    slide = rng.integers(20, 90, (200, 240)).astype(np.uint8)
-    mask = np.zeros(slide.shape, bool)
-    padded = np.full((400, 500), 255, np.uint8)
-    padded[100:300, 130:370] = slide
-    np.testing.assert_array_equal(
-        render_overlay(padded, np.zeros(padded.shape, bool))[100:300, 130:370],
-        render_overlay(slide, mask),
-    )
-    with_nan = slide.astype(np.float32)
-    with_nan[:20] = np.nan
-    overlay = render_overlay(with_nan, mask)
-    assert overlay[20:].max() == 255 and overlay[20:].min() == 0  # stretched, not all black
 
 
 @settings(
@@ -342,7 +235,7 @@ def test_property_random_lattices(angle, pitch_x, aspect, shear, missing, rows, 
     grid = make_grid_mask(spec)
     if np.unique(grid.labels[:, :]).size - 1 < 4:
         return
-    registration = _register(grid)
+    registration = register_grid(grid)
     if registration.qc["ambiguous_anchor"]:
         return  # a whole edge row/column went missing by chance: ids cannot be anchored
     score = id_accuracy(registration.labels, grid.labels)
@@ -372,7 +265,7 @@ def test_anisotropic_serpentine_raster_keeps_rows_and_columns(
 ) -> None:
     spec = dataclasses.replace(ANISOTROPIC, row_shift=row_shift, angle_deg=angle, seed=83)
     grid = make_grid_mask(spec)
-    registration = _register(grid)
+    registration = register_grid(grid)
     assert_ids_right(registration, grid)
     qc = registration.qc
     assert qc["angle_deg"] == pytest.approx(angle, abs=0.5)
@@ -383,7 +276,7 @@ def test_anisotropic_serpentine_raster_keeps_rows_and_columns(
 def test_whole_rows_laid_down_off_their_place_keep_their_ids() -> None:
     spec = dataclasses.replace(HARD, row_jitter=0.12, angle_deg=6, seed=89)
     grid = make_grid_mask(spec)
-    assert_ids_right(_register(grid), grid)
+    assert_ids_right(register_grid(grid), grid)
 
 
 @pytest.mark.parametrize("offset", [0.42, -0.52, 0.55])
@@ -409,7 +302,7 @@ def test_double_marks_join_their_own_node_not_the_neighbour(offset: float) -> No
         i for i in np.unique(grid.labels)[1:] if np.unique(components[grid.labels == i]).size > 1
     ]
     assert len(doubled) >= 15, "the generator should draw separate double marks"
-    registration = _register(grid)
+    registration = register_grid(grid)
     assert_ids_right(registration, grid)
     for mark_id in doubled:
         assert np.all(registration.labels[grid.labels == mark_id] == mark_id), mark_id

@@ -1,0 +1,116 @@
+"""Number ablation marks by their place on the acquisition grid (id = row * cols + col + 1).
+
+A lattice is fitted to the mark centroids (no image warps), then whole components are painted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.errors import RegistrationError
+from model.register.assignment import anchor, assign
+from model.register.fit import choose_lattice
+from model.register.labels import components_with_id, mark_records, paint
+from model.register.lattice import MATCH_CUTOFF, Lattice, refit
+from model.register.leftovers import absorb_leftovers
+from model.register.marks import MARK_LIKE_AREA, Units, find_marks, node_area, well_shaped
+from model.register.quality import measure_quality
+from model.register.records import MAX_ID, MarkRecord, Registration
+from model.register.touching import split_touching
+
+
+def register_marks(mask: np.ndarray, rows: int, cols: int) -> Registration:
+    """Find the marks in a binary mask and number them on a rows x cols acquisition grid.
+
+    `mask` may be bool, 0/1 or 0/255 (float masks are thresholded at 0.5). Raises
+    RegistrationError for an impossible grid, an empty mask or fewer than 4 marks.
+    """
+    _check_grid(rows, cols)
+    found = find_marks(mask)
+    clusters = found.clusters
+    lattice = choose_lattice(clusters.centroid[well_shaped(clusters)], found.spacing, rows, cols)
+    # The area of one whole mark: all clusters at a node summed (unmerged fragments included).
+    mark_area = node_area(clusters, lattice)
+
+    units, unit_components, split_count = split_touching(
+        clusters, found.cluster_of, found.kept, found.components, lattice, mark_area
+    )
+    numbering = _number_units(units, lattice, rows, cols, mark_area)
+    labels = paint(found.components, found.count, unit_components, units, numbering.unit_id)
+    marks = mark_records(units, numbering.unit_id, cols)
+    residual_rms = _refit_to_marks(lattice, marks, numbering.r0, numbering.c0)
+
+    # Components that carry no id at all (specks, dust, marks outside the grid).
+    component_has_id = components_with_id(unit_components, numbering.unit_id, found.count)
+    qc = measure_quality(
+        rows=rows,
+        cols=cols,
+        marks=marks,
+        lattice=lattice,
+        residual_rms=residual_rms,
+        extra_components=int(found.count - 1 - component_has_id.sum()),
+        specks=int(found.areas.size - found.kept.size),
+        merged_fragments=int(found.kept.size - clusters.area.size + numbering.absorbed),
+        split_components=split_count,
+        anchor_note=numbering.anchor_note,
+        outside=numbering.outside,
+    )
+    return Registration(labels=labels, marks=marks, qc=qc)
+
+
+@dataclass
+class _Numbering:
+    """Where the grid lies on the lattice, and the id each unit got."""
+
+    unit_id: np.ndarray  # (n,) row * cols + col + 1 per unit, 0 = no id
+    r0: int  # lattice row and column of grid node (0, 0)
+    c0: int
+    anchor_note: str | None  # why the anchoring is ambiguous, None when it is not
+    absorbed: int  # leftover pieces that joined a mark
+    outside: int  # mark-like units near a node that got no id
+
+
+def _number_units(
+    units: Units, lattice: Lattice, rows: int, cols: int, mark_area: float
+) -> _Numbering:
+    """Anchor the grid on the lattice, match units to its nodes one to one, then let the pieces
+    left over join the marks they belong to."""
+    frac = lattice.fractional(units.centroid)
+    nearest = np.rint(frac)
+    offset = np.hypot(*(units.centroid - lattice.position(nearest)).T)
+    near_node = offset < MATCH_CUTOFF * lattice.pitch
+
+    # Anchor: the rows x cols window over the occupied nodes that holds the most marks.
+    mark_like = near_node & (units.area >= MARK_LIKE_AREA * mark_area)
+    r0, c0, anchor_note = anchor(nearest[mark_like], nearest[near_node], rows, cols)
+
+    node_of_unit = assign(units.centroid, frac, lattice, r0, c0, rows, cols)
+    node_of_unit, absorbed = absorb_leftovers(
+        units, node_of_unit, frac, lattice, r0, c0, rows, cols, mark_area
+    )
+    unit_id = np.where(node_of_unit >= 0, node_of_unit + 1, 0).astype(np.int64)
+    outside = int(np.count_nonzero(mark_like) - np.count_nonzero(unit_id[mark_like] > 0))
+    return _Numbering(unit_id, r0, c0, anchor_note, absorbed, outside)
+
+
+def _refit_to_marks(lattice: Lattice, marks: list[MarkRecord], r0: int, c0: int) -> float:
+    """Renumber the lattice from grid node (0, 0) and refit it to the whole marks (fragments
+    pooled); returns the RMS residual (pixels) of the marks against their grid positions."""
+    mark_xy = np.array([(m.x, m.y) for m in marks], dtype=np.float64).reshape(-1, 2)
+    mark_ji = np.array([(m.col, m.row) for m in marks], dtype=np.float64).reshape(-1, 2)
+    lattice.reindexed(c0, r0)
+    refit(lattice, mark_ji, mark_xy)
+    residual = mark_xy - lattice.position(mark_ji)
+    return float(np.sqrt(np.mean(np.sum(residual**2, axis=1)))) if len(marks) else 0.0
+
+
+def _check_grid(rows: int, cols: int) -> None:
+    if int(rows) != rows or int(cols) != cols or rows < 1 or cols < 1:
+        raise RegistrationError(f"the grid needs at least 1 row and 1 column, got {rows}x{cols}")
+    if rows * cols > MAX_ID:
+        raise RegistrationError(
+            f"a {rows}x{cols} grid has {rows * cols} positions, more than the {MAX_ID} that "
+            "16-bit label images can number"
+        )
