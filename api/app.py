@@ -12,10 +12,10 @@ import logging
 from collections.abc import AsyncIterator
 
 import anyio
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 import model
-from api.deps import Services
+from api.deps import Services, reject_unknown_query_parameters
 from api.metrics import Metrics, MetricsMiddleware
 from api.problems import install_problem_handlers
 from api.routes import operations, results, tasks
@@ -91,6 +91,7 @@ def create_app(
             "`GET /masks/{id}` and, with a grid, the registered ids, CSV, overlay and QC."
         ),
         lifespan=lifespan,
+        dependencies=[Depends(reject_unknown_query_parameters)],
     )
     app.state.settings = settings
     app.state.metrics = Metrics()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from celery import Celery
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.security import APIKeyHeader
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -63,3 +63,36 @@ def require_api_key(request: Request, key: Annotated[str | None, Depends(_api_ke
             kind="unauthorized",
             headers={"WWW-Authenticate": "APIKey"},
         )
+
+
+def reject_unknown_query_parameters(request: Request) -> None:
+    """A query parameter the route does not document is refused, not ignored: `?row=8` for
+    `?rows=8` would otherwise run without registration, and the user would lose the grid."""
+    route = request.scope.get("route")
+    allowed = _documented_query_names(request.app, getattr(route, "path", None), request.method)
+    if allowed is None:
+        return
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        takes = ", ".join(sorted(allowed)) or "no query parameters"
+        raise Problem(
+            422,
+            f"unknown query parameter {', '.join(unknown)}; this route takes {takes}",
+            kind="unknown-query-parameter",
+        )
+
+
+def _documented_query_names(app: FastAPI, path: str | None, method: str) -> set[str] | None:
+    """The query parameters the OpenAPI document lists for a route (None: not documented)."""
+    names = getattr(app.state, "query_names", None)
+    if names is None:
+        names = {}
+        for route_path, operations in app.openapi().get("paths", {}).items():
+            for verb, operation in operations.items():
+                parameters = operation.get("parameters", [])
+                names[route_path, verb.upper()] = {
+                    p["name"] for p in parameters if p["in"] == "query"
+                }
+        app.state.query_names = names
+    method = "GET" if method == "HEAD" else method
+    return names.get((path, method))

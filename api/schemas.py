@@ -1,4 +1,4 @@
-"""Response bodies of the API (request parameters are query fields, see `api.routes`)."""
+"""Request queries and response bodies of the API."""
 
 from __future__ import annotations
 
@@ -7,7 +7,17 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from store.tasks import Task, TaskStatus
+from store.tasks import Task, TaskParameters, TaskStatus
+
+
+class TaskQuery(TaskParameters):
+    """The query of `POST /tasks`: the task's parameters, each checked once, by TaskParameters."""
+
+    accurate: bool | None = Field(
+        default=None,
+        description="Enlarge grids of small marks 2x first: sharper outlines, 4x the network "
+        "time on those images (default: ACCURATE_SEGMENTATION, else on only for the gpu queue)",
+    )
 
 
 class TaskLinks(BaseModel):

@@ -13,6 +13,10 @@ class ImageTooLargeError(ImageInputError):
     """The image has more pixels than the limit allows (checked from the header)."""
 
 
+class ParameterError(AmsegError, ValueError):
+    """A setting is out of its range (tile size, overlap, percentiles...)."""
+
+
 class DatasetError(AmsegError):
     """A dataset directory does not have the expected layout."""
 

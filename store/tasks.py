@@ -34,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from model.segment.tiles import MAX_TILE_SIZE, MIN_TILE_SIZE
 from store.blobs import TaskBlob, task_blob_key
 from store.database import Base, UtcDateTime
 
@@ -55,11 +56,19 @@ class TaskParameters(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # Both or neither: with a grid the marks are registered, without it only segmented.
-    rows: int | None = Field(default=None, ge=1, le=10_000)
-    cols: int | None = Field(default=None, ge=1, le=10_000)
-    model: str | None = Field(default=None, max_length=200)
-    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
-    tile_size: int | None = Field(default=None, ge=32, le=8192)
+    rows: int | None = Field(
+        default=None, ge=1, le=10_000, description="Grid rows (with cols: register ids)"
+    )
+    cols: int | None = Field(default=None, ge=1, le=10_000, description="Grid columns")
+    model: str | None = Field(
+        default=None, max_length=100, description="Model name (default: shipped model)"
+    )
+    threshold: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Probability threshold"
+    )
+    tile_size: int | None = Field(
+        default=None, ge=MIN_TILE_SIZE, le=MAX_TILE_SIZE, description="Tile edge, px"
+    )
     # Enlarge grids of small marks before the network (amseg predict --accurate); the API
     # fills in Settings.default_accurate when the upload does not say.
     accurate: bool = False

@@ -10,7 +10,6 @@ from uuid import uuid4
 
 import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from pydantic import ValidationError
 
 from api.deps import MetricsDep, Services, ServicesDep, require_api_key
 from api.problems import Problem
@@ -18,7 +17,7 @@ from api.routes.common import POLL_AFTER_S
 from api.routes.common import PROBLEM_RESPONSE as _PROBLEM
 from api.routes.common import load_task as _load_task
 from api.routes.common import unknown_task as _unknown_task
-from api.schemas import TaskCreated, TaskPage, TaskPublic, task_links, task_public
+from api.schemas import TaskCreated, TaskPage, TaskPublic, TaskQuery, task_links, task_public
 from api.uploads import IMAGE_CONTENT_TYPES, MULTIPART, ReceivedImage, receive_upload
 from store.blobs import TaskBlob, task_blob_key, task_prefix
 from store.tasks import (
@@ -77,25 +76,7 @@ async def create_task_route(
     svc: ServicesDep,
     metrics: MetricsDep,
     response: Response,
-    rows: Annotated[
-        int | None, Query(ge=1, le=10_000, description="Grid rows (with cols: register ids)")
-    ] = None,
-    cols: Annotated[int | None, Query(ge=1, le=10_000, description="Grid columns")] = None,
-    model: Annotated[
-        str | None, Query(max_length=100, description="Model name (default: shipped model)")
-    ] = None,
-    threshold: Annotated[
-        float | None, Query(ge=0.0, le=1.0, description="Probability threshold")
-    ] = None,
-    tile_size: Annotated[int | None, Query(ge=64, le=4096, description="Tile edge, px")] = None,
-    accurate: Annotated[
-        bool | None,
-        Query(
-            description="Enlarge grids of small marks 2x first: sharper outlines, 4x the "
-            "network time on those images (default: ACCURATE_SEGMENTATION, else on only for "
-            "the gpu queue)"
-        ),
-    ] = None,
+    query: Annotated[TaskQuery, Query()],
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -107,19 +88,12 @@ async def create_task_route(
     ] = None,
 ) -> TaskCreated:
     """Upload an image (raw body or multipart field `file`) and queue it for segmentation."""
+    accurate = svc.settings.default_accurate if query.accurate is None else query.accurate
+    parameters = TaskParameters(**query.model_dump(exclude={"accurate"}), accurate=accurate)
     try:
-        parameters = TaskParameters(
-            rows=rows,
-            cols=cols,
-            model=model,
-            threshold=threshold,
-            tile_size=tile_size,
-            accurate=svc.settings.default_accurate if accurate is None else accurate,
-        )
         svc.settings.model_dir_for(parameters.model)
-    except (ValidationError, ValueError) as error:
-        detail = error.errors()[0]["msg"] if isinstance(error, ValidationError) else str(error)
-        raise Problem(422, detail, kind="invalid-parameters") from None
+    except ValueError as error:
+        raise Problem(422, str(error), kind="invalid-parameters") from None
 
     with tempfile.TemporaryDirectory(prefix="amseg-upload-") as scratch:
         received = await receive_upload(request, Path(scratch))

@@ -13,7 +13,7 @@ from model.cli.console import console, progress_bar
 from model.errors import AmsegError
 from model.image.io import read_image, write_png
 from model.segment.single_pass import MAX_SCALE, SegmentOptions
-from model.segment.tiles import DEFAULT_OVERLAP
+from model.segment.tiles import MAX_TILE_SIZE, MIN_TILE_SIZE
 
 if TYPE_CHECKING:
     from model.segment.neural import TorchSegmenter
@@ -68,10 +68,17 @@ def predict(
     ),
     accurate: bool = typer.Option(False, "--accurate", help=ACCURATE_HELP),
     tile_size: int | None = typer.Option(
-        None, "--tile-size", min=64, help="Tile edge in px (default: the model's)."
+        None,
+        "--tile-size",
+        min=MIN_TILE_SIZE,
+        max=MAX_TILE_SIZE,
+        help="Tile edge in px (default: the model's).",
     ),
     overlap: int | None = typer.Option(
-        None, "--overlap", min=0, help="Minimum overlap of tiles in px (default: 64)."
+        None,
+        "--overlap",
+        min=0,
+        help="Minimum overlap of tiles in px (default: 64, at most half a tile).",
     ),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     backend: str = typer.Option(
@@ -100,13 +107,11 @@ def predict(
     segmenter = TorchSegmenter.from_model_dir(
         model_dir, runtime=RuntimeChoice(device=device, precision=precision, backend=backend)
     )
-    tile = tile_size if tile_size is not None else segmenter.tile_size
-    if overlap is None:
-        overlap = min(DEFAULT_OVERLAP, tile // 2)
-    if overlap > tile // 2:
-        raise AmsegError(f"--overlap {overlap} must be at most half the tile size ({tile // 2})")
     options = SegmentOptions(
-        tile_size=tile, overlap=overlap, threshold=threshold, accurate=accurate
+        tile_size=tile_size or segmenter.tile_size,
+        overlap=overlap,
+        threshold=threshold,
+        accurate=accurate,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"model: {segmenter.describe()}")

@@ -13,8 +13,10 @@ from model.cli.predict import ACCURATE_HELP, check_accurate, scale_help
 from model.dataset.group import GridSpec, GroupReport, process_group
 from model.dataset.layout import DatasetLayout
 from model.errors import AmsegError
+from model.register.records import MAX_ID
 from model.segment.segmenter import ClassicalSegmenter, Segmenter
 from model.segment.single_pass import MAX_SCALE, SegmentOptions
+from model.segment.tiles import DEFAULT_TILE_SIZE, MAX_TILE_SIZE, MIN_TILE_SIZE
 
 SEGMENTERS = ("auto", "model", "classical")
 
@@ -54,8 +56,19 @@ def segment(
     no_register: bool = typer.Option(
         False, "--no-register", help="Stop after the stitched mask; no grid ids."
     ),
-    tile_size: int = typer.Option(512, "--tile-size", min=64, help="Tile edge in px."),
-    overlap: int = typer.Option(64, "--overlap", min=0, help="Minimum overlap of tiles in px."),
+    tile_size: int = typer.Option(
+        DEFAULT_TILE_SIZE,
+        "--tile-size",
+        min=MIN_TILE_SIZE,
+        max=MAX_TILE_SIZE,
+        help="Tile edge in px.",
+    ),
+    overlap: int | None = typer.Option(
+        None,
+        "--overlap",
+        min=0,
+        help="Minimum overlap of tiles in px (default: 64, at most half a tile).",
+    ),
     threshold: float | None = typer.Option(
         None, "--threshold", min=0.0, max=1.0, help="Probability threshold (default: segmenter's)."
     ),
@@ -96,17 +109,7 @@ def segment(
         raise AmsegError("--no-register and --rows/--cols contradict each other; give one")
     if not no_register and (rows is None or cols is None):
         raise AmsegError("give the acquisition grid with --rows R --cols C, or pass --no-register")
-    if overlap > tile_size // 2:
-        raise AmsegError(
-            f"--overlap {overlap} must be at most half the tile size ({tile_size // 2})"
-        )
-    if not 0.0 <= low < high <= 100.0:
-        raise AmsegError(
-            "percentiles must satisfy 0 <= --low-percentile < --high-percentile <= 100"
-        )
     grid = None if no_register else GridSpec(rows, cols)  # type: ignore[arg-type]
-    from model.registration import MAX_ID  # here: scipy loads only for commands that use it
-
     if grid is not None and grid.rows * grid.cols > MAX_ID:
         # Checked before segmenting so a long run does not fail only at registration.
         raise AmsegError(f"a {rows}x{cols} grid has more than {MAX_ID} marks, the uint16 id limit")

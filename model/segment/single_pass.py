@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from model.errors import ParameterError
 from model.image.io import to_grayscale
 from model.image.normalize import (
     DEFAULT_HIGH_PERCENTILE,
@@ -19,10 +20,11 @@ from model.image.normalize import (
 )
 from model.segment.segmenter import Segmenter
 from model.segment.tiles import (
-    DEFAULT_OVERLAP,
     DEFAULT_TILE_SIZE,
     Tile,
     TileGrid,
+    check_tiling,
+    default_overlap,
     plan_tiles,
     predict_tiled,
 )
@@ -37,7 +39,7 @@ class SegmentOptions:
     """Knobs of the segmentation step (defaults work for typical slides)."""
 
     tile_size: int = DEFAULT_TILE_SIZE
-    overlap: int = DEFAULT_OVERLAP
+    overlap: int | None = None  # None: tiles.default_overlap(tile_size)
     low_percentile: float = DEFAULT_LOW_PERCENTILE
     high_percentile: float = DEFAULT_HIGH_PERCENTILE
     threshold: float | None = None  # None: the segmenter's own threshold
@@ -49,6 +51,17 @@ class SegmentOptions:
     # With scale None: also enlarge grids of small marks 2x (pitch.auto_scale),
     # for sharper outlines at 4x the network time on those images.
     accurate: bool = False
+
+    def __post_init__(self) -> None:
+        """Every caller's options pass the same checks here (one place per decision)."""
+        if self.overlap is None:
+            object.__setattr__(self, "overlap", default_overlap(self.tile_size))
+        check_tiling(self.tile_size, self.overlap)
+        if not 0.0 <= self.low_percentile < self.high_percentile <= 100.0:
+            raise ParameterError(
+                "percentiles must satisfy 0 <= low < high <= 100, got "
+                f"{self.low_percentile} and {self.high_percentile}"
+            )
 
 
 @dataclass

@@ -16,6 +16,8 @@ from functools import cached_property
 
 import numpy as np
 
+from model.errors import ParameterError
+
 DEFAULT_TILE_SIZE = 512
 DEFAULT_OVERLAP = 64
 _MIN_WEIGHT = 1e-3  # keeps the blend weight of every pixel positive
@@ -77,16 +79,38 @@ class TileGrid:
         }
 
 
+# The one rule for tile geometry, used by the CLI options, the API's task parameters and the
+# planner: smaller tiles give the network too little context around a mark, larger ones only
+# cost memory.
+MIN_TILE_SIZE = 64
+MAX_TILE_SIZE = 4096
+
+
+def default_overlap(tile_size: int) -> int:
+    """The overlap used when none is given: DEFAULT_OVERLAP, at most half a tile."""
+    return min(DEFAULT_OVERLAP, tile_size // 2)
+
+
+def check_tiling(tile_size: int, overlap: int) -> None:
+    """Refuse a tile size or overlap out of range, saying what would do."""
+    if not MIN_TILE_SIZE <= tile_size <= MAX_TILE_SIZE:
+        raise ParameterError(
+            f"tile size must be {MIN_TILE_SIZE}-{MAX_TILE_SIZE} px, got {tile_size}"
+        )
+    if not 0 <= overlap <= tile_size // 2:
+        raise ParameterError(
+            f"overlap must be at most half the tile size ({tile_size // 2} px) and not "
+            f"negative, got {overlap}"
+        )
+
+
 def plan_tiles(
     height: int, width: int, tile_size: int = DEFAULT_TILE_SIZE, overlap: int = DEFAULT_OVERLAP
 ) -> TileGrid:
     """Plan tiles for an image of any size, including smaller than one tile."""
     if height < 1 or width < 1:
         raise ValueError(f"image must have pixels, got {height}x{width}")
-    if tile_size < 16:
-        raise ValueError(f"tile size must be at least 16 px, got {tile_size}")
-    if not 0 <= overlap <= tile_size // 2:
-        raise ValueError(f"overlap must be between 0 and tile_size/2, got {overlap}")
+    check_tiling(tile_size, overlap)
     pad_y, pad_x = _pad(height, tile_size, overlap), _pad(width, tile_size, overlap)
     return TileGrid(
         height=height,

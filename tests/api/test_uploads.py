@@ -243,3 +243,43 @@ def test_accurate_is_stored_with_the_task(client: httpx.Client) -> None:
         assert created.status_code == 201, created.text
         task = client.get(f"/tasks/{created.json()['id']}").json()
         assert task["parameters"]["accurate"] is stored
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "params"),
+    [
+        ("POST", "/tasks", {"row": "8", "cols": "8"}),
+        ("GET", "/tasks", {"limit": "5", "staus": "QUEUED"}),
+        ("GET", "/health", {"verbose": "1"}),
+    ],
+)
+def test_unknown_query_parameters_are_refused(
+    client: httpx.Client, method: str, path: str, params: dict
+) -> None:
+    before = {t["id"] for t in client.get("/tasks", params={"limit": 1000}).json()["data"]}
+    if method == "POST":
+        response = post_raw(client, small_png(), "image/png", **params)
+    else:
+        response = client.request(method, path, params=params)
+    problem = assert_problem(response, 422)
+    assert problem["type"].endswith("/unknown-query-parameter")
+    unknown = sorted(set(params) - {"cols", "limit"})
+    assert ", ".join(unknown) in problem["detail"]
+    after = {t["id"] for t in client.get("/tasks", params={"limit": 1000}).json()["data"]}
+    assert after == before
+
+
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({"tile_size": "32"}, "tile_size"),
+        ({"tile_size": "5000"}, "tile_size"),
+        ({"rows": "4"}, "both rows and cols"),
+        ({"rows": "300", "cols": "300"}, "65535"),
+    ],
+)
+def test_task_parameters_out_of_range_are_a_422_problem(
+    client: httpx.Client, params: dict, fragment: str
+) -> None:
+    problem = assert_problem(post_raw(client, small_png(), "image/png", **params), 422)
+    assert fragment in problem["detail"]
