@@ -67,8 +67,7 @@ def imported_modules(path: Path, modules: dict[str, Path]) -> set[str]:
 def import_graph() -> dict[str, set[str]]:
     modules = project_modules()
     return {
-        name: imported_modules(path, modules) - {name} - {"model"}
-        for name, path in modules.items()
+        name: imported_modules(path, modules) - {name} - {"model"} for name, path in modules.items()
     }
 
 

@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from model.cli.app import app
 from model.cli.console import console
+from model.cli.train_report import RichReporter, summary_line
 from model.errors import AmsegError
 
-
-@app.command()
-def train(
-    data: Path = typer.Argument(
-        ...,
+DataArg = Annotated[
+    Path,
+    typer.Argument(
         help=(
             "Training data: DATA/train/<dataset>/<group>/source/*.png|tif with masks of the same "
             "name in .../<group>/mask/ (0/255 or 0/1; a missing mask is all background); "
             "DATA/valid/ alike (without it, 10 % of the training images are held out)."
         ),
     ),
-    matrix: str = typer.Option(
-        ...,
+]
+
+MatrixOption = Annotated[
+    str,
+    typer.Option(
         "--matrix",
         help=(
             "MALDI matrix of the data: DHB or DAN. Recorded in the model card, and picks the "
@@ -31,21 +34,32 @@ def train(
             "--init-from and --from-scratch override this choice."
         ),
     ),
-    encoder: str | None = typer.Option(
-        None,
+]
+
+EncoderOption = Annotated[
+    str | None,
+    typer.Option(
         "--encoder",
         help="smp encoder name (default: the base model's, else efficientnet-b0).",
     ),
-    decoder: str | None = typer.Option(
-        None,
+]
+
+DecoderOption = Annotated[
+    str | None,
+    typer.Option(
         "--decoder",
         help="Decoder width: light (128,64,32,16,8) or standard (256,128,64,32,16).",
     ),
-    in_channels: int | None = typer.Option(
-        None, "--in-channels", help="Network input channels: 1 (gray) or 3 (gray replicated)."
-    ),
-    full_res_skip: int | None = typer.Option(
-        None,
+]
+
+InChannelsOption = Annotated[
+    int | None,
+    typer.Option("--in-channels", help="Network input channels: 1 (gray) or 3 (gray replicated)."),
+]
+
+FullResSkipOption = Annotated[
+    int | None,
+    typer.Option(
         "--full-res-skip",
         min=0,
         help="Channels of a full-resolution skip connection into the last decoder block "
@@ -55,68 +69,119 @@ def train(
         "decoder block learn at 10x --lr. Dropping or resizing the skip of the shipped model "
         "trains from random weights.",
     ),
-    legacy: bool = typer.Option(
-        False,
+]
+
+LegacyOption = Annotated[
+    bool,
+    typer.Option(
         "--legacy",
         help="The old configuration: ResNeXt-50 32x4d, standard decoder, 3 channels, ImageNet "
         "mean/std.",
     ),
-    epochs: int = typer.Option(30, "--epochs", min=1, help="Training epochs."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Crops per step."),
-    tile_size: int = typer.Option(
-        256, "--tile-size", min=32, help="Training crop edge in px (multiple of 32)."
-    ),
-    lr: float = typer.Option(1e-3, "--lr", min=0.0, help="Peak learning rate (AdamW, cosine)."),
-    crops_per_epoch: int | None = typer.Option(
-        None,
+]
+
+EpochsOption = Annotated[
+    int,
+    typer.Option("--epochs", min=1, help="Training epochs."),
+]
+
+BatchSizeOption = Annotated[
+    int,
+    typer.Option("--batch-size", min=1, help="Crops per step."),
+]
+
+TileSizeOption = Annotated[
+    int,
+    typer.Option("--tile-size", min=32, help="Training crop edge in px (multiple of 32)."),
+]
+
+LrOption = Annotated[
+    float,
+    typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW, cosine)."),
+]
+
+CropsPerEpochOption = Annotated[
+    int | None,
+    typer.Option(
         "--crops-per-epoch",
         min=1,
         help="Crops per epoch (default: training area / crop area, at least one per image, "
         "at most 1024).",
     ),
-    out: Path = typer.Option(
-        Path("model-out"), "--out", "-o", help="Output model directory (also holds checkpoint.pt)."
-    ),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue an interrupted run from OUT/checkpoint.pt."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same weights on CPU)."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu or cuda."),
-    threads: int | None = typer.Option(
-        None,
+]
+
+OutOption = Annotated[
+    Path,
+    typer.Option("--out", "-o", help="Output model directory (also holds checkpoint.pt)."),
+]
+
+ResumeOption = Annotated[
+    bool,
+    typer.Option("--resume", help="Continue an interrupted run from OUT/checkpoint.pt."),
+]
+
+SeedOption = Annotated[
+    int,
+    typer.Option("--seed", help="Random seed (same seed, same weights on CPU)."),
+]
+
+DeviceOption = Annotated[
+    str,
+    typer.Option("--device", help="auto (cuda if available), cpu or cuda."),
+]
+
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
         "--threads",
         min=1,
         help="CPU threads for torch (default: every core). Use fewer when other jobs share "
         "the cores: oversubscribed threads slow training down sharply.",
     ),
-    init_from: Path | None = typer.Option(
-        None, "--init-from", help="Fine-tune from this model directory."
-    ),
-    from_scratch: bool = typer.Option(
-        False, "--from-scratch", help="Random initialisation even when a shipped model exists."
-    ),
-    scale_range: str = typer.Option(
-        "0.5,2",
+]
+
+InitFromOption = Annotated[
+    Path | None,
+    typer.Option("--init-from", help="Fine-tune from this model directory."),
+]
+
+FromScratchOption = Annotated[
+    bool,
+    typer.Option("--from-scratch", help="Random initialisation even when a shipped model exists."),
+]
+
+ScaleRangeOption = Annotated[
+    str,
+    typer.Option(
         "--scale-range",
         help="MIN,MAX zoom of the scale augmentation (log-uniform). The wide default teaches "
         "marks of many sizes; a narrow range (e.g. 0.7,1.4) suits a last fine-tuning pass on "
         "data whose mark sizes already match the slides to segment.",
     ),
-    mark_range: str = typer.Option(
-        "none",
+]
+
+MarkRangeOption = Annotated[
+    str,
+    typer.Option(
         "--mark-range",
         help="MIN,MAX mark size in px that the zoom may show, e.g. 8,60 (the sizes prediction "
         "meets): each image's zoom range is narrowed so its median mark stays inside, so "
         "9 px marks are not shrunk to 6 px. none = zoom every image alike.",
     ),
-    loss: str = typer.Option(
-        "bce-dice",
+]
+
+LossOption = Annotated[
+    str,
+    typer.Option(
         "--loss",
         help="Training loss: bce-dice (BCE + soft Dice) or bce-lovasz (BCE + Lovasz hinge, "
         "which weighs the pixels that decide the outline most; for fine-tuning).",
     ),
-    disturb: float = typer.Option(
-        0.0,
+]
+
+DisturbOption = Annotated[
+    float,
+    typer.Option(
         "--disturb",
         min=0.0,
         max=1.0,
@@ -125,14 +190,46 @@ def train(
         "uneven light (gain and glow ramps) and defocus (blur with sharp truth), e.g. 0.2. "
         "Teaches the network that dust is not a mark; see benchmarks/robustness.py. 0 = off.",
     ),
-    ema: float = typer.Option(
-        0.0,
+]
+
+EmaOption = Annotated[
+    float,
+    typer.Option(
         "--ema",
         min=0.0,
         max=0.99999,
         help="Keep an exponential moving average of the weights with this decay (e.g. 0.999) "
         "and validate and save the average; 0 = off.",
     ),
+]
+
+
+@app.command()
+def train(
+    data: DataArg,
+    matrix: MatrixOption,
+    encoder: EncoderOption = None,
+    decoder: DecoderOption = None,
+    in_channels: InChannelsOption = None,
+    full_res_skip: FullResSkipOption = None,
+    legacy: LegacyOption = False,
+    epochs: EpochsOption = 30,
+    batch_size: BatchSizeOption = 8,
+    tile_size: TileSizeOption = 256,
+    lr: LrOption = 1e-3,
+    crops_per_epoch: CropsPerEpochOption = None,
+    out: OutOption = Path("model-out"),
+    resume: ResumeOption = False,
+    seed: SeedOption = 0,
+    device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
+    init_from: InitFromOption = None,
+    from_scratch: FromScratchOption = False,
+    scale_range: ScaleRangeOption = "0.5,2",
+    mark_range: MarkRangeOption = "none",
+    loss: LossOption = "bce-dice",
+    disturb: DisturbOption = 0.0,
+    ema: EmaOption = 0.0,
 ) -> None:
     """Train the ablation-mark U-Net and write a model directory.
 
@@ -140,7 +237,8 @@ def train(
     model_card.json, training_curves.png, history.json and checkpoint.pt (for --resume). The
     validation Dice and object F1 use the same probability threshold as prediction.
     """
-    from model.training import RichReporter, TrainConfig, summary_line, train_model
+    from model.train.config import TrainConfig  # imported here: torch is heavy
+    from model.train.loop import train_model
 
     if matrix.upper() not in ("DHB", "DAN"):
         raise AmsegError(f"--matrix must be DHB or DAN, got {matrix!r}")

@@ -13,7 +13,9 @@ import model.cli.train  # noqa: F401  registers the command
 from model.cli.app import app
 from model.errors import AmsegError
 from model.segment.network import load_model
-from model.synth import generate_slide, random_spec, write_training_layout
+from model.synth.slide import generate_slide
+from model.synth.styles import random_spec
+from model.synth.writers import write_training_layout
 
 runner = CliRunner()
 FAST = ["--encoder", "resnet18", "--tile-size", "64", "--batch-size", "4", "--device", "cpu"]
@@ -21,9 +23,9 @@ FAST = ["--encoder", "resnet18", "--tile-size", "64", "--batch-size", "4", "--de
 
 @pytest.fixture(autouse=True)
 def no_shipped_model(monkeypatch, tmp_path: Path):
-    monkeypatch.setattr("model.training.DEFAULT_MODEL_DIR", tmp_path / "weights" / "default")
+    monkeypatch.setattr("model.train.base.DEFAULT_MODEL_DIR", tmp_path / "weights" / "default")
     # One intra-op thread: two threads spin badly when other work shares the two cores.
-    monkeypatch.setattr("model.training.os.cpu_count", lambda: 1)
+    monkeypatch.setattr("model.train.loop.os.cpu_count", lambda: 1)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +85,7 @@ def test_shipped_matrix_model_is_the_base(synth_data, tmp_path, monkeypatch):
     base = [synth_data, *FAST, "--epochs", "1", "--crops-per-epoch", "4"]
     assert run([*base, "--matrix", "DAN", "--out", first]).exit_code == 0
     weights = tmp_path / "shipped"
-    monkeypatch.setattr("model.training.DEFAULT_MODEL_DIR", weights / "default")
+    monkeypatch.setattr("model.train.base.DEFAULT_MODEL_DIR", weights / "default")
     (weights).mkdir()
     first.rename(weights / "dan")
     result = run([synth_data, "--matrix", "DAN", "--epochs", "1", "--crops-per-epoch", "4",
@@ -140,7 +142,8 @@ def test_help_documents_the_base_model_choice():
 
 
 def test_sixteen_bit_and_eight_bit_sources_are_normalized(synth_data):
-    from model.training import TrainConfig, load_training_data
+    from model.train.config import TrainConfig
+    from model.train.data import load_training_data
 
     train, valid, _ = load_training_data(TrainConfig(data=synth_data))
     for sample in train + valid:
