@@ -1,8 +1,8 @@
 """The house's rules, read from the code's own imports: no import circles, and imports one way.
 
-cli, api, worker -> model and store; inside model: train -> dataset -> segment -> image,
-dataset -> register -> image, synth -> image; nothing in model imports api, store or worker; api never
-imports worker. Imports inside functions count too: a lazy import is still an arrow.
+cli, api, worker -> model and store; inside model: train -> segment -> image, dataset ->
+segment and register -> image, synth -> image; nothing in model imports api, store or worker;
+api never imports worker. Imports inside functions count too: a lazy import is still an arrow.
 """
 
 from __future__ import annotations
