@@ -33,7 +33,8 @@ from model.segment.agreement import reduced_precision_agreement
 from model.segment.neural import TorchSegmenter
 from model.segment.predict import predict_image
 from model.segment.single_pass import SegmentOptions
-from model.synth import generate_slide, random_spec
+from model.synth.slide import generate_slide
+from model.synth.styles import random_spec
 
 REAL_CROPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 RUNTIMES = {

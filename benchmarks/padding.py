@@ -26,7 +26,8 @@ from model.metrics import dice_counts, dice_from_counts
 from model.segment.neural import TorchSegmenter
 from model.segment.predict import predict_image
 from model.segment.single_pass import SegmentOptions
-from model.synth import generate_slide, random_spec
+from model.synth.slide import generate_slide
+from model.synth.styles import random_spec
 
 FRAME = 200
 

@@ -151,7 +151,8 @@ def make_inputs(
     from model.segment.network import build_from_card, legacy_card, save_model
 
     try:
-        from model.synth import generate_slide, random_spec
+        from model.synth.slide import generate_slide
+        from model.synth.styles import random_spec
 
         spec = random_spec(seed, height=size, width=size, mark_size=mark_size)
         image = generate_slide(spec, seed).image

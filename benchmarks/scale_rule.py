@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.metrics import dice as mask_dice
 from model.metrics import dice_counts, dice_from_counts
 from model.segment.pitch import TARGET_PITCH_PX, auto_scale, estimate_mark_pitch
-from model.synth import generate_slide, random_spec
+from model.synth.slide import generate_slide
+from model.synth.styles import random_spec
 
 SCALES = (1 / 1.5, 1 / 2, 1 / 2.5, 1 / 3, 1 / 4)
 

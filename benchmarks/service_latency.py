@@ -34,12 +34,14 @@ from moto.server import ThreadedMotoServer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.synth import fit_grid_inside, generate_slide, random_spec  # noqa: E402
+from model.synth.grid import fit_grid_inside  # noqa: E402
+from model.synth.slide import generate_slide  # noqa: E402
+from model.synth.styles import random_spec  # noqa: E402
 from store.database import upgrade_database  # noqa: E402
+from store.queue import create_celery  # noqa: E402
 from store.settings import Settings  # noqa: E402
 from tests.conftest import RedisServer  # noqa: E402
 from tests.service_stack import ServiceStack, png_bytes, stack_environment  # noqa: E402
-from worker.celery_app import create_celery  # noqa: E402
 
 POST_SCRIPT = """
 local f = io.open("{path}", "rb")

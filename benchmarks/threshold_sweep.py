@@ -22,7 +22,8 @@ from model.segment.card import DEFAULT_MODEL_DIR
 from model.segment.neural import TorchSegmenter
 from model.segment.predict import predict_image
 from model.segment.single_pass import SegmentOptions, remove_small_components
-from model.synth import generate_slide, random_spec
+from model.synth.slide import generate_slide
+from model.synth.styles import random_spec
 
 THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 

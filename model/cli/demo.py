@@ -14,7 +14,10 @@ from model.dataset.layout import DatasetLayout
 from model.image.io import read_image
 from model.metrics import mark_id_accuracy
 from model.segment.single_pass import SegmentOptions
-from model.synth import fit_grid_inside, generate_slide, random_spec, write_dataset_layout
+from model.synth.grid import fit_grid_inside
+from model.synth.slide import generate_slide
+from model.synth.styles import random_spec
+from model.synth.writers import write_dataset_layout
 
 
 @app.command()

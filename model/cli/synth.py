@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import typer
@@ -13,14 +14,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from model.cli.app import app
 from model.cli.console import console
 from model.errors import AmsegError
-from model.synth import (
-    BACKGROUNDS,
-    MAX_MARKS,
-    generate_slide,
-    random_spec,
-    write_dataset_layout,
-    write_training_layout,
-)
+from model.synth.slide import generate_slide
+from model.synth.spec import BACKGROUNDS, MAX_MARKS, STYLES
+from model.synth.styles import random_spec
+from model.synth.writers import write_dataset_layout, write_training_layout
 
 LAYOUTS = ("train", "dataset")
 
@@ -121,6 +118,13 @@ def synth(
         "crystal patches as bright as the marks: the hardest), smooth, or any (drawn per "
         "slide: 50 / 35 / 15 %).",
     ),
+    style: str = typer.Option(
+        "none",
+        "--style",
+        help="An extra kind of slide for every slide: outlined (dark filled marks with a "
+        "darker outline on a bright fibrous matrix), ghosted (a fainter crescent beside many "
+        "marks, left out of the truth), blotchy (heavy blotchy speckle), or none.",
+    ),
 ) -> None:
     """Generate synthetic post-MALDI microscopy slides with exact ground-truth masks and ids.
 
@@ -131,8 +135,36 @@ def synth(
     if background != "any" and background not in BACKGROUNDS:
         choices = ", ".join((*BACKGROUNDS, "any"))
         raise SynthOptionError(f"--background must be one of {choices}, got {background!r}")
+    if style != "none" and style not in STYLES:
+        choices = ", ".join((*STYLES, "none"))
+        raise SynthOptionError(f"--style must be one of {choices}, got {style!r}")
     out_dir = Path(out_dir)
     valid_count = round(count * valid_fraction) if layout == "train" else 0
+    spec_options = {
+        "height": height,
+        "width": width,
+        "rows": rows,
+        "cols": cols,
+        "mark_size": mark_size,
+        "bit_depth": bit_depth,
+        "low_contrast_fraction": low_contrast_fraction,
+        "background": None if background == "any" else background,
+        "style": None if style == "none" else style,
+    }
+    grids = _write_slides(out_dir, count, seed, spec_options, layout, valid_count, dataset)
+    _print_summary(out_dir, count, layout, valid_count, dataset, grids)
+
+
+def _write_slides(
+    out_dir: Path,
+    count: int,
+    seed: int,
+    spec_options: dict[str, Any],
+    layout: str,
+    valid_count: int,
+    dataset: str,
+) -> set[tuple[int, int]]:
+    """Draw, render and write `count` slides; return the (rows, cols) grids they have."""
     grids: set[tuple[int, int]] = set()
     columns = (
         TextColumn("{task.description}"),
@@ -144,17 +176,7 @@ def synth(
         task = progress.add_task("synthesising slides", total=count)
         for index in range(count):
             slide_rng_seed = slide_seed(seed, index)
-            spec = random_spec(
-                slide_rng_seed,
-                height=height,
-                width=width,
-                rows=rows,
-                cols=cols,
-                mark_size=mark_size,
-                bit_depth=bit_depth,
-                low_contrast_fraction=low_contrast_fraction,
-                background=None if background == "any" else background,
-            )
+            spec = random_spec(slide_rng_seed, **spec_options)
             slide = generate_slide(spec, slide_rng_seed)
             group = f"slide_{index:03d}"
             grids.add((spec.rows, spec.cols))
@@ -165,7 +187,18 @@ def synth(
             else:
                 write_dataset_layout(out_dir, slide, group=group)
             progress.advance(task)
+    return grids
 
+
+def _print_summary(
+    out_dir: Path,
+    count: int,
+    layout: str,
+    valid_count: int,
+    dataset: str,
+    grids: set[tuple[int, int]],
+) -> None:
+    """Where the slides went and, for a dataset, the `amseg segment` command to run next."""
     out = Console(highlight=False)
     if layout == "train":
         out.print(

@@ -11,7 +11,9 @@ import httpx
 import numpy as np
 import pytest
 
-from model.synth import fit_grid_inside, generate_slide, random_spec
+from model.synth.grid import fit_grid_inside
+from model.synth.slide import generate_slide
+from model.synth.styles import random_spec
 from tests.conftest import free_port
 from tests.service_stack import png_bytes, read_png
 

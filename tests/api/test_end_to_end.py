@@ -13,7 +13,9 @@ import tifffile
 
 from model.image.io import read_image
 from model.metrics import dice, mark_id_accuracy
-from model.synth import fit_grid_inside, generate_slide, random_spec
+from model.synth.grid import fit_grid_inside
+from model.synth.slide import generate_slide
+from model.synth.styles import random_spec
 from tests.conftest import REAL_DATA
 from tests.service_stack import ServiceStack, read_png
 

@@ -32,6 +32,7 @@ def test_help_lists_every_option() -> None:
         "--valid-fraction",
         "--dataset",
         "--background",
+        "--style",
     ):
         assert option in result.output
 
@@ -108,6 +109,16 @@ def test_background_option_fixes_the_matrix_style(tmp_path) -> None:
         assert spec["ridge_strength"] >= 0.5 and spec["contrast"] >= 0.85
 
 
+def test_style_option_makes_every_slide_of_that_style(tmp_path) -> None:
+    args = ["synth", str(tmp_path), "--count", "2", "--layout", "dataset", "--height", "200"]
+    args += ["--width", "200", "--style", "ghosted"]
+    result = runner.invoke(app, args, terminal_width=300)
+    assert result.exit_code == 0, result.output
+    for group in ("slide_000", "slide_001"):
+        spec = json.loads((tmp_path / "ground_truth" / group / "spec.json").read_text())
+        assert spec["ghost_fraction"] >= 0.4
+
+
 def test_same_seed_writes_same_files(tmp_path) -> None:
     for name in ("a", "b"):
         args = [
@@ -142,6 +153,7 @@ def test_same_seed_writes_same_files(tmp_path) -> None:
         ("--layout", "zip", "--layout"),
         ("--valid-fraction", "1.5", "--valid-fraction"),
         ("--background", "glossy", "--background"),
+        ("--style", "glossy", "--style"),
     ],
 )
 def test_bad_options_fail_with_a_clear_error(tmp_path, option, value, fragment) -> None:

@@ -12,7 +12,8 @@ from model.segment.card import DEFAULT_MODEL_DIR, WEIGHTS_FILE
 from model.segment.neural import TorchSegmenter
 from model.segment.predict import predict_image
 from model.segment.single_pass import SegmentOptions
-from model.synth import generate_slide, random_spec
+from model.synth.slide import generate_slide
+from model.synth.styles import random_spec
 
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_MODEL_DIR / WEIGHTS_FILE).is_file(), reason="no default model shipped"

@@ -300,8 +300,10 @@ def test_pitch_of_a_synthetic_grid_within_5_percent(pitch_y, pitch_x, angle):
 
 
 def test_pitch_of_a_generated_slide_within_5_percent():
-    synth = pytest.importorskip("model.synth")
-    spec = synth.random_spec(
+    from model.synth.slide import generate_slide
+    from model.synth.styles import random_spec
+
+    spec = random_spec(
         5,
         height=1500,
         width=1400,
@@ -310,7 +312,7 @@ def test_pitch_of_a_generated_slide_within_5_percent():
         jitter=0.0,
         row_shift=0.0,
     )
-    pitch = estimate_mark_pitch(synth.generate_slide(spec, 5).image)
+    pitch = estimate_mark_pitch(generate_slide(spec, 5).image)
     assert pitch is not None
     assert abs(pitch / min(spec.pitch_x, spec.pitch_y) - 1) < 0.05
 
@@ -319,7 +321,8 @@ def test_pitch_of_a_generated_slide_within_5_percent():
 def test_aligned_crescent_arms_are_not_taken_for_the_grid(seed):
     """Generated slides where every crescent's two arms gave a weak autocorrelation peak at
     under half the pitch, once read as the pitch (8.3 px for 17, 22 for 44, 25 for 84)."""
-    from model.synth import generate_slide, random_spec
+    from model.synth.slide import generate_slide
+    from model.synth.styles import random_spec
 
     slide = generate_slide(random_spec(seed, height=1024, width=1024), seed)
     pitch = estimate_mark_pitch(slide.image)
@@ -558,7 +561,7 @@ def test_uncertain_outlines_fire_only_for_small_grids_at_full_resolution():
     probabilities[10:20, 10:20] = 1.0
     probabilities[25:35, 10:20] = 0.5  # 100 undecided pixels per 100 marked
     image, _ = disc_grid_scene(rows=2, cols=2, pitch=20, radius=3)
-    base = segment_image(image[:40, :40], ClassicalSegmenter(), SegmentOptions(32, 8))
+    base = segment_image(image[:40, :40], ClassicalSegmenter(), SegmentOptions(64, 16))
     soft = dataclasses.replace(base, probabilities=probabilities, mask=probabilities > 0.9)
     crisp = dataclasses.replace(
         soft, probabilities=np.where(probabilities == 0.5, 0, probabilities)
