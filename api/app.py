@@ -18,7 +18,7 @@ import model
 from api.deps import Services, reject_unknown_query_parameters
 from api.metrics import Metrics, MetricsMiddleware
 from api.problems import install_problem_handlers
-from api.routes import operations, results, tasks
+from api.routes import models, operations, results, tasks
 from api.sweep import sweep_once
 from api.uploads import BodyLimitMiddleware
 from store.blobs import create_blob_store
@@ -96,7 +96,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = Metrics()
     install_problem_handlers(app)
-    for routes in (tasks, results, operations):
+    for routes in (tasks, results, models, operations):
         app.include_router(routes.router)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 

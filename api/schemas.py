@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from store.tasks import Task, TaskParameters, TaskStatus
+from store.tasks import MAX_FINETUNE_MINUTES, Task, TaskParameters, TaskStatus
 
 
 class TaskQuery(TaskParameters):
@@ -107,4 +107,72 @@ def task_public(task: Task) -> TaskPublic:
             size_bytes=task.input_size,
         ),
         links=task_links(task),
+    )
+
+
+class ModelQuery(BaseModel):
+    """The query of `POST /models`: the task whose image to learn from, and the job's limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(max_length=64, description="A task whose image the model learns from")
+    rows: int | None = Field(
+        default=None, ge=1, le=10_000, description="Grid rows (label-free: default the task's)"
+    )
+    cols: int | None = Field(default=None, ge=1, le=10_000, description="Grid columns")
+    minutes: float = Field(
+        default=5.0, gt=0.0, le=MAX_FINETUNE_MINUTES, description="Time budget of the fine-tune"
+    )
+    base: str | None = Field(
+        default=None, max_length=100, description="Model to start from (default: shipped model)"
+    )
+
+
+class ModelLinks(BaseModel):
+    self: str
+    card: str | None = None
+    source_task: str | None = None
+
+
+class ModelPublic(BaseModel):
+    id: str
+    status: TaskStatus
+    progress: float = Field(ge=0.0, le=1.0)
+    stage: str | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    parameters: dict
+    summary: dict | None = Field(description="Held-out scores and time, once FINISHED")
+    links: ModelLinks
+
+
+class ModelPage(BaseModel):
+    data: list[ModelPublic]
+    next_cursor: str | None
+    links: dict[str, str | None]
+
+
+def model_public(task: Task) -> ModelPublic:
+    parameters = task.finetune_parameters
+    finished = task.status == TaskStatus.FINISHED
+    return ModelPublic(
+        id=str(task.id),
+        status=task.status,
+        progress=task.progress,
+        stage=task.stage,
+        error=task.error,
+        created_at=task.created_at,
+        started_at=task.started_at,
+        finished_at=task.finished_at,
+        attempts=task.attempts,
+        parameters=parameters.model_dump(),
+        summary=task.summary,
+        links=ModelLinks(
+            self=f"/models/{task.id}",
+            card=f"/models/{task.id}/model_card.json" if finished else None,
+            source_task=f"/tasks/{parameters.source_task}" if parameters.source_task else None,
+        ),
     )

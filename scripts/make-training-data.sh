@@ -4,24 +4,31 @@
 # and 48 validation slides (9808 and 192 images, as the card's data summary records), 2.9 GB,
 # 6.5 minutes on 2 cores.
 #
-#   scripts/make-training-data.sh [OUT_DIR] [--dry-run]     (OUT_DIR default: /tmp/amseg_train)
+#   scripts/make-training-data.sh [OUT_DIR] [--dry-run] [--styles] [--jobs N]
+#       (OUT_DIR default: /tmp/amseg_train; --styles adds the outlined, ghosted and blotchy
+#       slide styles of `amseg synth --style`; --jobs runs N datasets at once, default 2)
 #
-# Then, e.g. to fine-tune the default model (see README "Training"):
+# Then, e.g. to fine-tune the default model (see docs/model.md, "Training"):
 #   .venv/bin/amseg train OUT_DIR --matrix DHB --epochs 16 --crops-per-epoch 2048 --lr 1e-4 \
 #       --scale-range 0.7,1.4 --mark-range 8,60 --ema 0.999 --loss bce-lovasz
-# Every slide is fully determined by its seed, so a rerun writes the same files. Two chains run
-# side by side; a failed run stops its chain, and the script exits non-zero once both end.
+# Every slide is fully determined by its seed, so a rerun writes the same files. Datasets run
+# --jobs at a time; the script exits non-zero once all end if any failed.
 set -euo pipefail
 
 out="/tmp/amseg_train"
 dry_run=0
-for arg in "$@"; do
-    case "$arg" in
+styles=0
+jobs=2
+while [ $# -gt 0 ]; do
+    case "$1" in
         --dry-run) dry_run=1 ;;
-        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        -*) echo "unknown option: $arg (see --help)" >&2; exit 2 ;;
-        *) out="$arg" ;;
+        --styles) styles=1 ;;
+        --jobs) jobs="${2:?--jobs needs a number}"; shift ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -*) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+        *) out="$1" ;;
     esac
+    shift
 done
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,8 +57,17 @@ chain_two=(
     "--count 50 --valid-fraction 0 --low-contrast-fraction 0.6 --seed 9600 --dataset hard17 --mark-size 17"
 )
 
+# The real failure modes of issue 28 (see `amseg synth --style`), each with validation slides.
+styled=(
+    "--count 300 --valid-fraction 0.08 --seed 11000 --dataset outlined --style outlined"
+    "--count 300 --valid-fraction 0.08 --seed 12000 --dataset ghosted --style ghosted"
+    "--count 300 --valid-fraction 0.08 --seed 13000 --dataset blotchy --style blotchy"
+)
+recipe=("${chain_one[@]}" "${chain_two[@]}")
+[ "$styles" = 1 ] && recipe+=("${styled[@]}")
+
 if [ "$dry_run" = 1 ]; then
-    for options in "${chain_one[@]}" "${chain_two[@]}"; do
+    for options in "${recipe[@]}"; do
         echo "amseg synth $out $common $options"
     done
     exit 0
@@ -59,22 +75,26 @@ fi
 
 [ -x "$amseg" ] || { echo "$amseg not found: run 'make venv' first (or set AMSEG)" >&2; exit 1; }
 
-run_chain() {
-    local options
-    for options in "$@"; do
-        # shellcheck disable=SC2086  # the options are words on purpose
-        "$amseg" synth "$out" $common $options >/dev/null
-        echo "done: amseg synth $out $common $options"
-    done
+run_one() {
+    # shellcheck disable=SC2086  # the options are words on purpose
+    "$amseg" synth "$out" $common $1 >/dev/null && echo "done: amseg synth $out $common $1"
 }
 
-run_chain "${chain_one[@]}" &
-first=$!
-run_chain "${chain_two[@]}" &
-second=$!
+# At most $jobs datasets at once; every one runs, and the script fails if any did.
 status=0
-wait "$first" || status=$?
-wait "$second" || status=$?
+running=0
+for options in "${recipe[@]}"; do
+    if [ "$running" -ge "$jobs" ]; then
+        wait -n || status=$?
+        running=$((running - 1))
+    fi
+    run_one "$options" &
+    running=$((running + 1))
+done
+while [ "$running" -gt 0 ]; do
+    wait -n || status=$?
+    running=$((running - 1))
+done
 [ "$status" = 0 ] || { echo "a synth run failed (status $status)" >&2; exit "$status"; }
 echo "training data in $out: $(find "$out/train" -path '*/source/*' -type f | wc -l) training" \
      "and $(find "$out/valid" -path '*/source/*' -type f | wc -l) validation images"

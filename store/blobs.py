@@ -37,12 +37,22 @@ class TaskBlob(StrEnum):
     AMS = "ams.csv"
     OVERLAY = "overlay.png"
     QC = "qc.json"
+    # A fine-tune task's labels (its input image is INPUT) and its result, a model directory.
+    TRAIN_MASK = "train_mask.png"
+    MODEL_WEIGHTS = "model.safetensors"
+    MODEL_CARD = "model_card.json"
 
     @property
     def content_type(self) -> str | None:
         """The media type to serve a result with; None for the input, whose type is recorded."""
         suffix = self.value.rpartition(".")[2]
         return {"png": "image/png", "csv": "text/csv", "json": "application/json"}.get(suffix)
+
+
+# What a task was given, what a segment task makes, what a fine-tune task makes.
+TASK_INPUTS = (TaskBlob.INPUT, TaskBlob.TRAIN_MASK)
+SEGMENT_RESULTS = (TaskBlob.MASK, TaskBlob.LABELS, TaskBlob.AMS, TaskBlob.OVERLAY, TaskBlob.QC)
+MODEL_RESULTS = (TaskBlob.MODEL_WEIGHTS, TaskBlob.MODEL_CARD)
 
 
 def task_prefix(task_id: UUID | str) -> str:
@@ -100,6 +110,10 @@ class BlobStore(ABC):
     @abstractmethod
     def get_bytes(self, key: str) -> bytes:
         """The whole blob under `key`; raises BlobNotFoundError."""
+
+    @abstractmethod
+    def copy(self, source: str, target: str) -> None:
+        """Store a copy of the blob under `source` as `target`; raises BlobNotFoundError."""
 
     @abstractmethod
     def iter_chunks(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
@@ -224,6 +238,16 @@ class S3BlobStore(BlobStore):
     def get_bytes(self, key: str) -> bytes:
         return self._get_object(key)["Body"].read()
 
+    def copy(self, source: str, target: str) -> None:
+        # A managed copy: one request server-side, multipart beyond 5 GB.
+        origin = {"Bucket": self.bucket, "Key": check_key(source)}
+        try:
+            self._client.copy(origin, self.bucket, check_key(target))
+        except ClientError as error:
+            if error.response["Error"]["Code"] in _MISSING_KEY_CODES:
+                raise BlobNotFoundError(source) from error
+            raise
+
     def iter_chunks(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
         body = self._get_object(key)["Body"]  # fetched now, so a missing key raises here
         return body.iter_chunks(chunk_size)
@@ -305,6 +329,13 @@ class LocalBlobStore(BlobStore):
             return size
 
         return self._write_atomically(key, copy)
+
+    def copy(self, source: str, target: str) -> None:
+        try:
+            with self.path_for(source).open("rb") as stream:
+                self.put_stream(target, stream)
+        except FileNotFoundError as error:
+            raise BlobNotFoundError(source) from error
 
     def _write_atomically(self, key: str, write: Callable[[BinaryIO], int]) -> int:
         path = self.path_for(key)

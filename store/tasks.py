@@ -50,6 +50,14 @@ class TaskStatus(enum.StrEnum):
     FAILED = "FAILED"
 
 
+class TaskKind(enum.StrEnum):
+    """What a task does: segment one image, or fine-tune a model on one (its result is a
+    model that later segment tasks may ask for by the task's id)."""
+
+    SEGMENT = "segment"
+    FINETUNE = "finetune"
+
+
 class TaskParameters(BaseModel):
     """What the caller asked for; None means "the model's own default"."""
 
@@ -82,6 +90,38 @@ class TaskParameters(BaseModel):
         return self
 
 
+# A fine-tune job's time budget: long enough for a useful model on a 2-core CPU (5 min), short
+# enough to stay far inside the task time limit.
+MAX_FINETUNE_MINUTES = 20.0
+
+
+class FinetuneParameters(BaseModel):
+    """What a fine-tune job was asked for. With `labelled` the task's `train_mask` blob holds
+    the labels (0 background, 255 mark, 128 not labelled); without it the labels come from the
+    acquisition grid (`rows` x `cols`) and the base model's confident marks."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source_task: str | None = Field(
+        default=None, max_length=64, description="The segment task whose image is used"
+    )
+    labelled: bool = True
+    rows: int | None = Field(default=None, ge=1, le=10_000)
+    cols: int | None = Field(default=None, ge=1, le=10_000)
+    minutes: float = Field(default=5.0, gt=0.0, le=MAX_FINETUNE_MINUTES)
+    base: str | None = Field(
+        default=None, max_length=100, description="Model to start from (default: shipped model)"
+    )
+
+    @model_validator(mode="after")
+    def _labels_or_grid(self) -> "FinetuneParameters":
+        if (self.rows is None) != (self.cols is None):
+            raise ValueError("give both rows and cols, or neither")
+        if not self.labelled and self.rows is None:
+            raise ValueError("without labels the grid is needed: give rows and cols")
+        return self
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -93,6 +133,7 @@ class Task(Base):
         CheckConstraint("attempts >= 0", name="attempts_not_negative"),
         # Newest-first listing pages on (created_at, id).
         Index("ix_tasks_created_at_id", "created_at", "id"),
+        Index("ix_tasks_kind_created_at", "kind", "created_at"),
     )
 
     # uuid4 draws from os.urandom, so ids cannot be guessed from one another.
@@ -108,6 +149,11 @@ class Task(Base):
         ),
         index=True,
         default=TaskStatus.QUEUED,
+    )
+    kind: Mapped[TaskKind] = mapped_column(
+        Enum(TaskKind, native_enum=False, length=16, name="kind", validate_strings=True),
+        default=TaskKind.SEGMENT,
+        server_default=TaskKind.SEGMENT.value,
     )
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     stage: Mapped[str | None] = mapped_column(String(64))
@@ -130,12 +176,20 @@ class Task(Base):
     image_width: Mapped[int] = mapped_column(Integer)
     image_height: Mapped[int] = mapped_column(Integer)
     result_keys: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # A small record of the result for listings (a fine-tune's held-out scores, ...).
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
 
     @property
     def task_parameters(self) -> TaskParameters:
+        """The parameters of a segment task."""
         return TaskParameters.model_validate(self.parameters)
+
+    @property
+    def finetune_parameters(self) -> FinetuneParameters:
+        """The parameters of a fine-tune task."""
+        return FinetuneParameters.model_validate(self.parameters)
 
     @property
     def is_terminal(self) -> bool:
@@ -166,7 +220,7 @@ def parse_task_id(task_id: UUID | str) -> UUID | None:
 def create_task(
     session: Session,
     *,
-    parameters: TaskParameters,
+    parameters: TaskParameters | FinetuneParameters,
     input_content_type: str,
     input_size: int,
     image_width: int,
@@ -185,8 +239,10 @@ def create_task(
         return existing, False
 
     task_id = task_id or uuid.uuid4()
+    kind = TaskKind.FINETUNE if isinstance(parameters, FinetuneParameters) else TaskKind.SEGMENT
     task = Task(
         id=task_id,
+        kind=kind,
         status=TaskStatus.QUEUED,
         progress=0.0,
         attempts=0,
@@ -253,11 +309,18 @@ def list_tasks(
     limit: int = 50,
     cursor: str | None = None,
     status: TaskStatus | None = None,
+    kind: TaskKind = TaskKind.SEGMENT,
 ) -> TaskPage:
-    """Tasks newest first, `limit` at a time; stable however many share a creation time."""
+    """Tasks of one kind newest first, `limit` at a time; stable however many share a
+    creation time."""
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise ValueError(f"limit must be 1..{MAX_PAGE_SIZE}, got {limit}")
-    query = select(Task).order_by(Task.created_at.desc(), Task.id.desc()).limit(limit + 1)
+    query = (
+        select(Task)
+        .where(Task.kind == kind)
+        .order_by(Task.created_at.desc(), Task.id.desc())
+        .limit(limit + 1)
+    )
     if status is not None:
         query = query.where(Task.status == status)
     if cursor is not None:
@@ -351,7 +414,13 @@ def record_heartbeat(session: Session, task_id: UUID | str) -> bool:
     )
 
 
-def finish_task(session: Session, task_id: UUID | str, *, result_keys: dict[str, str]) -> bool:
+def finish_task(
+    session: Session,
+    task_id: UUID | str,
+    *,
+    result_keys: dict[str, str],
+    summary: dict[str, Any] | None = None,
+) -> bool:
     """Mark a RUNNING task FINISHED with its results; True if the task is FINISHED afterwards.
 
     Finishing an already FINISHED task changes nothing (a re-run of a finished task).
@@ -365,6 +434,7 @@ def finish_task(session: Session, task_id: UUID | str, *, result_keys: dict[str,
         stage=None,
         error=None,
         result_keys=result_keys,
+        summary=summary,
         finished_at=utc_now(),
     )
     if finished:

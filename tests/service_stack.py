@@ -121,11 +121,13 @@ class ServiceStack:
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=60, **kwargs)
 
-    def wait_until_over(self, client: httpx.Client, task_id: str, timeout: float = 120) -> dict:
-        """Poll until the task is FINISHED or FAILED; returns its last state."""
+    def wait_until_over(
+        self, client: httpx.Client, task_id: str, timeout: float = 120, resource: str = "tasks"
+    ) -> dict:
+        """Poll until the task (or model) is FINISHED or FAILED; returns its last state."""
         deadline = time.monotonic() + timeout
         while True:
-            state = client.get(f"/tasks/{task_id}").json()
+            state = client.get(f"/{resource}/{task_id}").json()
             if state["status"] in TERMINAL:
                 return state
             if time.monotonic() > deadline:

@@ -1,7 +1,5 @@
-"""What a worker does with one task: claim it, segment (and register) its image, store results.
-
-The same `model/` functions as `amseg predict` and `amseg register` do the work, so the service
-and the CLI give the same masks and ids for the same image.
+"""What a worker does with one task: claim it, run it by its kind (segment an image, or
+fine-tune a model), store the results, and finish or fail it.
 
 Safe to run twice: results go to deterministic keys, claiming and finishing are conditional
 updates, and a task that is already FINISHED or FAILED is left as it is.
@@ -10,57 +8,29 @@ updates, and a task that is already FINISHED or FAILED is left as it is.
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from uuid import UUID
 
-import numpy as np
-from sqlalchemy.orm import Session, sessionmaker
-
-from model.errors import AmsegError, ImageInputError
-from model.image.io import read_image, write_png
-from model.segment.single_pass import SegmentOptions
-from store.blobs import BlobNotFoundError, BlobStore, TaskBlob, task_blob_key, task_prefix
-from store.settings import Settings
+from model.errors import AmsegError
+from store.blobs import TASK_INPUTS, BlobNotFoundError, TaskBlob, task_blob_key, task_prefix
 from store.tasks import (
     CANCELLED_ERROR,
     Task,
-    TaskParameters,
+    TaskKind,
     fail_task,
     finish_task,
     get_task,
     mark_running,
     record_heartbeat,
-    report_progress,
 )
+from worker.finetuning import run_finetune
+from worker.jobs import TaskStopped, WorkerContext
+from worker.segmenting import run_segment
 
 log = logging.getLogger(__name__)
-
-# Share of the progress bar each stage ends at.
-PROGRESS_LOADED = 0.05
-PROGRESS_SEGMENTED = 0.85
-PROGRESS_REGISTERED = 0.95
-# Tile progress is written at most this often, to keep the database quiet on big slides.
-PROGRESS_MIN_STEP = 0.02
-
-
-class TaskStopped(Exception):
-    """The task was cancelled, deleted or taken over while this worker ran it."""
-
-
-@dataclass
-class WorkerContext:
-    """What a worker process needs, built once per process (after the fork)."""
-
-    settings: Settings
-    sessions: sessionmaker[Session]
-    blobs: BlobStore
-    # Loads (and caches) the segmenter for a model name; None means the default model.
-    load_segmenter: Callable[[str | None], object]
 
 
 @dataclass(frozen=True)
@@ -93,12 +63,12 @@ def process_task(context: WorkerContext, task_id: UUID | str) -> Outcome:
             state = "gone" if task is None else task.status.value
             log.info("task %s not claimed (%s); skipping", task_id, state)
             return Outcome(task_id, "skipped", state)
-        parameters = task.task_parameters
-        input_key = task.input_key
+        session.expunge(task)
 
     try:
         with _heartbeat(context, task_id) as still_ours:
-            result_keys = _run(context, task_id, parameters, input_key, still_ours)
+            run = run_finetune if task.kind == TaskKind.FINETUNE else run_segment
+            result_keys, summary = run(context, task, still_ours)
     except TaskStopped as stop:
         _discard_results_if_gone(context, task_id)
         log.info("task %s stopped: %s", task_id, stop)
@@ -113,7 +83,7 @@ def process_task(context: WorkerContext, task_id: UUID | str) -> Outcome:
         return Outcome(task_id, "failed", message)
 
     with context.sessions() as session:
-        finished = finish_task(session, task_id, result_keys=result_keys)
+        finished = finish_task(session, task_id, result_keys=result_keys, summary=summary)
     if not finished:
         _discard_results_if_gone(context, task_id)
         return Outcome(task_id, "stopped", "the task was cancelled or deleted meanwhile")
@@ -126,120 +96,6 @@ def fail_with_error(context: WorkerContext, task_id: UUID | str, error: BaseExce
     message = f"internal error: {type(error).__name__}: {error}"
     with context.sessions() as session:
         fail_task(session, task_id, error=" ".join(message.split()))
-
-
-def _run(
-    context: WorkerContext,
-    task_id: UUID,
-    parameters: TaskParameters,
-    input_key: str,
-    still_ours: Callable[[], bool],
-) -> dict[str, str]:
-    # Imported here: the inference stack is heavy and only a worker needs it.
-    from model.register.registration import register_marks
-    from model.register.writers import write_registration
-    from model.segment.predict import predict_image
-
-    def progress(value: float, stage: str | None = None) -> None:
-        with context.sessions() as session:
-            if not report_progress(session, task_id, progress=value, stage=stage):
-                raise TaskStopped("cancelled, deleted or taken over")
-
-    progress(0.0, "loading")
-    segmenter = context.load_segmenter(parameters.model)
-    with tempfile.TemporaryDirectory(prefix="amseg-task-") as scratch:
-        scratch_dir = Path(scratch)
-        input_path = scratch_dir / "input"
-        with input_path.open("wb") as handle:
-            for chunk in context.blobs.iter_chunks(input_key):
-                handle.write(chunk)
-        try:
-            image = read_image(input_path, max_pixels=context.settings.max_pixels)
-        except ImageInputError as error:  # name the upload, not our scratch file
-            message = str(error).replace(str(input_path), "the uploaded image")
-            raise type(error)(message) from None
-        progress(PROGRESS_LOADED, "segmenting")
-
-        options = SegmentOptions(
-            tile_size=parameters.tile_size or segmenter.tile_size,
-            threshold=parameters.threshold,
-            accurate=parameters.accurate,
-        )
-        tiles = _TileProgress(progress, PROGRESS_LOADED, PROGRESS_SEGMENTED, still_ours)
-        segmentation = predict_image(
-            image,
-            segmenter,
-            options,
-            on_tiles_planned=tiles.planned,
-            on_progress=tiles.advance,
-            on_pass=tiles.pass_started,
-        )
-        outputs: dict[TaskBlob, Path] = {
-            TaskBlob.MASK: write_png(scratch_dir / TaskBlob.MASK.value, segmentation.mask)
-        }
-        if parameters.rows is not None and parameters.cols is not None:
-            progress(PROGRESS_SEGMENTED, "registering")
-            registration = register_marks(segmentation.mask, parameters.rows, parameters.cols)
-            written = write_registration(scratch_dir / "registration", registration, image)
-            outputs[TaskBlob.LABELS] = written["labels"]
-            outputs[TaskBlob.AMS] = written["csv"]
-            outputs[TaskBlob.QC] = written["qc"]
-            outputs[TaskBlob.OVERLAY] = written["overlay"]
-        else:
-            outputs[TaskBlob.OVERLAY] = _mask_overlay(scratch_dir, image, segmentation.mask)
-        del image, segmentation
-
-        progress(PROGRESS_REGISTERED, "storing")
-        result_keys = {}
-        for blob, path in outputs.items():
-            key = task_blob_key(task_id, blob)
-            with path.open("rb") as handle:
-                context.blobs.put_stream(key, handle, content_type=blob.content_type)
-            result_keys[blob.value] = key
-    return result_keys
-
-
-def _mask_overlay(scratch_dir: Path, image: np.ndarray, mask: np.ndarray) -> Path:
-    from model.register.overlay import render_overlay
-
-    return write_png(scratch_dir / TaskBlob.OVERLAY.value, render_overlay(image, mask))
-
-
-class _TileProgress:
-    """Turns tile counts into throttled progress reports between two fractions."""
-
-    def __init__(
-        self,
-        report: Callable[[float], None],
-        start: float,
-        end: float,
-        still_ours: Callable[[], bool],
-    ) -> None:
-        self.report, self.start, self.end, self.still_ours = report, start, end, still_ours
-        self.total, self.done, self.last, self.passes = 0, 0, start, 0
-
-    def planned(self, total: int) -> None:
-        self.total = max(total, 1)
-
-    def pass_started(self, scale: float) -> None:
-        """The stage names a resampled pass. predict_image looks again, enlarged, when a grid
-        of small marks came out with uncertain outlines or a grid shows but no marks were
-        found; its tiles are added to the total, so the bar (never moving back) waits until
-        they are done."""
-        self.passes += 1
-        if self.passes > 1:
-            self.report(self.last, f"segmenting again at scale {scale:g}")
-        elif scale != 1.0:
-            self.report(self.last, f"segmenting at scale {scale:g}")
-
-    def advance(self, count: int) -> None:
-        if not self.still_ours():
-            raise TaskStopped("cancelled, deleted or taken over")
-        self.done += count
-        value = self.start + (self.end - self.start) * min(self.done / max(self.total, 1), 1.0)
-        if value - self.last >= PROGRESS_MIN_STEP:
-            self.last = value
-            self.report(value)
 
 
 @contextmanager
@@ -284,5 +140,5 @@ def _discard_results_if_gone(context: WorkerContext, task_id: UUID) -> None:
         context.blobs.delete_prefix(task_prefix(task_id))
     elif task.cancel_requested:
         for blob in TaskBlob:
-            if blob is not TaskBlob.INPUT:
+            if blob not in TASK_INPUTS:
                 context.blobs.delete_prefix(task_blob_key(task_id, blob))

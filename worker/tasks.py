@@ -22,7 +22,9 @@ from store.database import create_db_engine, create_session_factory
 from store.queue import PROCESS_TASK, create_celery
 from store.settings import Settings, get_settings
 from store.tasks import fail_task, get_task, release_task
-from worker.processing import WorkerContext, fail_with_error, process_task
+from worker.jobs import WorkerContext
+from worker.models import ModelDirectories
+from worker.processing import fail_with_error, process_task
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +44,19 @@ def build_context(settings: Settings) -> WorkerContext:
     from model.segment.runtime import RuntimeChoice
 
     engine = create_db_engine(settings.database_url)
+    blobs = create_blob_store(settings)
+    model_dirs = ModelDirectories(settings, blobs)
 
     def load_segmenter(name: str | None):
         choice = RuntimeChoice(device=settings.worker_device)
-        return get_segmenter(settings.model_dir_for(name), runtime=choice)
+        return get_segmenter(model_dirs(name), runtime=choice)
 
     return WorkerContext(
         settings=settings,
         sessions=create_session_factory(engine),
-        blobs=create_blob_store(settings),
+        blobs=blobs,
         load_segmenter=load_segmenter,
+        model_dir=model_dirs,
     )
 
 

@@ -1,24 +1,80 @@
-"""What the task and result routes share: loading a task, its 404, and the error docs."""
+"""What the task, result and model routes share: loading and deleting a task of one kind,
+its 404, and the error docs."""
 
 from __future__ import annotations
 
+import logging
+from uuid import UUID
+
+import anyio
+
 from api.deps import Services
 from api.problems import Problem
-from store.tasks import Task, get_task
+from store.blobs import task_prefix
+from store.tasks import (
+    Task,
+    TaskKind,
+    TaskStatus,
+    delete_task,
+    get_task,
+    parse_task_id,
+    request_cancel,
+)
+
+log = logging.getLogger(__name__)
 
 # While a task runs, clients are told to poll again after this many seconds.
 POLL_AFTER_S = 2
 PROBLEM_RESPONSE = {"content": {"application/problem+json": {}}}
+_NOUNS = {TaskKind.SEGMENT: "task", TaskKind.FINETUNE: "model"}
 
 
-def unknown_task(task_id: str) -> Problem:
-    return Problem(404, f"no task with id {task_id!r}", kind="unknown-task")
+def unknown_task(task_id: str, kind: TaskKind = TaskKind.SEGMENT) -> Problem:
+    noun = _NOUNS[kind]
+    return Problem(404, f"no {noun} with id {task_id!r}", kind=f"unknown-{noun}")
 
 
-def load_task(svc: Services, task_id: str) -> Task:
+def load_task(svc: Services, task_id: str, kind: TaskKind = TaskKind.SEGMENT) -> Task:
+    """The task of that kind, detached from its session, or a 404 problem."""
     with svc.sessions() as session:
         task = get_task(session, task_id)
-        if task is None:
-            raise unknown_task(task_id)
+        if task is None or task.kind != kind:
+            raise unknown_task(task_id, kind)
         session.expunge(task)
     return task
+
+
+def cancel_and_delete(svc: Services, task_id: str, kind: TaskKind = TaskKind.SEGMENT) -> None:
+    """Stop the task if it runs (its worker notices within seconds) and remove everything."""
+    with svc.sessions() as session:
+        task = get_task(session, task_id)
+        if task is None or task.kind != kind:
+            raise unknown_task(task_id, kind)
+        request_cancel(session, task.id)
+        svc.blobs.delete_prefix(task_prefix(task.id))
+        delete_task(session, task.id)
+
+
+def check_model_name(svc: Services, name: str) -> None:
+    """A 422 problem unless `name` is a model a task can use now: "default", a directory of
+    MODELS_DIR, or the id of a FINISHED fine-tune."""
+    if parse_task_id(name) is not None:
+        with svc.sessions() as session:
+            task = get_task(session, name)
+            status = None if task is None or task.kind != TaskKind.FINETUNE else task.status
+        if status == TaskStatus.FINISHED:
+            return
+        detail = f"no model with id {name!r}" if status is None else f"model {name} is {status}"
+        raise Problem(422, f"{detail}; use a FINISHED model", kind="unknown-model")
+    try:
+        svc.settings.model_dir_for(name)
+    except ValueError as error:
+        raise Problem(422, str(error), kind="unknown-model") from None
+
+
+async def publish_or_leave_to_sweep(svc: Services, task_id: UUID) -> None:
+    """Send the task's message now; if the broker is down the sweep re-sends QUEUED tasks."""
+    try:
+        await anyio.to_thread.run_sync(svc.publish, str(task_id))
+    except Exception as error:
+        log.warning("could not queue task %s now (%s); the sweep will", task_id, error)

@@ -8,11 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import RedirectResponse, StreamingResponse
 
-from api.deps import ServicesDep, require_api_key
+from api.deps import Services, ServicesDep, require_api_key
 from api.problems import Problem
-from api.routes.common import POLL_AFTER_S
-from api.routes.common import PROBLEM_RESPONSE as _PROBLEM
-from api.routes.common import load_task as _load_task
+from api.routes.common import POLL_AFTER_S, PROBLEM_RESPONSE, load_task
 from store.blobs import TaskBlob
 from store.tasks import Task, TaskStatus
 
@@ -21,8 +19,8 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["results"], dependencies=[Depends(require_api_key)])
 
 
-def _finished(svc: ServicesDep, task_id: str) -> Task:
-    task = _load_task(svc, task_id)
+def _finished(svc: Services, task_id: str) -> Task:
+    task = load_task(svc, task_id)
     if task.status == TaskStatus.FINISHED:
         return task
     if task.status == TaskStatus.FAILED:
@@ -42,7 +40,7 @@ def _finished(svc: ServicesDep, task_id: str) -> Task:
     )
 
 
-def _stream_result(svc: ServicesDep, task: Task, blob: TaskBlob) -> StreamingResponse:
+def _stream_result(svc: Services, task: Task, blob: TaskBlob) -> StreamingResponse:
     key = task.result_keys.get(blob.value)
     if key is None:
         if blob in (TaskBlob.LABELS, TaskBlob.AMS, TaskBlob.QC):
@@ -65,7 +63,7 @@ def _stream_result(svc: ServicesDep, task: Task, blob: TaskBlob) -> StreamingRes
     )
 
 
-_RESULT_RESPONSES = {404: _PROBLEM, 409: _PROBLEM}
+_RESULT_RESPONSES = {404: PROBLEM_RESPONSE, 409: PROBLEM_RESPONSE}
 
 
 @router.get(

@@ -13,10 +13,14 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from api.deps import MetricsDep, Services, ServicesDep, require_api_key
 from api.problems import Problem
-from api.routes.common import POLL_AFTER_S
-from api.routes.common import PROBLEM_RESPONSE as _PROBLEM
-from api.routes.common import load_task as _load_task
-from api.routes.common import unknown_task as _unknown_task
+from api.routes.common import (
+    POLL_AFTER_S,
+    PROBLEM_RESPONSE,
+    cancel_and_delete,
+    check_model_name,
+    load_task,
+    publish_or_leave_to_sweep,
+)
 from api.schemas import TaskCreated, TaskPage, TaskPublic, TaskQuery, task_links, task_public
 from api.uploads import IMAGE_CONTENT_TYPES, MULTIPART, ReceivedImage, receive_upload
 from store.blobs import TaskBlob, task_blob_key, task_prefix
@@ -26,11 +30,8 @@ from store.tasks import (
     TaskParameters,
     TaskStatus,
     create_task,
-    delete_task,
-    get_task,
     get_task_by_idempotency_key,
     list_tasks,
-    request_cancel,
 )
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,10 @@ _UPLOAD_BODY = {
     openapi_extra=_UPLOAD_BODY,
     responses={
         200: {"model": TaskCreated, "description": "Idempotency-Key seen before: that task"},
-        401: _PROBLEM,
-        413: _PROBLEM,
-        415: _PROBLEM,
-        422: _PROBLEM,
+        401: PROBLEM_RESPONSE,
+        413: PROBLEM_RESPONSE,
+        415: PROBLEM_RESPONSE,
+        422: PROBLEM_RESPONSE,
     },
 )
 async def create_task_route(
@@ -90,10 +91,8 @@ async def create_task_route(
     """Upload an image (raw body or multipart field `file`) and queue it for segmentation."""
     accurate = svc.settings.default_accurate if query.accurate is None else query.accurate
     parameters = TaskParameters(**query.model_dump(exclude={"accurate"}), accurate=accurate)
-    try:
-        svc.settings.model_dir_for(parameters.model)
-    except ValueError as error:
-        raise Problem(422, str(error), kind="invalid-parameters") from None
+    if parameters.model is not None:
+        check_model_name(svc, parameters.model)
 
     with tempfile.TemporaryDirectory(prefix="amseg-upload-") as scratch:
         received = await receive_upload(request, Path(scratch))
@@ -110,10 +109,7 @@ async def create_task_route(
         response.status_code = 200
     else:
         metrics.uploads.inc()
-        try:
-            await anyio.to_thread.run_sync(svc.publish, str(task.id))
-        except Exception as error:  # the sweep re-sends QUEUED tasks, so nothing is lost
-            log.warning("could not queue task %s now (%s); the sweep will", task.id, error)
+        await publish_or_leave_to_sweep(svc, task.id)
     response.headers["Location"] = f"/tasks/{task.id}"
     return TaskCreated(id=str(task.id), status=task.status, links=task_links(task))
 
@@ -180,11 +176,11 @@ def list_tasks_route(
     "/tasks/{task_id}",
     response_model=TaskPublic,
     summary="Status, progress and result links of a task",
-    responses={404: _PROBLEM},
+    responses={404: PROBLEM_RESPONSE},
 )
 def read_task(svc: ServicesDep, response: Response, task_id: str) -> TaskPublic:
     """The task's state; while it is not over, `Retry-After` says when to poll again."""
-    task = _load_task(svc, task_id)
+    task = load_task(svc, task_id)
     if not task.is_terminal:
         response.headers["Retry-After"] = str(POLL_AFTER_S)
     return task_public(task)
@@ -194,16 +190,9 @@ def read_task(svc: ServicesDep, response: Response, task_id: str) -> TaskPublic:
     "/tasks/{task_id}",
     status_code=204,
     summary="Cancel a task and delete it with its files",
-    responses={404: _PROBLEM},
+    responses={404: PROBLEM_RESPONSE},
 )
 def delete_task_route(svc: ServicesDep, task_id: str) -> Response:
     """Stops the task if it runs (its worker notices within seconds) and removes everything."""
-    svc = svc
-    with svc.sessions() as session:
-        task = get_task(session, task_id)
-        if task is None:
-            raise _unknown_task(task_id)
-        request_cancel(session, task.id)
-        svc.blobs.delete_prefix(task_prefix(task.id))
-        delete_task(session, task.id)
+    cancel_and_delete(svc, task_id)
     return Response(status_code=204)

@@ -48,6 +48,7 @@ def test_task_blob_keys_are_deterministic() -> None:
     assert task_blob_key(str(task_id), TaskBlob.MASK) == f"tasks/{task_id}/mask.png"
     assert [blob.value for blob in TaskBlob] == [
         "input", "mask.png", "labels.png", "ams.csv", "overlay.png", "qc.json",
+        "train_mask.png", "model.safetensors", "model_card.json",
     ]  # fmt: skip
     assert TaskBlob.QC.content_type == "application/json"
     assert TaskBlob.INPUT.content_type is None
@@ -204,3 +205,13 @@ def test_create_blob_store_follows_the_settings(tmp_path: Path, s3_endpoint_url:
     assert isinstance(s3, S3BlobStore)
     s3.put_bytes("tasks/s/qc.json", b"{}")
     assert s3.get_bytes("tasks/s/qc.json") == b"{}"
+
+
+def test_copy_makes_an_independent_blob(blob_store: BlobStore) -> None:
+    blob_store.put_bytes("tasks/a/input", b"slide bytes" * 1000)
+    blob_store.copy("tasks/a/input", "tasks/b/input")
+    blob_store.delete_prefix("tasks/a/")
+    assert blob_store.get_bytes("tasks/b/input") == b"slide bytes" * 1000
+    with pytest.raises(BlobNotFoundError):
+        blob_store.copy("tasks/a/input", "tasks/c/input")
+    assert not blob_store.exists("tasks/c/input")

@@ -13,8 +13,10 @@ from model.image.io import read_image
 from model.metrics import mark_id_accuracy
 from model.segment.neural import get_segmenter
 from model.segment.pitch import SMALL_MARK_SCALE
-from model.synth import fit_grid_inside, generate_slide, random_spec
-from store.blobs import LocalBlobStore, TaskBlob, task_blob_key
+from model.synth.grid import fit_grid_inside
+from model.synth.slide import generate_slide
+from model.synth.styles import random_spec
+from store.blobs import SEGMENT_RESULTS, LocalBlobStore, TaskBlob, task_blob_key
 from store.database import create_db_engine, create_session_factory, upgrade_database
 from store.settings import Settings
 from store.tasks import (
@@ -27,7 +29,8 @@ from store.tasks import (
     request_cancel,
 )
 from tests.service_stack import png_bytes
-from worker.processing import WorkerContext, process_task
+from worker.jobs import WorkerContext
+from worker.processing import process_task
 
 
 @pytest.fixture
@@ -75,7 +78,7 @@ def test_grid_slide_is_segmented_registered_and_stored(context: WorkerContext) -
     assert outcome.action == "finished"
     task = state(context, task_id)
     assert task.status == TaskStatus.FINISHED and task.progress == 1.0
-    expected = {blob.value for blob in TaskBlob if blob is not TaskBlob.INPUT}
+    expected = {blob.value for blob in SEGMENT_RESULTS}
     assert set(task.result_keys) == expected
     for name, key in task.result_keys.items():
         assert key == f"tasks/{task_id}/{name}"
@@ -159,19 +162,19 @@ def run_small_mark_task(
     every (progress, stage) the task reported and the id accuracy of its labels."""
     from dataclasses import replace
 
-    import worker.processing as processing
+    import worker.jobs as jobs
     from tests.model.scenes import SmallMarkBlindSegmenter, disc_grid_scene
 
     image, labels = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
     blind = replace(context, load_segmenter=lambda name: SmallMarkBlindSegmenter())
     reports = []
-    real_report = processing.report_progress
+    real_report = jobs.report_progress
 
     def spy(session, task_id, *, progress, stage=None):
         reports.append((progress, stage))
         return real_report(session, task_id, progress=progress, stage=stage)
 
-    monkeypatch.setattr(processing, "report_progress", spy)
+    monkeypatch.setattr(jobs, "report_progress", spy)
     task_id = queue(blind, png_bytes(image), rows=8, cols=9, **parameters)
     assert process_task(blind, task_id).action == "finished"
     ids = read_image(blind.blobs.path_for(state(blind, task_id).result_keys["labels.png"]))

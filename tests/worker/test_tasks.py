@@ -12,7 +12,7 @@ from store.settings import Settings
 from store.tasks import TaskParameters, TaskStatus, create_task, get_task
 from tests.service_stack import png_bytes
 from worker import tasks
-from worker.processing import WorkerContext
+from worker.jobs import WorkerContext
 
 
 def context_whose_model_raises(tmp_path: Path, error: Exception) -> WorkerContext:

@@ -1,0 +1,117 @@
+"""A segment task's run: the same `model/` functions as `amseg predict` and `amseg register`,
+so the service and the CLI give the same masks and ids for the same image."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from model.image.io import write_png
+from model.segment.single_pass import SegmentOptions
+from store.blobs import TaskBlob
+from store.tasks import Task
+from worker.jobs import TaskStopped, WorkerContext, download_image, progress_reporter, store_results
+
+# Share of the progress bar each stage ends at.
+PROGRESS_LOADED = 0.05
+PROGRESS_SEGMENTED = 0.85
+PROGRESS_REGISTERED = 0.95
+# Tile progress is written at most this often, to keep the database quiet on big slides.
+PROGRESS_MIN_STEP = 0.02
+
+
+def run_segment(
+    context: WorkerContext, task: Task, still_ours: Callable[[], bool]
+) -> tuple[dict[str, str], None]:
+    """Segment the task's image (and register its marks when it has a grid)."""
+    # Imported here: the inference stack is heavy and only a worker needs it.
+    from model.register.registration import register_marks
+    from model.register.writers import write_registration
+    from model.segment.predict import predict_image
+
+    parameters = task.task_parameters
+    progress = progress_reporter(context, task.id)
+    progress(0.0, "loading")
+    segmenter = context.load_segmenter(parameters.model)
+    with tempfile.TemporaryDirectory(prefix="amseg-task-") as scratch:
+        scratch_dir = Path(scratch)
+        image = download_image(context, task.input_key, scratch_dir / "input", "the uploaded image")
+        progress(PROGRESS_LOADED, "segmenting")
+
+        options = SegmentOptions(
+            tile_size=parameters.tile_size or segmenter.tile_size,
+            threshold=parameters.threshold,
+            accurate=parameters.accurate,
+        )
+        tiles = _TileProgress(progress, PROGRESS_LOADED, PROGRESS_SEGMENTED, still_ours)
+        segmentation = predict_image(
+            image,
+            segmenter,
+            options,
+            on_tiles_planned=tiles.planned,
+            on_progress=tiles.advance,
+            on_pass=tiles.pass_started,
+        )
+        outputs: dict[TaskBlob, Path] = {
+            TaskBlob.MASK: write_png(scratch_dir / TaskBlob.MASK.value, segmentation.mask)
+        }
+        if parameters.rows is not None and parameters.cols is not None:
+            progress(PROGRESS_SEGMENTED, "registering")
+            registration = register_marks(segmentation.mask, parameters.rows, parameters.cols)
+            written = write_registration(scratch_dir / "registration", registration, image)
+            outputs[TaskBlob.LABELS] = written["labels"]
+            outputs[TaskBlob.AMS] = written["csv"]
+            outputs[TaskBlob.QC] = written["qc"]
+            outputs[TaskBlob.OVERLAY] = written["overlay"]
+        else:
+            outputs[TaskBlob.OVERLAY] = _mask_overlay(scratch_dir, image, segmentation.mask)
+        del image, segmentation
+
+        progress(PROGRESS_REGISTERED, "storing")
+        return store_results(context, task.id, outputs), None
+
+
+def _mask_overlay(scratch_dir: Path, image: np.ndarray, mask: np.ndarray) -> Path:
+    from model.register.overlay import render_overlay
+
+    return write_png(scratch_dir / TaskBlob.OVERLAY.value, render_overlay(image, mask))
+
+
+class _TileProgress:
+    """Turns tile counts into throttled progress reports between two fractions."""
+
+    def __init__(
+        self,
+        report: Callable[[float], None],
+        start: float,
+        end: float,
+        still_ours: Callable[[], bool],
+    ) -> None:
+        self.report, self.start, self.end, self.still_ours = report, start, end, still_ours
+        self.total, self.done, self.last, self.passes = 0, 0, start, 0
+
+    def planned(self, total: int) -> None:
+        self.total = max(total, 1)
+
+    def pass_started(self, scale: float) -> None:
+        """The stage names a resampled pass. predict_image looks again, enlarged, when a grid
+        of small marks came out with uncertain outlines or a grid shows but no marks were
+        found; its tiles are added to the total, so the bar (never moving back) waits until
+        they are done."""
+        self.passes += 1
+        if self.passes > 1:
+            self.report(self.last, f"segmenting again at scale {scale:g}")
+        elif scale != 1.0:
+            self.report(self.last, f"segmenting at scale {scale:g}")
+
+    def advance(self, count: int) -> None:
+        if not self.still_ours():
+            raise TaskStopped("cancelled, deleted or taken over")
+        self.done += count
+        value = self.start + (self.end - self.start) * min(self.done / max(self.total, 1), 1.0)
+        if value - self.last >= PROGRESS_MIN_STEP:
+            self.last = value
+            self.report(value)
