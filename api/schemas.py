@@ -54,6 +54,15 @@ class TaskPublic(BaseModel):
     attempts: int
     parameters: dict
     image: ImageInfo
+    summary: dict | None = Field(
+        default=None,
+        description="Once FINISHED: marks found; with a grid also expected, missing, extra "
+        "components and warnings (the whole QC is at links.qc)",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Why the result may be doubtful (registration), empty when it looks sound",
+    )
     links: TaskLinks
 
 
@@ -106,6 +115,8 @@ def task_public(task: Task) -> TaskPublic:
             content_type=task.input_content_type,
             size_bytes=task.input_size,
         ),
+        summary=task.summary,
+        warnings=(task.summary or {}).get("warnings", []),
         links=task_links(task),
     )
 

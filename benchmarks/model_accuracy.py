@@ -32,15 +32,16 @@ from model.metrics import (
 from model.segment.agreement import reduced_precision_agreement
 from model.segment.neural import TorchSegmenter
 from model.segment.predict import predict_image
+from model.segment.runtime import RuntimeChoice
 from model.segment.single_pass import SegmentOptions
 from model.synth.slide import generate_slide
 from model.synth.styles import random_spec
 
 REAL_CROPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 RUNTIMES = {
-    "auto": {"backend": "auto", "precision": "auto"},  # OpenVINO, bf16 where the CPU has it
-    "OpenVINO fp32": {"backend": "openvino", "precision": "fp32"},
-    "torch fp32": {"backend": "torch", "precision": "fp32"},
+    "auto": RuntimeChoice(),  # OpenVINO, bf16 where the CPU has it
+    "OpenVINO fp32": RuntimeChoice(backend="openvino", precision="fp32"),
+    "torch fp32": RuntimeChoice(backend="torch", precision="fp32"),
 }
 
 
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=None, help="default: auto")
     parser.add_argument("--accurate", action="store_true", help="as amseg predict --accurate")
     parser.add_argument("--per-slide", action="store_true", help="print every slide's result")
+    parser.add_argument("--style", default=None, help="slide style of amseg synth --style")
     parser.add_argument(
         "--error-kinds", action="store_true", help="split the wrong pixels by where they are"
     )
@@ -62,7 +64,7 @@ def main() -> None:
     slides = []
     for index in range(args.slides):
         seed = args.first_seed + index
-        spec = random_spec(seed, height=args.size, width=args.size)
+        spec = random_spec(seed, height=args.size, width=args.size, style=args.style)
         slides.append((seed, generate_slide(spec, seed)))
     sizes = [s.spec.mark_size for _, s in slides]
     print(
@@ -71,7 +73,7 @@ def main() -> None:
     )
 
     for name in args.runtimes.split(","):
-        segmenter = TorchSegmenter.from_model_dir(args.model, **RUNTIMES[name])
+        segmenter = TorchSegmenter.from_model_dir(args.model, runtime=RUNTIMES[name])
         options = SegmentOptions(tile_size=segmenter.tile_size, accurate=args.accurate)
         pixels, objects, per_slide, seconds = np.zeros(3), np.zeros(3), [], 0.0
         kinds = np.zeros(len(ERROR_KINDS))

@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from model.image.io import write_png
@@ -25,8 +26,9 @@ PROGRESS_MIN_STEP = 0.02
 
 def run_segment(
     context: WorkerContext, task: Task, still_ours: Callable[[], bool]
-) -> tuple[dict[str, str], None]:
-    """Segment the task's image (and register its marks when it has a grid)."""
+) -> tuple[dict[str, str], dict]:
+    """Segment the task's image (and register its marks when it has a grid); the results'
+    keys and a summary (marks found, and with a grid: expected, missing, warnings)."""
     # Imported here: the inference stack is heavy and only a worker needs it.
     from model.register.registration import register_marks
     from model.register.writers import write_registration
@@ -66,12 +68,29 @@ def run_segment(
             outputs[TaskBlob.AMS] = written["csv"]
             outputs[TaskBlob.QC] = written["qc"]
             outputs[TaskBlob.OVERLAY] = written["overlay"]
+            summary = registration_summary(registration.qc)
         else:
             outputs[TaskBlob.OVERLAY] = _mask_overlay(scratch_dir, image, segmentation.mask)
+            summary = {"found": count_marks(segmentation.mask), "warnings": []}
         del image, segmentation
 
         progress(PROGRESS_REGISTERED, "storing")
-        return store_results(context, task.id, outputs), None
+        return store_results(context, task.id, outputs), summary
+
+
+def registration_summary(qc: dict) -> dict:
+    """What a task's JSON shows of its QC: enough to see a doubtful result at a glance."""
+    return {
+        "found": qc["found"],
+        "expected": qc["expected"],
+        "missing": len(qc["missing_ids"]),
+        "extra_components": qc["extra_components"],
+        "warnings": list(qc["warnings"]),
+    }
+
+
+def count_marks(mask: np.ndarray) -> int:
+    return int(cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0]) - 1
 
 
 def _mask_overlay(scratch_dir: Path, image: np.ndarray, mask: np.ndarray) -> Path:

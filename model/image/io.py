@@ -161,10 +161,41 @@ def to_grayscale(image: np.ndarray) -> np.ndarray:
 
 
 def _atomic_target(path: Path) -> Path:
+    """A temporary file beside `path`, with the permissions a plain open() would give it
+    (mkstemp makes files private, which breaks shared lab folders)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_current_umask())
+    finally:
+        os.close(fd)
     return Path(tmp)
+
+
+def _current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere it can only be read by setting it; set it straight back
+    os.umask(mask)
+    return mask
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a UTF-8 text file atomically (temp file + rename): a reader never sees half."""
+    path = Path(path)
+    tmp = _atomic_target(path)
+    try:
+        with tmp.open("w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray, *, compress_level: int = 1) -> Path:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from model.image.io import write_png
+from model.image.io import write_png, write_text
 from model.register.overlay import render_overlay
 from model.register.records import Registration
 
@@ -41,8 +39,8 @@ def write_registration(
         (m.id, m.row, m.col, f"{m.x:.2f}", f"{m.y:.2f}", m.area, *m.bbox)
         for m in registration.marks
     ]
-    _write_text(paths["csv"], _csv_text(rows))
-    _write_text(paths["qc"], json.dumps(registration.qc, indent=2) + "\n")
+    write_text(paths["csv"], _csv_text(rows))
+    write_text(paths["qc"], json.dumps(registration.qc, indent=2) + "\n")
 
     background = labels > 0 if source is None else source
     overlay = render_overlay(background, labels, registration.marks)
@@ -56,14 +54,3 @@ def _csv_text(rows: list[tuple]) -> str:
     writer.writerow(CSV_COLUMNS)
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically (temp file + rename) so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)

@@ -7,6 +7,7 @@ from uuid import UUID
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from sqlalchemy import update
 
 from model.image.io import read_image
@@ -201,3 +202,34 @@ def test_an_accurate_task_enlarges_small_marks_in_one_pass(
     stages = [stage for _, stage in reports if stage]
     assert f"segmenting at scale {SMALL_MARK_SCALE:g}" in stages  # says how it was run
     assert not any("again" in stage for stage in stages)  # enlarged from the start
+
+
+def test_the_task_says_what_registration_found_and_warns_when_the_grid_is_doubtful(
+    context: WorkerContext,
+) -> None:
+    spec = fit_grid_inside(
+        random_spec(78, height=512, width=512, rows=6, cols=6, mark_size=24, bit_depth=8)
+    )
+    slide = generate_slide(spec, 78)
+    sound = queue(context, png_bytes(slide.image), rows=6, cols=6)
+    doubtful = queue(context, png_bytes(slide.image), rows=20, cols=20)  # the wrong grid
+    for task_id in (sound, doubtful):
+        assert process_task(context, task_id).action == "finished"
+
+    summary = state(context, sound).summary
+    assert summary["expected"] == 36 and summary["found"] >= 34
+    assert summary["warnings"] == []
+    summary = state(context, doubtful).summary
+    assert summary["expected"] == 400 and summary["missing"] >= 400 - 36
+    assert any("grid positions have a mark" in warning for warning in summary["warnings"])
+
+
+def test_a_task_without_a_grid_counts_its_marks(context: WorkerContext) -> None:
+    spec = fit_grid_inside(random_spec(79, height=384, width=384, rows=4, cols=4, mark_size=24))
+    task_id = queue(context, png_bytes(generate_slide(spec, 79).image))
+    assert process_task(context, task_id).action == "finished"
+    task = state(context, task_id)
+    mask = read_image(context.blobs.path_for(task.result_keys["mask.png"])) > 0
+    marks = ndimage.label(mask, structure=np.ones((3, 3)))[1]
+    assert 14 <= marks <= 16
+    assert task.summary == {"found": marks, "warnings": []}
