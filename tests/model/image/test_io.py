@@ -135,3 +135,27 @@ def test_write_png_is_atomic_and_leaves_no_temp_files(tmp_path):
     with pytest.raises(TypeError):
         write_png(tmp_path / "y.png", np.ones((5, 5), dtype=np.float32))
     assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    """Shared lab folders need group- and world-readable outputs under the usual umask 022."""
+    import os
+    import stat
+
+    from model.image.io import write_png, write_text, write_tiff
+
+    previous = os.umask(0o022)
+    try:
+        image = np.zeros((8, 8), np.uint8)
+        paths = [
+            write_png(tmp_path / "a.png", image),
+            write_tiff(tmp_path / "a.tif", image),
+            write_text(tmp_path / "a.csv", "id\n"),
+        ]
+        os.umask(0o077)
+        private = write_png(tmp_path / "private.png", image)
+    finally:
+        os.umask(previous)
+    for path in paths:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
