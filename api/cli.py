@@ -25,11 +25,13 @@ def register(app: typer.Typer) -> None:
 
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: all)."),
-    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
     workers: int = typer.Option(1, "--workers", min=1, help="API processes."),
-    log_level: str = typer.Option("info", "--log-level"),
+    log_level: str = typer.Option(
+        "info", "--log-level", help="critical, error, warning, info, debug or trace."
+    ),
 ) -> None:
-    """Serve the HTTP API (settings from the environment; see README).
+    """Serve the HTTP API (settings from the environment; see docs/service.md).
 
     Workers run separately (`amseg worker`). The API migrates the database when it starts
     unless MIGRATE_ON_START=false (then run `alembic upgrade head` once yourself).
@@ -49,7 +51,7 @@ def serve(
 
 def up(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
     data_dir: Path = typer.Option(
         Path("amseg-data"), "--data-dir", help="Database, uploads, results and queue live here."
     ),
@@ -75,6 +77,7 @@ def up(
     server = uvicorn.Server(config)
     url = f"http://{host}:{port}"
     console.print(f"amseg: data in {data_dir}; API on {url} (docs: {url}/docs); Ctrl-C stops")
+    console.print(f"  open {url}/ in a browser: upload slides, look at results, correct them")
     console.print(
         f"  try: curl -F file=@image.png '{url}/tasks?rows=30&cols=30'   then GET the task's links"
     )

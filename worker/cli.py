@@ -15,26 +15,25 @@ def worker(
         None,
         "--queues",
         "-Q",
-        help="Comma-separated queues to consume (default: TASK_QUEUE, i.e. cpu). A GPU worker "
-        "usually takes gpu,cpu.",
+        help="Comma-separated queues to consume (default: TASK_QUEUE, i.e. cpu; a GPU worker: "
+        "gpu,cpu).",
     ),
     concurrency: int = typer.Option(
         1,
         "--concurrency",
         "-c",
         min=1,
-        help="Tasks at once. Each runs the network on every core, so 1 is best on a CPU.",
+        help="Tasks run at once.",
     ),
     pool: str = typer.Option(
         "prefork",
         "--pool",
         "-P",
-        help="prefork (time limits enforced, a crashed task cannot take the worker down) or "
-        "solo (one process; for GPUs that must not fork, but without hard time limits).",
+        help="prefork (hard time limits) or solo (one process, for GPUs that must not fork).",
     ),
     loglevel: str = typer.Option("info", "--loglevel", "-l", help="debug, info, warning, error."),
 ) -> None:
-    """Process queued tasks (settings from the environment; see README).
+    """Process queued tasks (settings from the environment; see docs/service.md).
 
     DATABASE_URL, REDIS_URL, S3_BUCKET and the others must match the API's. Stop with Ctrl-C:
     the running task is finished, or handed back to the queue.

@@ -20,19 +20,17 @@ if TYPE_CHECKING:
 
 
 def scale_help(default: str) -> str:
-    """Help of --scale, shared by predict and segment; `default` says what happens without it."""
+    """Help of --scale, shared by predict and segment; `default` says what happens without it.
+    Why the scale matters and what it costs: docs/model.md, "Mark size"."""
     return (
-        "Resample by this factor before the network (1 = full resolution; above 1 enlarges, "
-        "e.g. 1.5: sharper outlines of small marks for 2.25x the network time; "
+        "Resample factor before the network (1 = full resolution, above 1 enlarges; "
         f"default: {default})."
     )
 
 
 ACCURATE_HELP = (
-    "Enlarge every image whose grid pitch is under 60 px (marks under ~20-35 px) 2x before the "
-    "network, also crisp ones the default leaves at full resolution: pooled Dice on generated "
-    "slides -0.0001 to +0.002 over the default (+0.004 to +0.012 over full resolution), for "
-    "4x the network time on those images. Not with --scale."
+    "Enlarge images with a grid pitch under 60 px 2x before the network: sharper small marks, "
+    "slower. Not with --scale."
 )
 
 
@@ -60,11 +58,7 @@ def predict(
         "--scale",
         min=0.05,
         max=MAX_SCALE,
-        help=scale_help(
-            "from the grid pitch, shrinking only images with large marks; a second pass "
-            "enlarged when a grid shows but no marks are found, or small marks come out with "
-            "blurred outlines; --accurate enlarges all small marks"
-        ),
+        help=scale_help("from the grid pitch"),
     ),
     accurate: bool = typer.Option(False, "--accurate", help=ACCURATE_HELP),
     tile_size: int | None = typer.Option(
@@ -92,8 +86,8 @@ def predict(
 ) -> None:
     """Write OUT/<stem>_mask.png (0/255, the input's size) for every image.
 
-    The model is loaded once. An image that cannot be read or segmented is reported on one
-    line and skipped; the command then exits 1 after the others are done.
+    The model is loaded once. An image that cannot be read or segmented is reported and
+    skipped; the exit status is then 1.
     """
     check_accurate(accurate, scale)
     # Imported here so that other commands start without the inference stack.

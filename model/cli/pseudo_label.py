@@ -36,8 +36,8 @@ def pseudo_label(
     min_confidence: float = typer.Option(
         0.9,
         "--min-confidence",
-        help="A pixel is confident when p <= 1 - C or p >= C; a crop is kept when at most "
-        "--max-uncertain of its pixels are not.",
+        help="A pixel is confident when its probability is at most 1 - C or at least C; C in "
+        "(0.5, 1).",
     ),
     max_uncertain: float = typer.Option(
         DEFAULT_MAX_UNCERTAIN,
@@ -58,16 +58,14 @@ def pseudo_label(
     accurate: bool = typer.Option(
         True,
         "--accurate/--fast",
-        help="Enlarge grids of small marks 2x before the network, as amseg predict "
-        "--accurate does (default: labels are worth the time); --fast segments as amseg "
-        "predict does by default.",
+        help="Segment as amseg predict --accurate does (enlarge small-mark grids 2x); --fast: "
+        "as plain amseg predict.",
     ),
 ) -> None:
     """Turn confident predictions of a dataset into training crops (pseudo-labels).
 
-    Every group image is segmented, cut into crops, and a crop is written to
-    OUT/train/pseudo_<dataset>/<group>/{source,mask}/NNNN.png only when its prediction is
-    confident. Check some crops by eye before training on them.
+    Segments each group's image and writes the crops whose prediction is confident to
+    OUT/train/pseudo_<dataset>/<group>/{source,mask}/. Check some by eye before training on them.
     """
     if not 0.5 < min_confidence < 1.0:
         raise AmsegError(f"--min-confidence must lie in (0.5, 1), got {min_confidence}")

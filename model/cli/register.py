@@ -31,8 +31,7 @@ def register_command(
     ds_path: Annotated[
         Path | None,
         typer.Argument(
-            help="Dataset directory: masks from tiles_stitched/<group>/mask.tiff (or .png), "
-            "overlay background from source_norm/<group>/source.tiff, results in "
+            help="Dataset directory: masks from tiles_stitched/<group>/, results to "
             "am_coords/<group>/.",
             show_default=False,
         ),
@@ -59,14 +58,8 @@ def register_command(
 ) -> None:
     """Number ablation marks by their place on the ROWS x COLS grid (id = row*cols + col + 1).
 
-    Writes am_coordinates.png (16-bit ids), ams.csv, qc.json and overlay.png.
-
-    \b
-    Dataset:     amseg register DS_PATH [GROUPS...] --rows R --cols C
-    Single mask: amseg register --mask MASK.png --rows R --cols C -o OUT_DIR [--image SRC.png]
-
-    A group that fails is reported with its cause and the others still run; the exit status
-    is then 1.
+    Writes am_coordinates.png (16-bit ids), ams.csv, qc.json and overlay.png for every group of
+    DS_PATH, or for one --mask file. A failing group is reported; exit status 1.
     """
     console = Console(highlight=False)
     if mask is not None:

@@ -90,19 +90,14 @@ def segment(
         "--scale",
         min=0.05,
         max=MAX_SCALE,
-        help=scale_help(
-            "from the grid pitch for the model, shrinking only large marks (a second pass "
-            "enlarged when a grid shows but no marks are found, or small marks come out with "
-            "blurred outlines; --accurate enlarges all small marks); 1 for classical"
-        ),
+        help=scale_help("from the grid pitch; 1 for classical"),
     ),
     accurate: bool = typer.Option(False, "--accurate", help=ACCURATE_HELP),
 ) -> None:
     """Segment and register every group of a dataset.
 
-    Runs source → source_norm → tiles → tiles_stitched → am_coords. The final output is
-    am_coords/<group>/am_coordinates.png (uint16, id = row * cols + col + 1) with ams.csv,
-    qc.json and overlay.png beside it. A failing group is reported and the command exits 1.
+    Runs source → source_norm → tiles → tiles_stitched → am_coords/<group>/ (am_coordinates.png
+    with the ids, ams.csv, qc.json, overlay.png). A failing group is reported; exit status 1.
     """
     check_accurate(accurate, scale)
     if no_register and (rows or cols):

@@ -92,11 +92,8 @@ def synth(
     layout: str = typer.Option(
         "train",
         "--layout",
-        help=(
-            "train: OUT_DIR/{train,valid}/<dataset>/<group>/{source,mask}/NNNN.png tiles; "
-            "dataset: OUT_DIR/source/<group>/ images for `amseg segment`, with the truth in "
-            "OUT_DIR/ground_truth/<group>/."
-        ),
+        help="train: OUT_DIR/train/ and valid/ for amseg train; dataset: OUT_DIR/source/ for "
+        "amseg segment.",
     ),
     valid_fraction: float = typer.Option(
         0.2, "--valid-fraction", help="Share of slides put in valid/ (train layout only)."
@@ -114,16 +111,13 @@ def synth(
     background: str = typer.Option(
         "any",
         "--background",
-        help="Matrix style: granular (fine speckle on a dark matrix), mottled (fibrous, with "
-        "crystal patches as bright as the marks: the hardest), smooth, or any (drawn per "
-        "slide: 50 / 35 / 15 %).",
+        help="Matrix style: granular, mottled (the hardest), smooth, or any (drawn per slide).",
     ),
     style: str = typer.Option(
         "none",
         "--style",
-        help="An extra kind of slide for every slide: outlined (dark filled marks with a "
-        "darker outline on a bright fibrous matrix), ghosted (a fainter crescent beside many "
-        "marks, left out of the truth), blotchy (heavy blotchy speckle), or none.",
+        help="Make every slide of one extra kind: outlined, ghosted or blotchy; none: the usual "
+        "slides.",
     ),
 ) -> None:
     """Generate synthetic post-MALDI microscopy slides with exact ground-truth masks and ids.

@@ -16,9 +16,8 @@ DataArg = Annotated[
     Path,
     typer.Argument(
         help=(
-            "Training data: DATA/train/<dataset>/<group>/source/*.png|tif with masks of the same "
-            "name in .../<group>/mask/ (0/255 or 0/1; a missing mask is all background); "
-            "DATA/valid/ alike (without it, 10 % of the training images are held out)."
+            "Training data: DATA/train/<dataset>/<group>/{source,mask}/ and DATA/valid/ alike "
+            "(without it, 10 % of train is held out)."
         ),
     ),
 ]
@@ -28,10 +27,8 @@ MatrixOption = Annotated[
     typer.Option(
         "--matrix",
         help=(
-            "MALDI matrix of the data: DHB or DAN. Recorded in the model card, and picks the "
-            "model to fine-tune from: model/weights/<matrix>/ if shipped, else the default "
-            "model model/weights/default/ if shipped, else random initialisation. "
-            "--init-from and --from-scratch override this choice."
+            "MALDI matrix, DHB or DAN: recorded in the card; base model model/weights/<matrix>/, "
+            "else model/weights/default/."
         ),
     ),
 ]
@@ -62,12 +59,8 @@ FullResSkipOption = Annotated[
     typer.Option(
         "--full-res-skip",
         min=0,
-        help="Channels of a full-resolution skip connection into the last decoder block "
-        "(smp's U-Net has none: its finest skip is at half resolution; 0 = plain U-Net; "
-        "default: the base model's, else 0). On a base model without one it is added with zero "
-        "weights, so fine-tuning starts from that model's outputs; the new layers and the last "
-        "decoder block learn at 10x --lr. Dropping or resizing the skip of the shipped model "
-        "trains from random weights.",
+        help="Channels of a full-resolution skip into the last decoder block; 0 = plain U-Net "
+        "(default: the base model's, else 0).",
     ),
 ]
 
@@ -135,8 +128,7 @@ ThreadsOption = Annotated[
     typer.Option(
         "--threads",
         min=1,
-        help="CPU threads for torch (default: every core). Use fewer when other jobs share "
-        "the cores: oversubscribed threads slow training down sharply.",
+        help="CPU threads for torch (default: every core; use fewer when other jobs share them).",
     ),
 ]
 
@@ -154,9 +146,8 @@ ScaleRangeOption = Annotated[
     str,
     typer.Option(
         "--scale-range",
-        help="MIN,MAX zoom of the scale augmentation (log-uniform). The wide default teaches "
-        "marks of many sizes; a narrow range (e.g. 0.7,1.4) suits a last fine-tuning pass on "
-        "data whose mark sizes already match the slides to segment.",
+        help="MIN,MAX zoom of the scale augmentation (log-uniform); e.g. 0.7,1.4 for a last "
+        "fine-tuning pass.",
     ),
 ]
 
@@ -164,9 +155,8 @@ MarkRangeOption = Annotated[
     str,
     typer.Option(
         "--mark-range",
-        help="MIN,MAX mark size in px that the zoom may show, e.g. 8,60 (the sizes prediction "
-        "meets): each image's zoom range is narrowed so its median mark stays inside, so "
-        "9 px marks are not shrunk to 6 px. none = zoom every image alike.",
+        help="MIN,MAX mark size in px the zoom may show, e.g. 8,60 (per image, by its median "
+        "mark); none = zoom every image alike.",
     ),
 ]
 
@@ -175,7 +165,7 @@ LossOption = Annotated[
     typer.Option(
         "--loss",
         help="Training loss: bce-dice (BCE + soft Dice) or bce-lovasz (BCE + Lovasz hinge, "
-        "which weighs the pixels that decide the outline most; for fine-tuning).",
+        "for fine-tuning outlines).",
     ),
 ]
 
@@ -185,10 +175,8 @@ DisturbOption = Annotated[
         "--disturb",
         min=0.0,
         max=1.0,
-        help="Chance per crop of each real-slide disturbance: dust blobs beside the marks, "
-        "as bright as they are or brighter (dark for dark marks; labelled background), "
-        "uneven light (gain and glow ramps) and defocus (blur with sharp truth), e.g. 0.2. "
-        "Teaches the network that dust is not a mark; see benchmarks/robustness.py. 0 = off.",
+        help="Chance per crop of each real-slide disturbance (dust beside the marks, uneven "
+        "light, defocus), e.g. 0.2; 0 = off.",
     ),
 ]
 
@@ -198,8 +186,8 @@ EmaOption = Annotated[
         "--ema",
         min=0.0,
         max=0.99999,
-        help="Keep an exponential moving average of the weights with this decay (e.g. 0.999) "
-        "and validate and save the average; 0 = off.",
+        help="Validate and save an exponential moving average of the weights with this decay, "
+        "e.g. 0.999; 0 = off.",
     ),
 ]
 
@@ -233,9 +221,8 @@ def train(
 ) -> None:
     """Train the ablation-mark U-Net and write a model directory.
 
-    OUT gets model.safetensors (the epoch with the best validation Dice over the whole run),
-    model_card.json, training_curves.png, history.json and checkpoint.pt (for --resume). The
-    validation Dice and object F1 use the same probability threshold as prediction.
+    OUT gets model.safetensors (the epoch with the best validation Dice), model_card.json,
+    training_curves.png, history.json and checkpoint.pt (for --resume).
     """
     from model.train.config import TrainConfig  # imported here: torch is heavy
     from model.train.loop import train_model
