@@ -15,6 +15,7 @@ background style of the generator.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -79,7 +80,9 @@ def main() -> None:
         kinds = np.zeros(len(ERROR_KINDS))
         for seed, slide in slides:
             start = time.perf_counter()
-            result = predict_image(slide.image, segmenter, options, scale=args.scale)
+            result = predict_image(
+                slide.image, segmenter, dataclasses.replace(options, scale=args.scale)
+            )
             seconds += time.perf_counter() - start
             counts = dice_counts(result.mask, slide.mask)
             pixels += counts

@@ -13,6 +13,7 @@ slides a scale rule could shrink.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -66,7 +67,10 @@ def network_at_scales(model: Path | None, slides: int = 14) -> None:
         cells = []
         for scale in scales:
             counts = dice_counts(
-                predict_image(slide.image, segmenter, options, scale=scale).mask, slide.mask
+                predict_image(
+                    slide.image, segmenter, dataclasses.replace(options, scale=scale)
+                ).mask,
+                slide.mask,
             )
             totals[scale] += counts
             cells.append(f"{dice_from_counts(counts):6.3f}")

@@ -19,9 +19,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     # batch mode: SQLite cannot ALTER most things in place (a no-op wrapper on Postgres).
     with op.batch_alter_table("tasks") as batch:
-        batch.add_column(
-            sa.Column("kind", sa.String(16), nullable=False, server_default="segment")
-        )
+        batch.add_column(sa.Column("kind", sa.String(16), nullable=False, server_default="segment"))
         batch.add_column(sa.Column("summary", sa.JSON(), nullable=True))
         batch.create_index("ix_tasks_kind_created_at", ["kind", "created_at"])
 

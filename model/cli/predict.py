@@ -105,6 +105,7 @@ def predict(
         tile_size=tile_size or segmenter.tile_size,
         overlap=overlap,
         threshold=threshold,
+        scale=scale,
         accurate=accurate,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +123,6 @@ def predict(
                     out_dir,
                     segmenter,
                     options,
-                    scale,
                     probabilities,
                     on_tiles_planned=lambda n, task=task: progress.update(task, total=n),
                     on_progress=lambda n, task=task: progress.advance(task, n),
@@ -153,7 +153,6 @@ def _predict_one(
     out_dir: Path,
     segmenter: TorchSegmenter,
     options: SegmentOptions,
-    scale: float | None,
     write_probabilities: bool,
     **callbacks,
 ) -> tuple[list[Path], float, float]:
@@ -162,7 +161,7 @@ def _predict_one(
     from model.segment.predict import predict_image
 
     image = read_image(path)  # ImageInputError (an AmsegError) names the file
-    segmentation = predict_image(image, segmenter, options, scale=scale, **callbacks)
+    segmentation = predict_image(image, segmenter, options, **callbacks)
     written = [write_png(out_dir / f"{path.stem}_mask.png", segmentation.mask)]
     if write_probabilities:
         prob = np.rint(segmentation.probabilities * 255.0).astype(np.uint8)

@@ -162,7 +162,6 @@ def _segment_into_tiles(
                 gray,
                 segmenter,
                 options,
-                scale=options.scale,
                 on_tiles_planned=on_tiles_planned,
                 on_progress=on_progress,
                 on_pass=start_pass,

@@ -33,11 +33,11 @@ def reduced_precision_agreement(
     candidate = TorchSegmenter.from_model_dir(
         model_dir, runtime=RuntimeChoice(precision=precision, backend=backend)
     )
-    options = options or SegmentOptions(tile_size=reference.tile_size)
+    options = options or SegmentOptions(tile_size=reference.tile_size, scale=1.0)
     per_image = {}
     for name, image in images:
-        expected = predict_image(image, reference, options, scale=1.0).mask
-        got = predict_image(image, candidate, options, scale=1.0).mask
+        expected = predict_image(image, reference, options).mask
+        got = predict_image(image, candidate, options).mask
         per_image[name] = dice(expected, got)
     worst = min(per_image.values()) if per_image else 1.0
     return {

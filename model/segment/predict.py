@@ -9,7 +9,6 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from model.errors import AmsegError
 from model.image.io import to_grayscale
 from model.image.normalize import fill_padding, find_padding
 from model.segment.pitch import SMALL_MARK_SCALE, SMALL_PITCH_PX, auto_scale, estimate_mark_pitch
@@ -34,16 +33,6 @@ def count_tiles(shape: tuple[int, int], options: SegmentOptions, scale: float = 
     """Number of network tiles `predict_image` runs for an image of `shape` at `scale`."""
     height, width = scaled_shape(shape[0], shape[1], scale)
     return len(plan_tiles(height, width, options.tile_size, options.overlap))
-
-
-def checked_scale(scale: float) -> float:
-    """A user-given scale, or a clear error when it is out of range."""
-    if not 0.0 < scale <= MAX_SCALE:
-        raise AmsegError(
-            f"scale must be in (0, {MAX_SCALE:g}] (1 = full resolution, above 1 enlarges), "
-            f"got {scale}"
-        )
-    return float(scale)
 
 
 # A second look at small faint marks: when the image has a clear mark grid but the network,
@@ -135,7 +124,6 @@ def predict_image(
     segmenter: Segmenter,
     options: SegmentOptions = SegmentOptions(),
     *,
-    scale: float | None = None,
     on_tiles_planned: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     on_pass: Callable[[float], None] | None = None,
@@ -143,7 +131,7 @@ def predict_image(
 ) -> Segmentation:
     """Segment an image of any size, optionally resampled first; output has its size.
 
-    `scale` None picks a scale from the grid pitch (`auto_scale`, enlarging small marks when
+    `options.scale` None picks a scale from the grid pitch (`auto_scale`, enlarging small marks when
     `options.accurate`) and takes at most one second look: when small marks came out of a
     full-resolution pass with uncertain outlines, it looks again enlarged and keeps that
     (`uncertain_outline_retry_scale`); otherwise (or when that look runs out of memory), when
@@ -169,7 +157,7 @@ def predict_image(
     padding = find_padding(gray)
     if padding is None:
         return _predict_gray(
-            gray, segmenter, options, scale, on_tiles_planned, on_progress, on_pass, on_tile
+            gray, segmenter, options, on_tiles_planned, on_progress, on_pass, on_tile
         )
     rows, cols = np.flatnonzero(~padding.all(axis=1)), np.flatnonzero(~padding.all(axis=0))
     box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
@@ -177,7 +165,7 @@ def predict_image(
     if inner_padding.any():
         sample = fill_padding(sample, inner_padding)
     inner = _predict_gray(
-        sample, segmenter, options, scale, on_tiles_planned, on_progress, on_pass, on_tile
+        sample, segmenter, options, on_tiles_planned, on_progress, on_pass, on_tile
     )
     probabilities = np.zeros(gray.shape, dtype=np.float32)
     probabilities[box] = inner.probabilities
@@ -198,7 +186,6 @@ def _predict_gray(
     gray: np.ndarray,
     segmenter: Segmenter,
     options: SegmentOptions,
-    scale: float | None,
     on_tiles_planned: Callable[[int], None] | None,
     on_progress: Callable[[int], None] | None,
     on_pass: Callable[[float], None] | None,
@@ -206,12 +193,12 @@ def _predict_gray(
 ) -> Segmentation:
     """`predict_image` of a gray image without padding."""
     pitch = None
-    if scale is None:
+    if options.scale is None:
         pitch = estimate_mark_pitch(gray)
         scale = auto_scale(pitch, accurate=options.accurate)
         fast_scale = auto_scale(pitch)  # where the accurate policy falls back to
     else:
-        scale = fast_scale = checked_scale(scale)
+        scale = fast_scale = float(options.scale)
     options = options_for(segmenter, options)
     planned = count_tiles(gray.shape, options, scale)
     if on_tiles_planned is not None:

@@ -29,7 +29,7 @@ from model.segment.tiles import (
     predict_tiled,
 )
 
-# Largest --scale of the neural segmenter (predict.checked_scale): 2x makes 8 px marks 16 px;
+# Largest --scale of the neural segmenter (SegmentOptions.scale): 2x makes 8 px marks 16 px;
 # beyond it time and memory (4x the pixels at 2x) grow with no use for marks of 8-60 px.
 MAX_SCALE = 2.0
 
@@ -45,9 +45,10 @@ class SegmentOptions:
     threshold: float | None = None  # None: the segmenter's own threshold
     batch_size: int = 8
     min_mark_area: int = 12  # connected components smaller than this (px) are noise
-    # Resampling before the network in `process_group`: 1.0 = full resolution, None = from
-    # the grid pitch (pitch.auto_scale: only large marks are shrunk).
-    scale: float | None = 1.0
+    # Resampling before the network: None = from the grid pitch (pitch.auto_scale: only large
+    # marks are shrunk, with at most one enlarged second look), a number = exactly that
+    # (1.0 = full resolution, above 1 enlarges, at most MAX_SCALE).
+    scale: float | None = None
     # With scale None: also enlarge grids of small marks 2x (pitch.auto_scale),
     # for sharper outlines at 4x the network time on those images.
     accurate: bool = False
@@ -57,6 +58,11 @@ class SegmentOptions:
         if self.overlap is None:
             object.__setattr__(self, "overlap", default_overlap(self.tile_size))
         check_tiling(self.tile_size, self.overlap)
+        if self.scale is not None and not 0.0 < self.scale <= MAX_SCALE:
+            raise ParameterError(
+                f"scale must be in (0, {MAX_SCALE:g}] (1 = full resolution, above 1 enlarges), "
+                f"got {self.scale}"
+            )
         if not 0.0 <= self.low_percentile < self.high_percentile <= 100.0:
             raise ParameterError(
                 "percentiles must satisfy 0 <= low < high <= 100, got "

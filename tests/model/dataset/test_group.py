@@ -15,7 +15,7 @@ from model.segment.segmenter import ClassicalSegmenter
 from model.segment.single_pass import SegmentOptions, segment_image
 from tests.model.scenes import SmallMarkBlindSegmenter, disc_grid_scene
 
-SMALL_TILES = SegmentOptions(tile_size=128, overlap=32)
+SMALL_TILES = SegmentOptions(tile_size=128, overlap=32, scale=1.0)
 
 
 def test_classical_segmentation_finds_the_marks():
@@ -207,7 +207,7 @@ def test_a_failed_segmentation_leaves_no_half_written_tiles(tmp_path):
 
     image, _ = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
     layout = _dataset(tmp_path, image)
-    options = SegmentOptions(tile_size=128, overlap=32, batch_size=2)
+    options = SegmentOptions(tile_size=128, overlap=32, batch_size=2, scale=1.0)
 
     with pytest.raises(RuntimeError, match="out of memory"):
         process_group(layout, "g1", FailsOnSecondBatch(), options)

@@ -33,7 +33,7 @@ def test_weights_are_small_enough_to_ship():
 def test_segments_an_unseen_synthetic_slide(segmenter, seed):
     spec = random_spec(seed, height=768, width=768, mark_size=24.0, bit_depth=16)
     slide = generate_slide(spec, seed)
-    mask = predict_image(slide.image, segmenter, SegmentOptions(tile_size=512), scale=1.0).mask
+    mask = predict_image(slide.image, segmenter, SegmentOptions(tile_size=512, scale=1.0)).mask
     assert mask.shape == slide.mask.shape
     assert dice(mask, slide.mask) > 0.8
 
