@@ -1,13 +1,13 @@
 # Two entry points for a fresh machine: `make run` (the service on embedded defaults: API and
 # worker on http://127.0.0.1:8000, data in ./amseg-data) and `make test` (lint + the whole test
-# suite, after making sure redis-server and PostgreSQL are here). Both create .venv first.
+# suite, after making sure redis-server, PostgreSQL and chromium are here). Both create .venv first.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run demo test test-services lint format venv clean
+.PHONY: run demo test test-services test-browser lint format venv clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,9 @@ demo: $(STAMP)
 test-services:
 	@scripts/ensure-test-services.sh
 
+test-browser:
+	@scripts/ensure-browser.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -39,7 +42,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: $(STAMP) lint test-services
+test: $(STAMP) lint test-services test-browser
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 clean:

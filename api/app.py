@@ -18,9 +18,11 @@ import model
 from api.deps import Services, reject_unknown_query_parameters
 from api.metrics import Metrics, MetricsMiddleware
 from api.problems import install_problem_handlers
-from api.routes import models, operations, results, tasks
+from api.routes import models, operations, reruns, results, tasks, views
+from api.routes.web import install_web
 from api.sweep import sweep_once
 from api.uploads import BodyLimitMiddleware
+from api.view_cache import ViewCache
 from store.blobs import create_blob_store
 from store.database import create_db_engine, create_session_factory, upgrade_database
 from store.queue import create_celery, ensure_broker_dirs
@@ -35,12 +37,14 @@ def build_services(settings: Settings, *, migrate: bool) -> Services:
         upgrade_database(settings.database_url)
     engine = create_db_engine(settings.database_url)
     ensure_broker_dirs(settings)
+    blobs = create_blob_store(settings, create_bucket=True)
     return Services(
         settings=settings,
         engine=engine,
         sessions=create_session_factory(engine),
-        blobs=create_blob_store(settings, create_bucket=True),
+        blobs=blobs,
         celery=create_celery(settings),
+        views=ViewCache(settings.data_dir / "views", blobs, max_pixels=settings.max_pixels),
     )
 
 
@@ -92,12 +96,15 @@ def create_app(
         ),
         lifespan=lifespan,
         dependencies=[Depends(reject_unknown_query_parameters)],
+        docs_url=None,  # served by api.routes.web from local files, so they work offline
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
     install_problem_handlers(app)
-    for routes in (tasks, results, models, operations):
+    for routes in (tasks, reruns, results, views, models, operations):
         app.include_router(routes.router)
+    install_web(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 
     # Outermost, so an oversized body is refused before anything reads it.

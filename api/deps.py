@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.metrics import Metrics
 from api.problems import Problem
+from api.view_cache import ViewCache
 from store.blobs import BlobStore
 from store.queue import send_process_task
 from store.settings import Settings
@@ -31,6 +32,7 @@ class Services:
     sessions: sessionmaker[Session]
     blobs: BlobStore
     celery: Celery
+    views: ViewCache  # the web viewer's tiles and tables, built on first request
 
     def publish(self, task_id: str) -> None:
         """Send the task's message to the broker (blocking; call from a thread)."""

@@ -44,6 +44,28 @@ def load_task(svc: Services, task_id: str, kind: TaskKind = TaskKind.SEGMENT) ->
     return task
 
 
+def finished_task(svc: Services, task_id: str) -> Task:
+    """The segment task, or a 404 problem, or a 409 one while it has no results."""
+    task = load_task(svc, task_id)
+    if task.status == TaskStatus.FINISHED:
+        return task
+    if task.status == TaskStatus.FAILED:
+        raise Problem(
+            409,
+            f"task {task.id} FAILED, so it has no results: {task.error}",
+            kind="task-failed",
+            task_status=task.status.value,
+        )
+    raise Problem(
+        409,
+        f"task {task.id} is {task.status.value} ({task.progress:.0%}); results are ready when "
+        "it is FINISHED",
+        kind="task-not-finished",
+        task_status=task.status.value,
+        headers={"Retry-After": str(POLL_AFTER_S)},
+    )
+
+
 def cancel_and_delete(svc: Services, task_id: str, kind: TaskKind = TaskKind.SEGMENT) -> None:
     """Stop the task if it runs (its worker notices within seconds) and remove everything."""
     with svc.sessions() as session:
@@ -53,6 +75,7 @@ def cancel_and_delete(svc: Services, task_id: str, kind: TaskKind = TaskKind.SEG
         request_cancel(session, task.id)
         svc.blobs.delete_prefix(task_prefix(task.id))
         delete_task(session, task.id)
+    svc.views.drop(task.id)
 
 
 def check_model_name(svc: Services, name: str) -> None:

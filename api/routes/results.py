@@ -10,34 +10,13 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 
 from api.deps import Services, ServicesDep, require_api_key
 from api.problems import Problem
-from api.routes.common import POLL_AFTER_S, PROBLEM_RESPONSE, load_task
+from api.routes.common import PROBLEM_RESPONSE, finished_task
 from store.blobs import TaskBlob
-from store.tasks import Task, TaskStatus
+from store.tasks import Task
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["results"], dependencies=[Depends(require_api_key)])
-
-
-def _finished(svc: Services, task_id: str) -> Task:
-    task = load_task(svc, task_id)
-    if task.status == TaskStatus.FINISHED:
-        return task
-    if task.status == TaskStatus.FAILED:
-        raise Problem(
-            409,
-            f"task {task.id} FAILED, so it has no results: {task.error}",
-            kind="task-failed",
-            task_status=task.status.value,
-        )
-    raise Problem(
-        409,
-        f"task {task.id} is {task.status.value} ({task.progress:.0%}); results are ready when "
-        "it is FINISHED",
-        kind="task-not-finished",
-        task_status=task.status.value,
-        headers={"Retry-After": str(POLL_AFTER_S)},
-    )
 
 
 def _stream_result(svc: Services, task: Task, blob: TaskBlob) -> StreamingResponse:
@@ -78,7 +57,7 @@ def read_mask(
     redirect: Annotated[bool, Query(description="Redirect to a presigned S3 URL")] = False,
 ):
     """The mask of a FINISHED task; 409 while it is not finished."""
-    task = _finished(svc, task_id)
+    task = finished_task(svc, task_id)
     if redirect and (key := task.result_keys.get(TaskBlob.MASK.value)):
         url = svc.blobs.presigned_url(key, expires_in_s=3600)
         if url is not None:  # the local store has no URLs: stream it instead
@@ -94,7 +73,7 @@ def read_mask(
 )
 def read_labels(svc: ServicesDep, task_id: str):
     """Each mark painted with its grid id row * cols + col + 1 (tasks given rows and cols)."""
-    return _stream_result(svc, _finished(svc, task_id), TaskBlob.LABELS)
+    return _stream_result(svc, finished_task(svc, task_id), TaskBlob.LABELS)
 
 
 @router.get(
@@ -105,7 +84,7 @@ def read_labels(svc: ServicesDep, task_id: str):
 )
 def read_ams_csv(svc: ServicesDep, task_id: str):
     """id, row, col, centre, area and bounding box of every mark."""
-    return _stream_result(svc, _finished(svc, task_id), TaskBlob.AMS)
+    return _stream_result(svc, finished_task(svc, task_id), TaskBlob.AMS)
 
 
 @router.get(
@@ -116,7 +95,7 @@ def read_ams_csv(svc: ServicesDep, task_id: str):
 )
 def read_overlay(svc: ServicesDep, task_id: str):
     """For a quick look at the result."""
-    return _stream_result(svc, _finished(svc, task_id), TaskBlob.OVERLAY)
+    return _stream_result(svc, finished_task(svc, task_id), TaskBlob.OVERLAY)
 
 
 @router.get(
@@ -127,4 +106,4 @@ def read_overlay(svc: ServicesDep, task_id: str):
 )
 def read_qc(svc: ServicesDep, task_id: str):
     """The QC record of the registration (JSON)."""
-    return _stream_result(svc, _finished(svc, task_id), TaskBlob.QC)
+    return _stream_result(svc, finished_task(svc, task_id), TaskBlob.QC)

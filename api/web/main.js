@@ -1,0 +1,63 @@
+// The page's entry point: a tiny hash router (#/ the tasks, #/tasks/<id> one task), the API key
+// dialog and the shortcuts dialog.
+
+import { apiKey, handleUnauthorized, setApiKey } from "./api.js";
+import { showTasks } from "./tasks.js";
+import { say, typingInField } from "./ui.js";
+import { showViewer } from "./viewer.js";
+
+const app = document.getElementById("app");
+let leave = null;
+let routing = Promise.resolve();
+
+async function route() {
+  leave?.();
+  leave = null;
+  app.replaceChildren();
+  const match = location.hash.match(/^#\/tasks\/([0-9a-fA-F-]{36})$/);
+  document.body.dataset.page = match ? "viewer" : "tasks";
+  leave = match ? await showViewer(app, match[1]) : showTasks(app);
+}
+
+// Routes run one after the other; an error is shown and the next route still runs.
+function go() {
+  routing = routing.then(route).catch((error) => say(error.message, "error"));
+}
+
+function setUpKeyDialog() {
+  const dialog = document.getElementById("key-dialog");
+  const input = document.getElementById("key-input");
+  const reason = document.getElementById("key-reason");
+  const open = (why = "") => {
+    if (dialog.open) return;
+    reason.textContent = why;
+    input.value = apiKey();
+    dialog.showModal();
+  };
+  document.getElementById("key-button").addEventListener("click", () => open());
+  dialog.addEventListener("close", () => {
+    if (dialog.returnValue !== "save") return;
+    setApiKey(input.value.trim());
+    say(input.value.trim() ? "API key saved in this browser" : "API key removed");
+    go();
+  });
+  handleUnauthorized((detail) => open(detail || "The service needs an API key."));
+}
+
+function setUpHelp() {
+  const dialog = document.getElementById("help-dialog");
+  document.addEventListener("click", (event) => {
+    if (event.target.closest("[data-open-help]")) dialog.showModal();
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "?" && !typingInField(event) && !dialog.open) {
+      event.preventDefault();
+      dialog.showModal();
+    }
+  });
+}
+
+setUpKeyDialog();
+setUpHelp();
+window.addEventListener("hashchange", go);
+go();

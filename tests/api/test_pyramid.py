@@ -1,0 +1,164 @@
+"""The viewer's image pyramid and mark table, on arrays: level sizes and tiles, the model's
+normalization at every bit depth, outlines, previews, missing nodes and extra objects."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from api.marks import extra_objects, marks_record, missing_nodes, read_ams_csv
+from api.pyramid import (
+    STRIP_ROWS,
+    Pyramid,
+    PyramidShape,
+    TileOutOfRange,
+    build_levels,
+    create_level,
+    encode_png,
+    halve,
+    normalized_gray,
+)
+from model.image.io import to_grayscale
+from model.image.normalize import intensity_window, to_uint8
+
+
+def build(directory: Path, level0: np.ndarray) -> Pyramid:
+    height, width = level0.shape
+    create_level(directory, 0, width, height)[:] = level0
+    build_levels(directory, PyramidShape(width, height), {"layer": "test"})
+    return Pyramid(directory)
+
+
+def test_levels_halve_down_to_one_tile() -> None:
+    shape = PyramidShape(1000, 300, tile_size=256)
+    assert shape.level_sizes == [(1000, 300), (500, 150), (250, 75)]
+    assert [shape.grid(level) for level in range(3)] == [(4, 2), (2, 1), (1, 1)]
+    assert shape.tile_box(0, 3, 1) == (768, 256, 1000, 300)
+    assert PyramidShape(200, 100).level_sizes == [(200, 100)]
+    assert len(PyramidShape(20000, 20000).level_sizes) == 8  # 20000 / 2^7 = 157 <= 256
+
+
+@pytest.mark.parametrize(("level", "col", "row"), [(3, 0, 0), (0, 4, 0), (0, 0, 2), (-1, 0, 0)])
+def test_tiles_outside_the_pyramid_are_refused(level: int, col: int, row: int) -> None:
+    with pytest.raises(TileOutOfRange):
+        PyramidShape(1000, 300).tile_box(level, col, row)
+
+
+def test_halving_is_the_rounded_mean_of_2x2_blocks_with_odd_edges_repeated() -> None:
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 256, (2 * STRIP_ROWS + 3, 7), dtype=np.uint8)  # strips, odd edges
+    out = np.zeros((STRIP_ROWS + 2, 4), dtype=np.uint8)
+    halve(source, out)
+    padded = np.pad(source, ((0, 1), (0, 1)), mode="edge").astype(np.uint32)
+    blocks = padded.reshape(STRIP_ROWS + 2, 2, 4, 2).sum(axis=(1, 3))
+    np.testing.assert_array_equal(out, (blocks + 2) // 4)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_level_zero_is_the_image_as_the_model_sees_it(dtype: type) -> None:
+    rng = np.random.default_rng(1)
+    top = {np.uint8: 255, np.uint16: 4000, np.float32: 1.0}[dtype]
+    image = (rng.random((300, 200)) * top).astype(dtype)
+    out = np.zeros(image.shape, dtype=np.uint8)
+    low, high = normalized_gray(image, out)
+    window = intensity_window(image)
+    assert (low, high) == (window.low, window.high)
+    np.testing.assert_array_equal(out, to_uint8(window.apply(image)))
+
+
+def test_colour_images_are_made_gray_first() -> None:
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 65535, (2 * STRIP_ROWS + 5, 40, 3), dtype=np.uint16)
+    out = np.zeros(image.shape[:2], dtype=np.uint8)
+    normalized_gray(image, out)
+    gray = to_grayscale(image)
+    np.testing.assert_array_equal(out, to_uint8(intensity_window(gray).apply(gray)))
+
+
+def test_tiles_cut_each_level_and_previews_fit_the_longest_side(tmp_path: Path) -> None:
+    level0 = np.random.default_rng(3).integers(0, 256, (600, 1000), dtype=np.uint8)
+    pyramid = build(tmp_path, level0)
+    np.testing.assert_array_equal(pyramid.tile(0, 3, 2), level0[512:600, 768:1000])
+    level1 = pyramid.level(1)
+    assert level1.shape == (300, 500)
+    np.testing.assert_array_equal(pyramid.tile(1, 1, 1), level1[256:300, 256:500])
+    assert pyramid.tile(2, 0, 0).shape == (150, 250)
+    assert pyramid.preview(100).shape == (60, 100)
+    assert pyramid.preview(5000).shape == (600, 1000)  # never enlarged
+    expected = cv2.resize(np.asarray(level1), (250, 150), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(pyramid.preview(250), expected)
+    decoded = cv2.imdecode(np.frombuffer(encode_png(pyramid.tile(0, 1, 1)), np.uint8), -1)
+    np.testing.assert_array_equal(decoded, level0[256:512, 256:512])
+
+
+def test_outlines_are_the_marks_edges_and_continue_across_tiles(tmp_path: Path) -> None:
+    mask = np.zeros((300, 300), dtype=np.uint8)
+    mask[240:270, 240:270] = 255  # a square across four tiles
+    pyramid = build(tmp_path, mask)
+    whole = np.zeros_like(mask)
+    for row in range(2):
+        for col in range(2):
+            x0, y0, x1, y1 = pyramid.shape.tile_box(0, col, row)
+            whole[y0:y1, x0:x1] = pyramid.outline_tile(0, col, row)
+    expected = np.zeros_like(mask)
+    expected[240:270, 240:270] = 255
+    expected[241:269, 241:269] = 0
+    np.testing.assert_array_equal(whole, expected)
+
+
+AMS = """id,row,col,x,y,area,bbox_x0,bbox_y0,bbox_x1,bbox_y1
+1,0,0,10.00,20.00,30,5,15,15,25
+2,0,1,30.00,20.00,31,25,15,35,25
+5,1,1,30.00,40.00,29,25,35,35,45
+"""
+
+
+def test_the_mark_table_and_where_missing_nodes_are() -> None:
+    marks = read_ams_csv(AMS)
+    assert marks[0] == {
+        "id": 1, "row": 0, "col": 0, "x": 10.0, "y": 20.0, "area": 30, "bbox": [5, 15, 15, 25],
+    }  # fmt: skip
+    nodes = missing_nodes(marks, [3, 4], cols=3)
+    assert nodes == [
+        {"id": 3, "row": 0, "col": 2, "x": 50.0, "y": 20.0},
+        {"id": 4, "row": 1, "col": 0, "x": 10.0, "y": 40.0},
+    ]
+    assert missing_nodes(marks[:2], [3], cols=3) == [
+        {"id": 3, "row": 0, "col": 2, "x": None, "y": None}
+    ]
+
+
+def test_extra_objects_are_mask_components_without_an_id() -> None:
+    mask = np.zeros((100, 120), dtype=np.uint8)
+    labels = np.zeros((100, 120), dtype=np.uint16)
+    mask[10:20, 10:20] = 255
+    labels[10:20, 10:20] = 7  # registered
+    mask[50:60, 70:90] = 255  # not registered: extra
+    mask[90, 5] = 255  # a speck
+    extra, total = extra_objects(mask, labels)
+    assert total == 1
+    assert extra == [{"x": 79.5, "y": 54.5, "area": 200, "bbox": [70, 50, 90, 60]}]
+
+
+def test_extra_objects_on_large_masks_are_found_on_a_reduced_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("api.marks.EXTRA_SEARCH_PIXELS", 100 * 100)
+    mask = np.zeros((400, 400), dtype=np.uint8)
+    mask[100:140, 200:260] = 255
+    extra, total = extra_objects(mask, np.zeros(mask.shape, np.uint16))
+    assert total == 1
+    assert extra[0]["bbox"] == [200, 100, 260, 140]
+    assert extra[0]["area"] == 40 * 60
+    assert extra[0]["x"] == pytest.approx(229.5, abs=2)
+
+
+def test_marks_record_counts() -> None:
+    mask = np.zeros((60, 60), dtype=np.uint8)
+    record = marks_record(
+        AMS, {"rows": 2, "cols": 3, "missing_ids": [3, 4, 6]}, mask, mask.astype(np.uint16)
+    )
+    assert (record["expected"], record["found"]) == (6, 3)
+    assert [node["id"] for node in record["missing"]] == [3, 4, 6]
+    assert record["extra"] == [] and record["extra_total"] == 0
