@@ -1,21 +1,26 @@
-"""A fine-tune task's run: labels from the user's mask or from the acquisition grid, a few
-minutes of training from the base model, and the model directory stored as the result."""
+"""A fine-tune task's run: labels from the user's mask, or from the acquisition grid and the base
+model's sure marks (label-free), a few minutes of training from the base model, and the model
+directory stored as the result."""
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from store.blobs import MODEL_RESULTS, TaskBlob
+from model.errors import AmsegError
+from store.blobs import MODEL_RESULTS, TaskBlob, task_blob_key
 from store.tasks import FinetuneParameters, Task
 from worker.jobs import TaskStopped, WorkerContext, download_image, progress_reporter, store_results
 
-# Share of the progress bar each stage ends at; training takes the rest.
+if TYPE_CHECKING:
+    from model.train.finetune import FinetuneResult
+
+# Share of the progress bar the inputs take; training takes the rest but the last step.
 PROGRESS_LOADED = 0.05
-PROGRESS_LABELLED = 0.15
 PROGRESS_TRAINED = 0.95
 
 
@@ -23,49 +28,101 @@ def run_finetune(
     context: WorkerContext, task: Task, still_ours: Callable[[], bool]
 ) -> tuple[dict[str, str], dict]:
     """Fine-tune the base model on the task's image; the model's files and a summary."""
-    # Imported here: torch is heavy and only a worker that trains needs it.
-    from model.train.finetune import check_labels, finetune
-
     parameters = task.finetune_parameters
     progress = progress_reporter(context, task.id)
     progress(0.0, "loading")
     with tempfile.TemporaryDirectory(prefix="amseg-finetune-") as scratch:
         scratch_dir = Path(scratch)
         image = download_image(context, task.input_key, scratch_dir / "input", "the image")
-        progress(PROGRESS_LOADED, "labelling")
-        if parameters.labelled:
-            key = task.input_key.rpartition("/")[0] + "/" + TaskBlob.TRAIN_MASK.value
-            labels = check_labels(
-                download_image(context, key, scratch_dir / "labels", "the labels"), image.shape
-            )
-        else:
-            labels = _labels_from_grid(context, image, parameters)
-        progress(PROGRESS_LABELLED, "training")
+        progress(PROGRESS_LOADED, "training")
 
-        def report(done: float) -> None:
+        def report(state) -> None:  # model.train.finetune.FinetuneProgress
             if not still_ours():
                 raise TaskStopped("cancelled, deleted or taken over")
-            share = PROGRESS_LABELLED + (PROGRESS_TRAINED - PROGRESS_LABELLED) * done
-            progress(min(share, PROGRESS_TRAINED))
+            done = state.elapsed_s / max(state.elapsed_s + state.remaining_s, 1e-9)
+            progress(PROGRESS_LOADED + (PROGRESS_TRAINED - PROGRESS_LOADED) * done)
 
-        result = finetune(
-            [image],
-            [labels],
-            scratch_dir / "model",
-            base=context.model_dir_for(parameters.base),
-            minutes=parameters.minutes,
-            device=context.settings.worker_device,
-            on_progress=lambda state: report(state.fraction),
-        )
+        out_dir = scratch_dir / "model"
+        base = context.model_dir_for(parameters.base)
+        if parameters.labelled:
+            key = task_blob_key(task.id, TaskBlob.TRAIN_MASK)
+            labels = download_image(context, key, scratch_dir / "labels", "the labels")
+            summary = _tune_on_labels(context, image, labels, out_dir, base, parameters, report)
+        else:
+            summary = _tune_on_grid(context, image, out_dir, base, parameters, report)
         progress(PROGRESS_TRAINED, "storing")
-        outputs = {blob: result.model_dir / blob.value for blob in MODEL_RESULTS}
-        return store_results(context, task.id, outputs), result.summary
+        outputs = {blob: out_dir / blob.value for blob in MODEL_RESULTS}
+        return store_results(context, task.id, outputs), summary
 
 
-def _labels_from_grid(
-    context: WorkerContext, image: np.ndarray, parameters: FinetuneParameters
-) -> np.ndarray:
-    from model.train.finetune import labels_from_grid
+def _tune_on_labels(
+    context: WorkerContext,
+    image: np.ndarray,
+    labels: np.ndarray,
+    out_dir: Path,
+    base: Path | None,
+    parameters: FinetuneParameters,
+    report: Callable[..., None],
+) -> dict:
+    from model.train.finetune import check_label_mask, finetune
 
-    segmenter = context.load_segmenter(parameters.base)
-    return labels_from_grid(image, parameters.rows, parameters.cols, segmenter)
+    labels = check_label_mask(labels, image.shape, "the labels")
+    result = finetune(
+        [image],
+        [labels],
+        out_dir,
+        base=base,
+        minutes=parameters.minutes,
+        device=context.settings.worker_device,
+        on_progress=report,
+    )
+    return {"mode": "labelled", **_result_summary(result)}
+
+
+def _tune_on_grid(
+    context: WorkerContext,
+    image: np.ndarray,
+    out_dir: Path,
+    base: Path | None,
+    parameters: FinetuneParameters,
+    report: Callable[..., None],
+) -> dict:
+    from model.train.finetune import finetune_from_grid
+
+    rounds = finetune_from_grid(
+        image,
+        parameters.rows,
+        parameters.cols,
+        out_dir,
+        base=base,
+        minutes=parameters.minutes,
+        device=context.settings.worker_device,
+        on_progress=report,
+    )
+    tuned = [r for r in rounds if r.result is not None]
+    if not tuned:
+        sure = rounds[0].grid.sure_marks if rounds else 0
+        if sure == 0:
+            raise AmsegError(
+                "the grid gave no labels to learn from (no sure mark at its nodes); label a "
+                "few boxes by hand instead"
+            )
+        raise AmsegError(
+            f"predicting took the whole budget of {parameters.minutes:g} min before any "
+            "training; give the fine-tune more minutes"
+        )
+    summary = {"mode": "grid", **_result_summary(tuned[-1].result)}
+    summary["rounds"] = [
+        {"sure_marks": r.grid.sure_marks, "off_grid": r.grid.off_grid} for r in rounds
+    ]
+    return summary
+
+
+def _result_summary(result: FinetuneResult) -> dict:
+    return {
+        "seconds": round(result.seconds, 1),
+        "steps": result.steps,
+        "stopped": result.stopped,
+        "held_out_dice_base": result.held_out_dice_base,
+        "held_out_dice": result.held_out_dice,
+    }

@@ -10,6 +10,7 @@ from model.cli import demo as _demo  # noqa: F401  isort: skip
 from model.cli import train as _train  # noqa: F401  isort: skip
 from model.cli import pseudo_label as _pseudo_label  # noqa: F401  isort: skip
 from model.cli import predict as _predict  # noqa: F401  isort: skip
+from model.cli import finetune as _finetune  # noqa: F401  isort: skip
 
 
 COMMAND_PLUGINS = "amseg.commands"

@@ -1,0 +1,156 @@
+"""`amseg finetune`: adapt the model to one's own slide from a few labelled regions, or from the
+acquisition grid alone, in minutes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from model.cli.app import app
+from model.cli.console import console
+from model.errors import AmsegError
+
+
+@app.command()
+def finetune(
+    images: list[Path] = typer.Option(
+        ..., "--image", help="Slide image (PNG, TIFF, JPEG; 8/16-bit). Repeat for several."
+    ),
+    masks: list[Path] = typer.Option(
+        [],
+        "--mask",
+        help="Label mask of the --image at the same position, the image's size: 0 = "
+        "background, 255 = mark, 128 = not labelled (left out). Label a few boxes, each with "
+        "its marks and the matrix around them; a whole-image 0/255 mask also works.",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
+    model_dir: Path | None = typer.Option(
+        None, "--model", help="Model to start from (default: the model shipped with amseg)."
+    ),
+    minutes: float = typer.Option(
+        5.0,
+        "--minutes",
+        min=0.1,
+        help="Time budget; training stops sooner when the held-out labels stop improving.",
+    ),
+    rows: int | None = typer.Option(
+        None, "--rows", min=1, help="Label-free mode: grid rows of the acquisition."
+    ),
+    cols: int | None = typer.Option(
+        None, "--cols", min=1, help="Label-free mode: grid columns of the acquisition."
+    ),
+    rounds: int = typer.Option(
+        2, "--rounds", min=1, help="Label-free mode: predict -> select -> tune rounds."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu or cuda."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="CPU threads for torch (default: every core). Use 1 when other jobs share the "
+        "cores: oversubscribed threads slow training down sharply.",
+    ),
+) -> None:
+    """Fine-tune the segmentation model on your own slide and write a model directory.
+
+    With --mask: learns from the labelled pixels, keeping a fifth of them (in blocks) to
+    decide when to stop and which weights to keep. With --rows/--cols instead (label-free):
+    the current model's sure marks at grid nodes and the matrix between nodes become the
+    labels. Use the result everywhere with --model OUT, e.g. `amseg predict --model OUT`.
+    """
+    from model.train.finetune import FinetuneOptions, finetune_from_grid
+    from model.train.finetune import finetune as finetune_labels
+
+    label_free = rows is not None or cols is not None
+    if label_free and masks:
+        raise AmsegError(
+            "give either --mask (labelled mode) or --rows/--cols (label-free), not both"
+        )
+    if label_free and (rows is None or cols is None):
+        raise AmsegError("the label-free mode needs both --rows and --cols")
+    if label_free and len(images) != 1:
+        raise AmsegError("the label-free mode tunes on one --image")
+    if not label_free and len(masks) != len(images):
+        raise AmsegError(
+            f"give one --mask per --image (got {len(images)} image(s), {len(masks)} mask(s)), "
+            "or --rows and --cols for the label-free mode"
+        )
+    options = FinetuneOptions(threads=threads)
+    with FinetuneBar() as bar:
+        if label_free:
+            rounds_done = finetune_from_grid(
+                images[0], rows, cols, out, model_dir, minutes, rounds, device, seed,
+                on_progress=bar.update, on_round=bar.new_round, options=options,
+            )  # fmt: skip
+            results = [r.result for r in rounds_done if r.result is not None]
+            if not results:
+                raise AmsegError(
+                    "label-free mode: no sure marks at grid nodes to learn from; label a few "
+                    "regions by hand and pass --mask"
+                )
+            result = results[-1]
+        else:
+            result = finetune_labels(
+                images, masks, out, model_dir, minutes, device, seed, bar.update, options
+            )
+    console.print(f"[bold green]done:[/] {summary_line(result)}", soft_wrap=True)
+
+
+def summary_line(result) -> str:
+    """One line: where the model went, how long, and the held-out Dice before and after."""
+    text = (
+        f"{result.out_dir} after {result.steps} steps in {result.seconds:.0f} s ({result.stopped})"
+    )
+    if result.held_out_dice is not None:
+        text += (
+            f"; held-out Dice {result.held_out_dice_base:.3f} (start) -> {result.held_out_dice:.3f}"
+        )
+        if result.best_step == 0:
+            text += ": no step beat the model it started from, which is what was saved"
+    return text
+
+
+class FinetuneBar:
+    """A rich progress bar: step of the estimated total, time left, held-out Dice."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[left]} left, held-out Dice {task.fields[dice]}"),
+            console=console,
+            transient=True,
+        )
+        self.task = None
+        self.round = 0
+
+    def __enter__(self) -> FinetuneBar:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def new_round(self, number: int, grid) -> None:
+        self.round = number
+        console.print(
+            f"round {number}: {grid.marks} marks at grid nodes, {grid.sure_marks} sure ones "
+            f"labelled as marks, {grid.off_grid} blobs off the grid labelled as background"
+        )
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+
+    def update(self, event) -> None:
+        dice = "-" if event.best_dice is None else f"{event.best_dice:.3f}"
+        left = f"{int(event.remaining_s) // 60}:{int(event.remaining_s) % 60:02d}"
+        if self.task is None:
+            name = f"fine-tuning (round {self.round})" if self.round else "fine-tuning"
+            self.task = self.progress.add_task(name, total=event.total, left=left, dice=dice)
+        self.progress.update(
+            self.task, completed=event.step, total=event.total, left=left, dice=dice
+        )
