@@ -42,7 +42,9 @@ class TaskCreated(BaseModel):
     links: TaskLinks
 
 
-class TaskPublic(BaseModel):
+class JobState(BaseModel):
+    """What tasks and fine-tunes (models) share: the life of a job on the queue."""
+
     id: str
     status: TaskStatus
     progress: float = Field(ge=0.0, le=1.0)
@@ -53,6 +55,25 @@ class TaskPublic(BaseModel):
     finished_at: datetime | None
     attempts: int
     parameters: dict
+
+
+def job_state(task: Task, parameters: BaseModel) -> dict:
+    """The JobState fields of a task row; `parameters` as the row's kind reads them."""
+    return {
+        "id": str(task.id),
+        "status": task.status,
+        "progress": task.progress,
+        "stage": task.stage,
+        "error": task.error,
+        "created_at": task.created_at,
+        "started_at": task.started_at,
+        "finished_at": task.finished_at,
+        "attempts": task.attempts,
+        "parameters": parameters.model_dump(),  # every key, also for older rows
+    }
+
+
+class TaskPublic(JobState):
     image: ImageInfo
     summary: dict | None = Field(
         default=None,
@@ -99,16 +120,7 @@ def task_links(task: Task) -> TaskLinks:
 
 def task_public(task: Task) -> TaskPublic:
     return TaskPublic(
-        id=str(task.id),
-        status=task.status,
-        progress=task.progress,
-        stage=task.stage,
-        error=task.error,
-        created_at=task.created_at,
-        started_at=task.started_at,
-        finished_at=task.finished_at,
-        attempts=task.attempts,
-        parameters=task.task_parameters.model_dump(),  # every key, also for older rows
+        **job_state(task, task.task_parameters),
         image=ImageInfo(
             width=task.image_width,
             height=task.image_height,
@@ -145,17 +157,7 @@ class ModelLinks(BaseModel):
     source_task: str | None = None
 
 
-class ModelPublic(BaseModel):
-    id: str
-    status: TaskStatus
-    progress: float = Field(ge=0.0, le=1.0)
-    stage: str | None
-    error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    attempts: int
-    parameters: dict
+class ModelPublic(JobState):
     summary: dict | None = Field(description="Held-out scores and time, once FINISHED")
     links: ModelLinks
 
@@ -170,16 +172,7 @@ def model_public(task: Task) -> ModelPublic:
     parameters = task.finetune_parameters
     finished = task.status == TaskStatus.FINISHED
     return ModelPublic(
-        id=str(task.id),
-        status=task.status,
-        progress=task.progress,
-        stage=task.stage,
-        error=task.error,
-        created_at=task.created_at,
-        started_at=task.started_at,
-        finished_at=task.finished_at,
-        attempts=task.attempts,
-        parameters=parameters.model_dump(),
+        **job_state(task, parameters),
         summary=task.summary,
         links=ModelLinks(
             self=f"/models/{task.id}",

@@ -4,17 +4,21 @@ its 404, and the error docs."""
 from __future__ import annotations
 
 import logging
-from uuid import UUID
+from pathlib import Path
+from uuid import UUID, uuid4
 
 import anyio
 
 from api.deps import Services
 from api.problems import Problem
-from store.blobs import task_prefix
+from store.blobs import TaskBlob, task_blob_key, task_prefix
 from store.tasks import (
+    FinetuneParameters,
     Task,
     TaskKind,
+    TaskParameters,
     TaskStatus,
+    create_task,
     delete_task,
     get_task,
     parse_task_id,
@@ -101,3 +105,37 @@ async def publish_or_leave_to_sweep(svc: Services, task_id: UUID) -> None:
         await anyio.to_thread.run_sync(svc.publish, str(task_id))
     except Exception as error:
         log.warning("could not queue task %s now (%s); the sweep will", task_id, error)
+
+
+def create_from_task(
+    svc: Services,
+    source: Task,
+    parameters: TaskParameters | FinetuneParameters,
+    labels: Path | None = None,
+) -> Task:
+    """A new task on `source`'s image (copied, so deleting the source loses nothing), with a
+    labels PNG for a fine-tune. The blobs are stored before the row is committed: a queued task
+    always has its inputs."""
+    task_id = uuid4()
+    try:
+        svc.blobs.copy(source.input_key, task_blob_key(task_id, TaskBlob.INPUT))
+        if labels is not None:
+            with labels.open("rb") as handle:
+                key = task_blob_key(task_id, TaskBlob.TRAIN_MASK)
+                svc.blobs.put_stream(key, handle, content_type="image/png")
+        with svc.sessions() as session:
+            task, _ = create_task(
+                session,
+                parameters=parameters,
+                input_content_type=source.input_content_type,
+                input_size=source.input_size,
+                image_width=source.image_width,
+                image_height=source.image_height,
+                input_sha256=source.input_sha256,
+                task_id=task_id,
+            )
+            session.expunge(task)
+    except BaseException:
+        svc.blobs.delete_prefix(task_prefix(task_id))
+        raise
+    return task

@@ -7,33 +7,32 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 from typing import Annotated
-from uuid import uuid4
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from api.deps import Services, ServicesDep, require_api_key
+from api.deps import ServicesDep, require_api_key
 from api.problems import Problem
 from api.routes.common import (
     POLL_AFTER_S,
     PROBLEM_RESPONSE,
     cancel_and_delete,
     check_model_name,
+    create_from_task,
     load_task,
     publish_or_leave_to_sweep,
 )
 from api.schemas import ModelPage, ModelPublic, ModelQuery, model_public
 from api.uploads import ReceivedImage, receive_upload
-from store.blobs import TaskBlob, task_blob_key, task_prefix
+from store.blobs import TaskBlob
 from store.tasks import (
     MAX_PAGE_SIZE,
     FinetuneParameters,
     Task,
     TaskKind,
     TaskStatus,
-    create_task,
     list_tasks,
 )
 
@@ -61,16 +60,17 @@ async def create_model_route(
     request: Request, svc: ServicesDep, query: Annotated[ModelQuery, Query()]
 ) -> ModelPublic:
     """Queue a fine-tune from a mask in the body (labelled mode) or from the grid (no body)."""
-    source = load_task(svc, query.task)
+    source = await anyio.to_thread.run_sync(load_task, svc, query.task)
     parameters = _finetune_parameters(query, source, labelled=_has_body(request))
     if parameters.base is not None:
-        check_model_name(svc, parameters.base)
+        await anyio.to_thread.run_sync(check_model_name, svc, parameters.base)
     received = None
     with tempfile.TemporaryDirectory(prefix="amseg-labels-") as scratch:
         if parameters.labelled:
             received = await receive_upload(request, Path(scratch))
             _check_mask_size(received, source)
-        task = await anyio.to_thread.run_sync(_store_and_create, svc, source, received, parameters)
+        labels = received.path if received is not None else None
+        task = await anyio.to_thread.run_sync(create_from_task, svc, source, parameters, labels)
     await publish_or_leave_to_sweep(svc, task.id)
     return model_public(task)
 
@@ -104,36 +104,6 @@ def _check_mask_size(received: ReceivedImage, source: Task) -> None:
             f"{source.image_width}x{source.image_height}; send a mask of the image's size",
             kind="mask-size-mismatch",
         )
-
-
-def _store_and_create(
-    svc: Services, source: Task, received: ReceivedImage | None, parameters: FinetuneParameters
-) -> Task:
-    """Copy the image and store the labels first, then commit the row: a queued job always
-    has its inputs, also after the source task is deleted."""
-    model_id = uuid4()
-    try:
-        svc.blobs.copy(source.input_key, task_blob_key(model_id, TaskBlob.INPUT))
-        if received is not None:
-            with received.path.open("rb") as handle:
-                key = task_blob_key(model_id, TaskBlob.TRAIN_MASK)
-                svc.blobs.put_stream(key, handle, content_type=received.content_type)
-        with svc.sessions() as session:
-            task, _ = create_task(
-                session,
-                parameters=parameters,
-                input_content_type=source.input_content_type,
-                input_size=source.input_size,
-                image_width=source.image_width,
-                image_height=source.image_height,
-                input_sha256=source.input_sha256,
-                task_id=model_id,
-            )
-            session.expunge(task)
-    except BaseException:
-        svc.blobs.delete_prefix(task_prefix(model_id))
-        raise
-    return task
 
 
 @router.get("/models", response_model=ModelPage, summary="List fine-tuned models, newest first")

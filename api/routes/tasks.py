@@ -92,7 +92,7 @@ async def create_task_route(
     accurate = svc.settings.default_accurate if query.accurate is None else query.accurate
     parameters = TaskParameters(**query.model_dump(exclude={"accurate"}), accurate=accurate)
     if parameters.model is not None:
-        check_model_name(svc, parameters.model)
+        await anyio.to_thread.run_sync(check_model_name, svc, parameters.model)
 
     with tempfile.TemporaryDirectory(prefix="amseg-upload-") as scratch:
         received = await receive_upload(request, Path(scratch))
