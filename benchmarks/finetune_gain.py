@@ -42,7 +42,8 @@ from model.segment.runtime import RuntimeChoice
 from model.segment.single_pass import SegmentOptions
 from model.synth.slide import generate_slide
 from model.synth.styles import random_spec
-from model.train.finetune import FinetuneOptions, finetune, finetune_from_grid
+from model.train.finetune import FinetuneOptions, finetune
+from model.train.grid_labels import finetune_from_grid
 
 BOX = 512
 THREADS = None  # --threads

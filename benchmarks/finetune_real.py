@@ -25,7 +25,8 @@ from model.register.registration import register_marks
 from model.segment.neural import TorchSegmenter
 from model.segment.predict import predict_image
 from model.segment.runtime import RuntimeChoice
-from model.train.finetune import FinetuneOptions, finetune_from_grid
+from model.train.finetune import FinetuneOptions
+from model.train.grid_labels import finetune_from_grid
 
 REAL_CROPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 

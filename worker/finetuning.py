@@ -87,7 +87,7 @@ def _tune_on_grid(
     parameters: FinetuneParameters,
     report: Callable[..., None],
 ) -> dict:
-    from model.train.finetune import finetune_from_grid
+    from model.train.grid_labels import finetune_from_grid
 
     rounds = finetune_from_grid(
         image,

@@ -61,8 +61,9 @@ def finetune(
     the current model's sure marks at grid nodes and the matrix between nodes become the
     labels. Use the result everywhere with --model OUT, e.g. `amseg predict --model OUT`.
     """
-    from model.train.finetune import FinetuneOptions, finetune_from_grid
+    from model.train.finetune import FinetuneOptions
     from model.train.finetune import finetune as finetune_labels
+    from model.train.grid_labels import finetune_from_grid
 
     label_free = rows is not None or cols is not None
     if label_free and masks:

@@ -98,7 +98,7 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _to_input(crops: torch.Tensor, card: ModelCard, device: torch.device) -> torch.Tensor:
+def to_input(crops: torch.Tensor, card: ModelCard, device: torch.device) -> torch.Tensor:
     """(B, T, T) [0, 1] -> (B, C, T, T) normalized the way prediction normalizes."""
     x = crops.to(device, non_blocking=True).unsqueeze(1)
     if card.in_channels > 1:
@@ -127,7 +127,7 @@ def evaluate(
             batch = torch.from_numpy(images[start : start + batch_size])
             target = torch.from_numpy(masks[start : start + batch_size]).to(device).float()
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = network(_to_input(batch, card, device))[:, 0]
+                logits = network(to_input(batch, card, device))[:, 0]
             loss_sum += float(bce_dice_loss(logits, target)) * len(batch)
             probs = torch.sigmoid(logits.float()).cpu().numpy()
             for i, p in enumerate(probs):
@@ -431,7 +431,7 @@ def _train_step(
     learner, device = run.learner, run.device
     target = masks.to(device, non_blocking=True).float()
     with torch.autocast(device.type, dtype=torch.float16, enabled=run.use_amp):
-        logits = learner.network(_to_input(crops, run.card, device))[:, 0]
+        logits = learner.network(to_input(crops, run.card, device))[:, 0]
     loss = loss_fn(logits, target)
     learner.optimizer.zero_grad(set_to_none=True)
     learner.scaler.scale(loss).backward()

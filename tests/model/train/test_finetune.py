@@ -31,12 +31,11 @@ from model.train.finetune import (
     FinetuneOptions,
     configure_training,
     finetune,
-    finetune_from_grid,
-    labels_from_grid,
     masked_loss,
     prepare_image,
     split_held_out,
 )
+from model.train.grid_labels import finetune_from_grid, labels_from_grid
 from tests.model.scenes import disc_grid_scene
 
 TINY = {"encoder": "resnet18", "decoder_channels": (16, 8, 8, 8, 8), "tile_size": 128}
