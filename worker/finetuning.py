@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 # Share of the progress bar the inputs take; training takes the rest but the last step.
 PROGRESS_LOADED = 0.05
 PROGRESS_TRAINED = 0.95
+PROGRESS_MIN_STEP = 0.02
 
 
 def run_finetune(
@@ -36,11 +37,16 @@ def run_finetune(
         image = download_image(context, task.input_key, scratch_dir / "input", "the image")
         progress(PROGRESS_LOADED, "training")
 
-        def report(state) -> None:  # model.train.finetune.FinetuneProgress
+        reported = [PROGRESS_LOADED]
+
+        def report(state) -> None:  # model.train.finetune.FinetuneProgress, every step
             if not still_ours():
                 raise TaskStopped("cancelled, deleted or taken over")
             done = state.elapsed_s / max(state.elapsed_s + state.remaining_s, 1e-9)
-            progress(PROGRESS_LOADED + (PROGRESS_TRAINED - PROGRESS_LOADED) * done)
+            value = PROGRESS_LOADED + (PROGRESS_TRAINED - PROGRESS_LOADED) * done
+            if value - reported[0] >= PROGRESS_MIN_STEP:  # keep the database quiet
+                reported[0] = value
+                progress(value)
 
         out_dir = scratch_dir / "model"
         base = context.model_dir_for(parameters.base)
