@@ -22,6 +22,9 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _MIN_FONT_SCALE = 0.25  # below this Hershey digits are unreadable: ids are left out
 _MAX_FONT_SCALE = 4.0
 _STRETCH_SAMPLES = 1_000_000
+# Marks are tinted this many pixels at a time: the blend's temporaries (~12 bytes a pixel)
+# stay small next to the RGB result on a 20000² slide.
+_BAND_PIXELS = 4 * 2**20
 
 
 def render_overlay(
@@ -50,22 +53,31 @@ def render_overlay(
             (width, height),
             interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
         )
-    rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+    by_id = marks is not None and labels.dtype != np.bool_
+    rgb = np.empty((height, width, 3), dtype=np.uint8)
+    band = max(1, _BAND_PIXELS // max(width, 1))
+    for top in range(0, height, band):
+        rows = slice(top, top + band)
+        rgb[rows] = _tinted(gray[rows], labels[rows], by_id)
+    if marks:
+        _draw_ids(rgb, marks)
+    return rgb
 
+
+def _tinted(gray: np.ndarray, labels: np.ndarray, by_id: bool) -> np.ndarray:
+    """RGB of a band of rows: the gray image, marks tinted red or (`by_id`) by their id."""
+    rgb = cv2.cvtColor(np.ascontiguousarray(gray), cv2.COLOR_GRAY2RGB)
     foreground = (labels > 0).view(np.uint8)
-    if marks is None or labels.dtype == np.bool_:
-        # Blend with a constant colour: scale the image, add the scaled colour.
-        tint = (*(ALPHA * c for c in MASK_COLOUR), 0.0)
-        blended = cv2.add(cv2.convertScaleAbs(rgb, alpha=1.0 - ALPHA), tint)
-    else:
+    if by_id:
         # A hashed palette so that neighbouring ids (±1, ±cols) rarely share a colour.
         index = ((labels.astype(np.uint32) * 37) % 251).astype(np.uint8)
         colours = cv2.LUT(cv2.merge([index, index, index]), _palette())
         blended = cv2.addWeighted(rgb, 1.0 - ALPHA, colours, ALPHA, 0.0)
+    else:
+        # Blend with a constant colour: scale the image, add the scaled colour.
+        tint = (*(ALPHA * c for c in MASK_COLOUR), 0.0)
+        blended = cv2.add(cv2.convertScaleAbs(rgb, alpha=1.0 - ALPHA), tint)
     cv2.copyTo(blended, foreground, rgb)
-
-    if marks:
-        _draw_ids(rgb, marks)
     return rgb
 
 

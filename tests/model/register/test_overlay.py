@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
+import pytest
 
+from model.register import overlay
 from model.register.overlay import render_overlay
+from model.register.records import MarkRecord
 from tests.model.grid_masks import GridSpec, make_grid_mask
 from tests.model.register.cases import register_grid
 
@@ -38,3 +42,18 @@ def test_overlays_stretch_the_sample_not_its_padding_or_nan() -> None:
     with_nan[:20] = np.nan
     overlay = render_overlay(with_nan, mask)
     assert overlay[20:].max() == 255 and overlay[20:].min() == 0  # stretched, not all black
+
+
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_overlay_tinted_in_bands_as_in_one_go(monkeypatch, with_ids) -> None:
+    """Bands of a few rows (the bound on a large slide's memory) change no pixel."""
+    rng = np.random.default_rng(5)
+    background = rng.integers(0, 65536, (61, 47), dtype=np.uint16)
+    labels = rng.integers(0, 40, (61, 47)).astype(np.uint16) * (rng.random((61, 47)) < 0.3)
+    marks = [MarkRecord(i, 0, i, 5.0, 5.0, 10, (0, 0, 3, 3)) for i in range(1, 4)]
+    as_mask = labels if with_ids else labels > 0
+    whole = render_overlay(background, as_mask, marks if with_ids else None)
+    monkeypatch.setattr(overlay, "_BAND_PIXELS", 3 * 47)
+    banded = render_overlay(background, as_mask, marks if with_ids else None)
+    np.testing.assert_array_equal(banded, whole)
+    assert (whole != cv2.cvtColor(overlay._gray_uint8(background), cv2.COLOR_GRAY2RGB)).any()
