@@ -29,6 +29,15 @@ def test_mark_id_accuracy_counts_marks_by_majority():
     assert mark_id_accuracy(found, np.zeros_like(truth)) == 1.0
 
 
+def test_mark_id_accuracy_of_a_huge_grid_needs_no_table_of_all_id_pairs():
+    """Ids of a 2000 x 2000 grid: a dense (true, found) vote table would take 128 TB."""
+    truth = np.array([[1, 1, 0, 3_999_999, 3_999_999, 4_000_000]], np.uint32)
+    found = np.array([[1, 2, 0, 3_999_999, 3_999_999, 7]], np.uint32)
+    assert mark_id_accuracy(found, truth) == pytest.approx(2 / 3)
+    tie = np.array([[5, 9, 0]], np.uint32)  # a tie of votes goes to the lower id, as argmax
+    assert mark_id_accuracy(tie, np.array([[9, 9, 0]], np.uint32)) == 0.0
+
+
 def test_error_kinds_split_every_wrong_pixel_by_where_it_is():
     truth = np.zeros((80, 120), np.uint8)
     for x in (20, 60, 100):
