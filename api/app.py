@@ -15,16 +15,22 @@ import anyio
 from fastapi import Depends, FastAPI
 
 import model
+from api.body_guard import BodyGuardMiddleware
 from api.deps import Services, reject_unknown_query_parameters
 from api.metrics import Metrics, MetricsMiddleware
-from api.problems import install_problem_handlers
+from api.problems import database_outage_log, install_problem_handlers
 from api.routes import models, operations, reruns, results, tasks, views
 from api.routes.web import install_web
 from api.sweep import sweep_once
-from api.uploads import BodyLimitMiddleware
 from api.view_cache import ViewCache
 from store.blobs import create_blob_store
-from store.database import create_db_engine, create_session_factory, upgrade_database
+from store.database import (
+    DATABASE_UNAVAILABLE,
+    create_db_engine,
+    create_session_factory,
+    describe_database_error,
+    upgrade_database,
+)
 from store.queue import create_celery, ensure_broker_dirs
 from store.settings import Settings, get_settings
 
@@ -55,6 +61,10 @@ async def _sweep_forever(services: Services) -> None:
         try:
             await anyio.to_thread.run_sync(
                 sweep_once, services.sessions, services.publish, services.settings
+            )
+        except DATABASE_UNAVAILABLE as error:  # an outage: one line, not a traceback a pass
+            database_outage_log.warn(
+                f"task sweep skipped, the database is unreachable: {describe_database_error(error)}"
             )
         except Exception:
             log.exception("task sweep failed; next try in %ss", services.settings.sweep_interval_s)
@@ -105,10 +115,16 @@ def create_app(
     for routes in (tasks, reruns, results, views, models, operations):
         app.include_router(routes.router)
     install_web(app)
+    # Before anything reads a body: refuses bodies too big, too slow, broken off or too many.
+    app.add_middleware(
+        BodyGuardMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        idle_timeout_s=settings.upload_idle_timeout_s,
+        max_uploads=settings.max_concurrent_uploads,
+        on_uploads_changed=app.state.metrics.uploads_in_progress.set,
+    )
+    # Outermost, so that the guard's own refusals (400, 413, 503) are counted too.
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-
-    # Outermost, so an oversized body is refused before anything reads it.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     return app
 
 

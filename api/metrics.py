@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -51,6 +51,11 @@ class Metrics:
         )
         self.uploads = Counter(
             "amseg_tasks_created", "Tasks created by uploads", registry=self.registry
+        )
+        self.uploads_in_progress = Gauge(
+            "amseg_uploads_in_progress",
+            "Uploads this API process is receiving or storing (at most MAX_CONCURRENT_UPLOADS)",
+            registry=self.registry,
         )
         self.task_counts = _TaskCounts()
         self.registry.register(self.task_counts)

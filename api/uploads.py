@@ -1,31 +1,53 @@
-"""Receiving an uploaded image safely: stream it to a temporary file, then check it fully.
+"""Receiving an uploaded image without ever holding it in memory.
 
-`BodyLimitMiddleware` stops oversized bodies before or while they stream; `receive_upload`
-sniffs the bytes (the client's Content-Type is not trusted), the pixel count is checked
-from the header before decoding (decompression bombs), and the image is decoded once, so a
-truncated file is refused now rather than failing in a worker later.
+The body streams to a temporary file a megabyte at a time; the image is then checked from its
+header only (format, width, height, bit depth): the pixel limit stops decompression bombs, and
+no pixel is decoded in the API, so its memory does not grow with what is uploaded. The worker
+decodes the image: truncated or corrupt pixel data fails the task there, with a message in the
+task's `error`. The client's Content-Type is not trusted; the bytes are sniffed.
+
+`api.body_guard` keeps broken, slow and too many clients from holding the API.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import anyio
+import tifffile
 from fastapi import Request
-from starlette.datastructures import Headers, UploadFile
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.datastructures import UploadFile
 
-from api.problems import Problem, problem_response
-from model.errors import ImageInputError, ImageTooLargeError
-from model.image.io import read_image, sniff_format
+from api.problems import Problem
+from model.image.io import sniff_format
 
 IMAGE_CONTENT_TYPES = {"image/png": "png", "image/tiff": "tiff", "image/jpeg": "jpeg"}
 MULTIPART = "multipart/form-data"
-CHUNK = 1024 * 1024
-# Decoding a large slide takes memory; at most this many uploads decode at once per process.
-_DECODE_SLOTS = anyio.CapacityLimiter(2)
+UPLOAD_MEDIA_TYPES = frozenset((*IMAGE_CONTENT_TYPES, MULTIPART))
+# The upload reaches its file in pieces this big: memory per upload stays about this much.
+WRITE_CHUNK = 1024 * 1024
+
+_PNG_BIT_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+# JPEG frame headers (SOF0..SOF15 but DHT, JPG and DAC), and markers without a length.
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_STANDALONE_MARKERS = frozenset((0x01, *range(0xD0, 0xD8)))
+# Real files have a handful of segments before the frame header; a crafted one must not keep
+# a thread busy walking millions of them (or of stray bytes).
+_JPEG_MAX_STEPS = 100_000
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def is_upload(method: str, content_type: str | None) -> bool:
+    """Whether a request sends an image to be stored (what `receive_upload` accepts)."""
+    return method == "POST" and media_type(content_type) in UPLOAD_MEDIA_TYPES
 
 
 @dataclass
@@ -38,150 +60,202 @@ class ReceivedImage:
     height: int
 
 
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+@dataclass(frozen=True)
+class ImageHeader:
+    kind: str  # "png", "jpeg" or "tiff"
+    width: int
+    height: int
+
+
+class _HeaderError(Exception):
+    """The image's header cannot be read or describes no usable image."""
 
 
 async def receive_upload(request: Request, scratch_dir: Path) -> ReceivedImage:
-    """Store the request's image (raw body or multipart field `file`) as `scratch_dir/upload`,
-    validate it; raises Problem (413/415/422) for anything that is not a usable image."""
-    media_type = _media_type(request)
+    """Store the request's image (raw body or multipart field `file`) as `scratch_dir/upload`
+    and check its header; raises Problem (413/415/422) for anything that is not a usable image.
+    """
+    media = media_type(request.headers.get("content-type"))
+    if media not in UPLOAD_MEDIA_TYPES:
+        raise Problem(
+            415,
+            f"unsupported content type {media or '(none)'!r}: send the image as the raw body "
+            "with Content-Type image/png, image/tiff or image/jpeg, or as the "
+            "multipart/form-data field 'file'",
+            kind="unsupported-media-type",
+        )
     path = scratch_dir / "upload"
     try:
         with path.open("wb") as handle:
-            if media_type in IMAGE_CONTENT_TYPES:
-                size, digest = await _copy_stream(request, handle)
-            elif media_type == MULTIPART:
-                size, digest = await _copy_multipart(request, handle)
+            upload = _HashedFile(handle)
+            if media == MULTIPART:
+                await _copy_multipart(request, upload)
             else:
-                raise Problem(
-                    415,
-                    f"unsupported content type {media_type or '(none)'!r}: send the image as the "
-                    "raw body with Content-Type image/png, image/tiff or image/jpeg, or as the "
-                    "multipart/form-data field 'file'",
-                    kind="unsupported-media-type",
-                )
-        if size == 0:
+                await _copy_stream(request, upload)
+            await upload.flush()
+        if upload.size == 0:
             raise Problem(422, "the uploaded image is empty (0 bytes)", kind="empty-upload")
-        received = await _check_image(path, media_type, request.app.state.settings.max_pixels)
-        received.size, received.sha256 = size, digest
-        return received
+        max_pixels = request.app.state.settings.max_pixels
+        header = await anyio.to_thread.run_sync(check_header, path, media, max_pixels)
+        return ReceivedImage(
+            path=path,
+            content_type=f"image/{header.kind}",
+            size=upload.size,
+            sha256=upload.digest.hexdigest(),
+            width=header.width,
+            height=header.height,
+        )
     except BaseException:
         path.unlink(missing_ok=True)
         raise
 
 
-async def _copy_stream(request: Request, handle) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
+class _HashedFile:
+    """Writes the upload to its file a megabyte at a time, in a thread (not on the event
+    loop), and hashes it on the way."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.pending = bytearray()
+
+    async def write(self, chunk: bytes) -> None:
+        self.digest.update(chunk)
+        self.size += len(chunk)
+        self.pending += chunk
+        if len(self.pending) >= WRITE_CHUNK:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self.pending:
+            data, self.pending = bytes(self.pending), bytearray()
+            await anyio.to_thread.run_sync(self.handle.write, data)
+
+
+async def _copy_stream(request: Request, upload: _HashedFile) -> None:
     async for chunk in request.stream():
         if chunk:
-            digest.update(chunk)
-            size += len(chunk)
-            await anyio.to_thread.run_sync(handle.write, chunk)
-    return size, digest.hexdigest()
+            await upload.write(chunk)
 
 
-async def _copy_multipart(request: Request, handle) -> tuple[int, str]:
+async def _copy_multipart(request: Request, upload: _HashedFile) -> None:
     try:
+        # Starlette spools the file part to an unnamed temporary file past 1 MB.
         form = await request.form(max_files=1, max_fields=16)
+    except Problem:  # the body guard's 408, 413 or client-closed, raised while reading
+        raise
     except Exception as error:  # malformed multipart framing
         raise Problem(422, f"malformed multipart body: {error}", kind="invalid-multipart") from None
     try:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
+        field = form.get("file")
+        if not isinstance(field, UploadFile):
             raise Problem(
                 422, "the multipart body has no file field named 'file'", kind="missing-file"
             )
-        digest = hashlib.sha256()
-        size = 0
-        while chunk := await upload.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            await anyio.to_thread.run_sync(handle.write, chunk)
-        return size, digest.hexdigest()
+        while chunk := await field.read(WRITE_CHUNK):
+            await upload.write(chunk)
     finally:
         await form.close()
 
 
-async def _check_image(path: Path, media_type: str, max_pixels: int) -> ReceivedImage:
-    with path.open("rb") as file:
-        head = file.read(16)
-    kind = sniff_format(head)
-    if kind is None:
-        raise Problem(415, "the upload is not a PNG, JPEG or TIFF image", kind="not-an-image")
-    declared = IMAGE_CONTENT_TYPES.get(media_type)
-    if declared is not None and declared != kind:
+def check_header(path: Path, media: str, max_pixels: int) -> ImageHeader:
+    """The image's format and size from its first bytes, without decoding a pixel; raises
+    Problem 415 (not an image, or not the declared one), 413 (too many pixels) or 422."""
+    with path.open("rb") as handle:
+        kind = sniff_format(handle.read(16))
+        if kind is None:
+            raise Problem(415, "the upload is not a PNG, JPEG or TIFF image", kind="not-an-image")
+        declared = IMAGE_CONTENT_TYPES.get(media)
+        if declared is not None and declared != kind:
+            raise Problem(
+                415,
+                f"Content-Type says {media} but the body is a {kind.upper()} image",
+                kind="content-type-mismatch",
+            )
+        handle.seek(0)
+        read_size = {"png": _png_size, "jpeg": _jpeg_size, "tiff": _tiff_size}[kind]
+        try:
+            width, height = read_size(handle)
+        except _HeaderError as error:
+            raise Problem(
+                422, f"the {kind.upper()} header cannot be read: {error}", kind="unreadable-image"
+            ) from None
+    if width <= 0 or height <= 0:
         raise Problem(
-            415,
-            f"Content-Type says {media_type} but the body is a {kind.upper()} image",
-            kind="content-type-mismatch",
+            422, f"the image header says it has no pixels ({width}x{height})", kind="no-pixels"
         )
-    try:
-        async with _DECODE_SLOTS:
-            image = await anyio.to_thread.run_sync(lambda: read_image(path, max_pixels=max_pixels))
-    except ImageTooLargeError as error:
-        raise Problem(413, _without_path(error, path), kind="too-many-pixels") from None
-    except ImageInputError as error:
-        raise Problem(422, _without_path(error, path), kind="unreadable-image") from None
-    height, width = image.shape[:2]
-    return ReceivedImage(
-        path=path,
-        content_type=f"image/{kind}",
-        size=0,
-        sha256="",
-        width=int(width),
-        height=int(height),
-    )
-
-
-def _without_path(error: Exception, path: Path) -> str:
-    """The error's message without our temporary file's name (meaningless to the client)."""
-    return str(error).replace(f"{path}: ", "").replace(str(path), "the upload")
-
-
-class BodyLimitMiddleware:
-    """Refuses request bodies over `max_bytes` with a 413 problem, before reading them.
-
-    A declared Content-Length over the limit is answered at once without touching the body;
-    a body without one (chunked) is counted as it streams, and the route reading it gets a
-    413 Problem as soon as the count passes the limit.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    def _too_large(self) -> Problem:
-        return Problem(
+    if width * height > max_pixels:
+        raise Problem(
             413,
-            f"the request body is over the upload limit of {self.max_bytes} bytes "
-            "(MAX_UPLOAD_BYTES)",
-            kind="upload-too-large",
+            f"{width}x{height} = {width * height / 1e6:.0f} MP is over the limit of "
+            f"{max_pixels / 1e6:.0f} MP (MAX_PIXELS)",
+            kind="too-many-pixels",
         )
+    return ImageHeader(kind=kind, width=width, height=height)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            problem = self._too_large()
-            response = problem_response(
-                Request(scope), problem.status, problem.detail, kind=problem.kind,
-                headers={"Connection": "close"},
-            )  # fmt: skip
-            await response(scope, receive, send)
-            return
-        received = 0
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise self._too_large()
-            return message
+def _png_size(handle: BinaryIO) -> tuple[int, int]:
+    """PNG puts its header (IHDR) first, at a fixed place."""
+    data = handle.read(33)
+    if len(data) < 33:
+        raise _HeaderError("the file ends inside its header")
+    length, chunk_type, width, height, bit_depth, color_type = struct.unpack(">I4sIIBB", data[8:26])
+    if chunk_type != b"IHDR" or length != 13:
+        raise _HeaderError("the first chunk is not IHDR")
+    if bit_depth not in _PNG_BIT_DEPTHS.get(color_type, ()):
+        raise _HeaderError(f"bit depth {bit_depth} with colour type {color_type} is not valid")
+    return width, height
 
-        await self.app(scope, counting_receive, send)
+
+def _jpeg_size(handle: BinaryIO) -> tuple[int, int]:
+    """Walk the segments to the frame header (SOFn), seeking over each segment's data."""
+    handle.seek(2)  # after SOI
+    for _ in range(_JPEG_MAX_STEPS):
+        byte = handle.read(1)
+        if not byte:
+            raise _HeaderError("the file ends before its frame header")
+        if byte != b"\xff":
+            continue  # a stray byte between segments: libjpeg skips them too
+        marker = handle.read(1)
+        if marker == b"\xff":  # a fill byte: the marker comes later
+            handle.seek(-1, os.SEEK_CUR)
+            continue
+        code = marker[0] if marker else 0xD9
+        if code in _JPEG_STANDALONE_MARKERS or code == 0x00:
+            continue
+        if code in (0xD9, 0xDA):  # end of image, start of scan
+            raise _HeaderError("no frame header before the image data")
+        length_bytes = handle.read(2)
+        if len(length_bytes) < 2 or int.from_bytes(length_bytes, "big") < 2:
+            raise _HeaderError("a segment has no valid length")
+        if code in _JPEG_FRAME_MARKERS:
+            frame = handle.read(5)
+            if len(frame) < 5:
+                raise _HeaderError("the file ends inside its frame header")
+            height, width = struct.unpack(">HH", frame[1:5])
+            return width, height
+        handle.seek(int.from_bytes(length_bytes, "big") - 2, os.SEEK_CUR)
+    raise _HeaderError(f"no frame header in the first {_JPEG_MAX_STEPS} markers and bytes")
+
+
+def _tiff_size(handle: BinaryIO) -> tuple[int, int]:
+    """tifffile reads the first page's tags, not its pixel data."""
+    try:
+        with tifffile.TiffFile(handle) as tif:
+            if not tif.pages:
+                raise _HeaderError("the file has no pages")
+            page = tif.pages.first
+            shape, dtype = page.shape, page.dtype
+    except _HeaderError:
+        raise
+    except Exception as error:  # tifffile raises many kinds on a damaged file
+        raise _HeaderError(str(error) or type(error).__name__) from None
+    if len(shape) < 2:
+        raise _HeaderError(f"the first page is not an image (shape {shape})")
+    if dtype is None or dtype.kind not in "uifb":
+        raise _HeaderError(f"unsupported pixel type {dtype}")
+    # The same axes as model.image.io.read_image: (H, W), (H, W, samples) or (samples, H, W).
+    samples_last = len(shape) == 3 and shape[-1] in (3, 4)
+    height, width = (shape[0], shape[1]) if samples_last or len(shape) == 2 else shape[-2:]
+    return int(width), int(height)

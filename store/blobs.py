@@ -16,6 +16,7 @@ from typing import BinaryIO
 from uuid import UUID
 
 import boto3
+from boto3.s3.transfer import TransferConfig
 from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -25,6 +26,9 @@ from store.settings import Settings
 CHUNK_SIZE = 1024 * 1024
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4 refuses longer expiries
 S3_DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys per request
+# Parts of a multipart upload sent at once (boto3's default is 10 of 8 MB each): a stream's
+# parts are held in memory until sent, and several uploads may run in one API process.
+_TRANSFER = TransferConfig(max_concurrency=4)
 _MISSING_KEY_CODES = {"404", "NoSuchKey", "NotFound"}
 
 
@@ -106,6 +110,12 @@ class BlobStore(ABC):
     @abstractmethod
     def put_stream(self, key: str, stream: BinaryIO, *, content_type: str | None = None) -> int:
         """Store everything `stream` yields under `key` (atomically) and return its size."""
+
+    def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> int:
+        """Store the file at `path` under `key` (atomically) and return its size; the file is
+        read piece by piece, never whole into memory."""
+        with path.open("rb") as stream:
+            return self.put_stream(key, stream, content_type=content_type)
 
     @abstractmethod
     def get_bytes(self, key: str) -> bytes:
@@ -223,9 +233,20 @@ class S3BlobStore(BlobStore):
     def put_stream(self, key: str, stream: BinaryIO, *, content_type: str | None = None) -> int:
         reader = _CountingReader(stream)
         extra = {"ContentType": content_type} if content_type else {}
-        # Large streams go up as a multipart upload, which S3 only publishes once complete.
-        self._client.upload_fileobj(reader, self.bucket, check_key(key), ExtraArgs=extra)
+        # Large streams go up as a multipart upload, which S3 only publishes once complete; a
+        # stream is read a part at a time into memory, so few parts are in flight at once.
+        self._client.upload_fileobj(
+            reader, self.bucket, check_key(key), ExtraArgs=extra, Config=_TRANSFER
+        )
         return reader.bytes_read
+
+    def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> int:
+        extra = {"ContentType": content_type} if content_type else {}
+        # From a file name boto3 reads each part from disk as it sends it, not into memory.
+        self._client.upload_file(
+            str(path), self.bucket, check_key(key), ExtraArgs=extra, Config=_TRANSFER
+        )
+        return path.stat().st_size
 
     def _get_object(self, key: str) -> dict:
         try:

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     max_pixels: int = Field(default=400_000_000, gt=0)
+    # A request body that sends nothing for this long is dropped with 408, so a stalled client
+    # cannot hold a connection and an upload slot forever.
+    upload_idle_timeout_s: float = Field(default=30.0, gt=0)
+    # Uploads one API process receives at once; one more is answered 503 with Retry-After.
+    # Each holds a file of up to MAX_UPLOAD_BYTES on the API's disk (memory: about 1 MB).
+    max_concurrent_uploads: int = Field(default=64, ge=1)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
 
     # A RUNNING task whose heartbeat (every quarter of this) is older is taken to be orphaned.

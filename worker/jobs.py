@@ -53,7 +53,11 @@ def progress_reporter(context: WorkerContext, task_id: UUID) -> Callable[..., No
 
 
 def download_image(context: WorkerContext, key: str, path: Path, name: str) -> np.ndarray:
-    """Fetch the blob under `key` to `path` and read it; errors name `name`, not the file."""
+    """Fetch the blob under `key` to `path` and decode it; errors name `name`, not the file.
+
+    The API checked only the upload's header, so this is where damaged pixel data shows: any
+    error of the decoders (a truncated file, a corrupt compressed stream) is the image's fault
+    and becomes an ImageInputError, which fails the task with that message."""
     with path.open("wb") as handle:
         for chunk in context.blobs.iter_chunks(key):
             handle.write(chunk)
@@ -61,6 +65,14 @@ def download_image(context: WorkerContext, key: str, path: Path, name: str) -> n
         return read_image(path, max_pixels=context.settings.max_pixels)
     except ImageInputError as error:
         raise type(error)(str(error).replace(str(path), name)) from None
+    except MemoryError:
+        raise
+    except Exception as error:  # e.g. imagecodecs' DeflateError on a corrupt TIFF strip
+        detail = str(error).replace(str(path), name) or type(error).__name__
+        raise ImageInputError(
+            f"{name}: the image data is damaged and cannot be decoded ({detail}); "
+            "check the file and upload it again"
+        ) from None
 
 
 def store_results(

@@ -67,9 +67,11 @@ _UPLOAD_BODY = {
     responses={
         200: {"model": TaskCreated, "description": "Idempotency-Key seen before: that task"},
         401: PROBLEM_RESPONSE,
+        408: PROBLEM_RESPONSE,
         413: PROBLEM_RESPONSE,
         415: PROBLEM_RESPONSE,
         422: PROBLEM_RESPONSE,
+        503: PROBLEM_RESPONSE,
     },
 )
 async def create_task_route(
@@ -88,7 +90,10 @@ async def create_task_route(
         ),
     ] = None,
 ) -> TaskCreated:
-    """Upload an image (raw body or multipart field `file`) and queue it for segmentation."""
+    """Upload an image (raw body or multipart field `file`) and queue it for segmentation.
+
+    The API checks the image's header (format, size); the worker decodes it, so damaged pixel
+    data fails the task with a message in its `error`."""
     accurate = svc.settings.default_accurate if query.accurate is None else query.accurate
     parameters = TaskParameters(**query.model_dump(exclude={"accurate"}), accurate=accurate)
     if parameters.model is not None:
@@ -126,8 +131,7 @@ def _store_and_create(
                 return existing, False
     task_id = uuid4()
     input_key = task_blob_key(task_id, TaskBlob.INPUT)
-    with received.path.open("rb") as handle:
-        svc.blobs.put_stream(input_key, handle, content_type=received.content_type)
+    svc.blobs.put_file(input_key, received.path, content_type=received.content_type)
     try:
         with svc.sessions() as session:
             task, created = create_task(

@@ -81,6 +81,20 @@ def test_put_stream_stores_everything_and_reports_the_size(blob_store: BlobStore
     assert blob_store.get_bytes("tasks/b/input") == data
 
 
+def test_put_file_stores_a_multipart_sized_file_and_reports_its_size(
+    blob_store: BlobStore, tmp_path: Path
+) -> None:
+    data = bytes(range(256)) * 40_000  # 10 MB: past boto3's multipart threshold
+    path = tmp_path / "upload"
+    path.write_bytes(data)
+
+    size = blob_store.put_file("tasks/f/input", path, content_type="image/png")
+
+    assert size == len(data)
+    assert blob_store.get_bytes("tasks/f/input") == data
+    assert list(blob_store.list_keys("tasks/f/")) == ["tasks/f/input"]
+
+
 def test_a_broken_upload_leaves_no_blob_and_keeps_the_old_one(blob_store: BlobStore) -> None:
     # 9 MB is past boto3's multipart threshold, so S3 sees a started multipart upload.
     blob_store.put_bytes("tasks/c/input", b"complete earlier upload")

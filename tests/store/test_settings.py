@@ -13,7 +13,7 @@ SETTINGS_VARIABLES = [
     "MAX_UPLOAD_BYTES", "MAX_PIXELS", "API_KEYS", "TASK_STALE_AFTER_S", "TASK_MAX_ATTEMPTS",
     "EMBEDDED", "TASK_QUEUE", "TASK_SOFT_TIME_LIMIT_S", "TASK_TIME_LIMIT_S",
     "BROKER_VISIBILITY_TIMEOUT_S", "MODELS_DIR", "SWEEP_INTERVAL_S", "WORKER_DEVICE",
-    "ACCURATE_SEGMENTATION",
+    "ACCURATE_SEGMENTATION", "UPLOAD_IDLE_TIMEOUT_S", "MAX_CONCURRENT_UPLOADS",
 ]  # fmt: skip
 GOOD_KEY = "k" * 32
 
@@ -80,6 +80,8 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ("MAX_PIXELS", "-5"),
         ("TASK_STALE_AFTER_S", "0"),
         ("TASK_MAX_ATTEMPTS", "0"),
+        ("UPLOAD_IDLE_TIMEOUT_S", "0"),
+        ("MAX_CONCURRENT_UPLOADS", "0"),
         ("API_KEYS", "short"),
         ("API_KEYS", f"{GOOD_KEY},has a space in it ok"),
         ("DATABASE_URL", "mysql://x@y/z"),
