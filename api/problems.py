@@ -1,8 +1,8 @@
 """Errors as RFC 9457 problem details (`application/problem+json`), for every route.
 
 Handlers cover our own `Problem`, Starlette/FastAPI HTTP errors (404 for unknown paths, 405),
-request validation (422) and, last, any unexpected error (500, logged with its traceback, never
-shown to the client).
+request validation (422), an unreachable database (503 with Retry-After, one log line per burst)
+and, last, any unexpected error (500, logged with its traceback, never shown to the client).
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from store.database import DATABASE_UNAVAILABLE, ThrottledWarning, describe_database_error
+
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://amseg.dev/problems/"
+DATABASE_RETRY_AFTER_S = 5
 
 
 class Problem(Exception):
@@ -104,6 +107,24 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+database_outage_log = ThrottledWarning(log)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    database_outage_log.warn(
+        f"database unreachable, answering 503 ({request.method} {request.url.path}): "
+        f"{describe_database_error(exc)}"
+    )
+    return problem_response(
+        request,
+        503,
+        "the task database cannot be reached right now; try again in a few seconds (an upload "
+        "with the same Idempotency-Key, so that it is not stored twice)",
+        kind="database-unavailable",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(
@@ -115,4 +136,6 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _problem)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    for error_class in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(error_class, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected_error)

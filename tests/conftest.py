@@ -1,8 +1,12 @@
-"""Shared pytest fixtures: real crops, a local Postgres, moto's S3 over HTTP, a Redis server."""
+"""Shared pytest fixtures: real crops, a local Postgres (and private clusters that tests may
+restart), moto's S3 over HTTP, a Redis server."""
 
+import os
+import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -174,3 +178,83 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+def postgres_bin_dir() -> Path | None:
+    """Where initdb and pg_ctl are: on PATH, or Debian's /usr/lib/postgresql/<newest>/bin."""
+    if (initdb := shutil.which("initdb")) and shutil.which("pg_ctl"):
+        return Path(initdb).resolve().parent
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+        key=lambda path: int(path.parts[-3]) if path.parts[-3].isdigit() else 0,
+    )
+    return versions[-1].parent if versions else None
+
+
+class PostgresCluster:
+    """A private PostgreSQL cluster (initdb in a temporary folder, a free loopback port, trust
+    auth) that tests may stop and start; the machine's own Postgres is left alone.
+
+    Postgres refuses to run as root, so as root the cluster belongs to the `postgres` user."""
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="amseg-postgres-"))
+        self.owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+        if self.owner is not None:
+            os.chown(self.directory, self.owner.pw_uid, self.owner.pw_gid)
+        self.data = self.directory / "data"
+        self._pg("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync",
+                 "-E", "UTF8", "--locale=C")  # fmt: skip
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _pg(self, program: str, *args: object) -> None:
+        command = [str(self.bin_dir / program), *map(str, args)]
+        as_owner = {}
+        if self.owner is not None:
+            as_owner = dict(user=self.owner.pw_uid, group=self.owner.pw_gid, extra_groups=[])
+        done = subprocess.run(
+            command, cwd=self.directory, capture_output=True, text=True, timeout=120, **as_owner
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{program} failed: {done.stdout}{done.stderr}")
+
+    def start(self) -> None:
+        # No fsync: a test cluster need not survive a power cut, and it is much faster.
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = self.directory / "postgres.log"
+        self._pg("pg_ctl", "-D", self.data, "-l", log, "-o", options, "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """`fast` ends every session at once and shuts down cleanly; `immediate` is a crash."""
+        self._pg("pg_ctl", "-D", self.data, "-m", mode, "-w", "-t", "60", "stop")
+
+    def remove(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self.stop("immediate")
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A started private Postgres cluster for tests that restart their database."""
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip(
+            "no PostgreSQL server binaries (initdb, pg_ctl on PATH or in /usr/lib/postgresql/*/"
+            "bin) to start a private cluster; `make test` installs them"
+        )
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root without a `postgres` user to own a private cluster")
+    cluster = PostgresCluster(bin_dir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()

@@ -21,6 +21,10 @@ from PIL import Image
 from tests.conftest import free_port
 
 TERMINAL = {"FINISHED", "FAILED"}
+# After a fault (a killed worker, a restarted database or API) the affected tasks must run
+# again, or be over, within this many seconds: several times what recovery takes here (the
+# stale period, the sweep, a fresh worker), so it bounds recovery without being a timing test.
+RECOVERY_BOUND_S = 60
 
 
 @dataclass
@@ -54,8 +58,9 @@ class ServiceStack:
     api: subprocess.Popen | None = None
     workers: list[Worker] = field(default_factory=list)
 
-    def start_api(self) -> None:
-        port = free_port()
+    def start_api(self, port: int | None = None) -> None:
+        """Start uvicorn on `port` (a restart passes the old one) or a free port."""
+        port = port or free_port()
         self.base_url = f"http://127.0.0.1:{port}"
         log = (self.directory / "api.log").open("ab")
         command = [sys.executable, "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1"]
@@ -97,12 +102,20 @@ class ServiceStack:
                 time.sleep(0.2)
         return worker
 
-    def stop(self) -> None:
-        for worker in self.workers:
-            worker.stop()
+    @property
+    def api_port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
+
+    def stop_api(self) -> None:
+        """SIGTERM uvicorn (it finishes the requests in flight) and wait for it to exit."""
         if self.api is not None and self.api.poll() is None:
             os.killpg(self.api.pid, signal.SIGTERM)
             self.api.wait(timeout=20)
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.stop_api()
 
     def s3_keys(self, prefix: str = "tasks/") -> list[str]:
         """The keys in this stack's bucket under `prefix`, read straight from S3."""
@@ -132,6 +145,19 @@ class ServiceStack:
                 return state
             if time.monotonic() > deadline:
                 raise AssertionError(f"task {task_id} still {state['status']}: {state}")
+            time.sleep(0.2)
+
+    def wait_until_attempt(
+        self, client: httpx.Client, task_id: str, attempt: int, timeout: float = 120
+    ) -> dict:
+        """Poll until the task runs (or ran) its `attempt`-th time; returns that state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = client.get(f"/tasks/{task_id}").json()
+            if state["attempts"] >= attempt and state["status"] != "QUEUED":
+                return state
+            if state["status"] in TERMINAL or time.monotonic() > deadline:
+                raise AssertionError(f"task {task_id} never got to attempt {attempt}: {state}")
             time.sleep(0.2)
 
 

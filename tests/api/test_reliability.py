@@ -12,7 +12,7 @@ import pytest
 from store.queue import create_celery, send_process_task
 from store.settings import Settings
 from tests.conftest import RedisServer
-from tests.service_stack import ServiceStack, Worker, png_bytes
+from tests.service_stack import RECOVERY_BOUND_S, ServiceStack, Worker, png_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,11 @@ def test_killed_worker_task_still_finishes_once(reliable_stack: ServiceStack) ->
         wait_for_stage(client, task_id, 0.1)
         victim = next(w for w in stack.workers if w.process.poll() is None)
         victim.kill()  # SIGKILL to the worker and its pool child, mid-segmentation
+        killed_at = time.monotonic()
         stack.start_worker()
+        stack.wait_until_attempt(client, task_id, 2, timeout=RECOVERY_BOUND_S)
+        rerun_after = time.monotonic() - killed_at
+        assert rerun_after < RECOVERY_BOUND_S, f"run again only {rerun_after:.0f} s after the kill"
         state = stack.wait_until_over(client, task_id, timeout=240)
         assert state["status"] == "FINISHED", state
         assert state["attempts"] == 2
