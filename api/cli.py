@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -9,12 +10,24 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 import typer
 
+if TYPE_CHECKING:
+    import uvicorn
+
+    from store.settings import Settings
+
 # A worker that dies is restarted, but not faster than this (a crash loop must not spin).
 RESTART_DELAY_S = 2.0
-STOP_GRACE_S = 20.0
+# `amseg up` stops on Ctrl-C, `kill` and its terminal closing. Open requests and the worker's
+# running task get these (at the same time) to finish; then the worker is killed with its pool
+# child and its task handed back to the queue, so that everything is gone well within 10 s.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+API_STOP_GRACE_S = 5.0
+WORKER_STOP_GRACE_S = 5.0
 
 
 def register(app: typer.Typer) -> None:
@@ -38,6 +51,8 @@ def serve(
     """
     import uvicorn
 
+    from api.http_protocol import PROBLEM_HTTP_PROTOCOL
+
     uvicorn.run(
         "api.app:app",
         host=host,
@@ -46,6 +61,7 @@ def serve(
         log_level=log_level,
         proxy_headers=True,
         timeout_graceful_shutdown=30,
+        http=PROBLEM_HTTP_PROTOCOL,  # unparsable requests get problem+json too
     )
 
 
@@ -60,10 +76,13 @@ def up(
 
     SQLite, files and a file-based queue live under --data-dir; no Docker, Redis or Postgres.
     Then upload an image: curl -F file=@slide.png 'http://127.0.0.1:8000/tasks?rows=30&cols=30'
+    Ctrl-C, SIGTERM or SIGHUP stop both within 10 s; a task still running is handed back to the
+    queue and runs at the next start.
     """
     import uvicorn
 
     from api.app import create_app
+    from api.http_protocol import PROBLEM_HTTP_PROTOCOL
     from model.cli.console import console
     from store.settings import Settings
 
@@ -72,9 +91,17 @@ def up(
     settings = Settings(embedded=True, data_dir=data_dir)
     app = create_app(settings)  # migrates the SQLite database on start
 
-    supervisor = _WorkerSupervisor(env)
-    config = uvicorn.Config(app, host=host, port=port, log_level="info")
+    supervisor = _WorkerSupervisor(env, settings)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=API_STOP_GRACE_S,
+        http=PROBLEM_HTTP_PROTOCOL,  # unparsable requests get problem+json too
+    )
     server = uvicorn.Server(config)
+    received = _stop_together_on_signals(server, supervisor)
     url = f"http://{host}:{port}"
     console.print(f"amseg: data in {data_dir}; API on {url} (docs: {url}/docs); Ctrl-C stops")
     console.print(f"  open {url}/ in a browser: upload slides, look at results, correct them")
@@ -86,15 +113,43 @@ def up(
         server.run()
     finally:
         supervisor.stop()
+    if received:
+        raise typer.Exit(128 + received[0])  # the shell's code for "stopped by that signal"
+
+
+def _stop_together_on_signals(server: uvicorn.Server, supervisor: _WorkerSupervisor) -> list[int]:
+    """Make each stop signal shut down the API and the worker at once; returns the signals
+    received (filled in later).
+
+    uvicorn catches SIGINT and SIGTERM while it serves and raises them again once it has shut
+    down, when the default action would kill this process before the worker is stopped; our
+    handlers catch that too, and SIGHUP, which uvicorn leaves alone.
+    """
+    received: list[int] = []
+    stop_api = server.handle_exit
+
+    def stop(sig: int, frame: FrameType | None) -> None:
+        received.append(sig)
+        supervisor.begin_stop()
+        stop_api(sig, frame)
+
+    server.handle_exit = stop  # what uvicorn installs for SIGINT and SIGTERM while it serves
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
+    return received
 
 
 class _WorkerSupervisor:
-    """Keeps one `python -m worker` child alive until stopped."""
+    """Keeps one `python -m worker` child alive until stopped, and stops it in time."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], settings: Settings) -> None:
         self.env = env
+        self.settings = settings
         self.process: subprocess.Popen | None = None
         self.stopping = threading.Event()
+        self.stop_deadline = 0.0
+        # Re-entrant: begin_stop also runs in signal handlers, on the thread that may hold it.
+        self.lock = threading.RLock()
         self.thread = threading.Thread(target=self._run, name="worker-supervisor", daemon=True)
 
     def start(self) -> None:
@@ -102,14 +157,24 @@ class _WorkerSupervisor:
 
     def _spawn(self) -> subprocess.Popen:
         command = [sys.executable, "-m", "worker", "--concurrency", "1", "--loglevel", "info"]
-        return subprocess.Popen(command, env=self.env)
+        command += ["--stop-with-parent", str(os.getpid())]  # even if this process is killed
+        # Its own process group: a kill reaches its pool child too, and Ctrl-C in a terminal
+        # reaches only this process, which then stops the worker in order.
+        return subprocess.Popen(command, env=self.env, process_group=0)
 
     def _run(self) -> None:
-        while not self.stopping.is_set():
-            self.process = self._spawn()
-            code = self.process.wait()
+        while True:
+            with self.lock:
+                if self.stopping.is_set():
+                    return
+                process = self.process = self._spawn()
+            code = process.wait()  # only this thread reaps it, so its group stays its own
             if self.stopping.is_set():
                 return
+            # A pool child outlives a killed worker and would finish its task a second time.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            self._hand_back(process.pid, count_attempt=True)
             print(
                 f"amseg: the worker exited with code {code}; restarting it",
                 file=sys.stderr,
@@ -117,16 +182,59 @@ class _WorkerSupervisor:
             )
             self.stopping.wait(RESTART_DELAY_S)
 
+    def begin_stop(self) -> None:
+        """Ask the worker to finish its task and exit (Celery's warm shutdown); returns at once."""
+        with self.lock:
+            if self.stopping.is_set():
+                return
+            self.stopping.set()
+            self.stop_deadline = time.monotonic() + WORKER_STOP_GRACE_S
+            if self.process is not None and self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+
     def stop(self) -> None:
-        self.stopping.set()
-        process = self.process
-        if process is None or process.poll() is not None:
+        """Stop the worker: it finishes its task within WORKER_STOP_GRACE_S, or it is killed
+        with its pool child and the task goes back to the queue."""
+        self.begin_stop()
+        if self.thread.ident is None:  # never started
             return
-        # SIGTERM = Celery's warm shutdown: the running task finishes or goes back.
-        process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        while process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        self.thread.join(timeout=max(self.stop_deadline - time.monotonic(), 0.0))
+        process = self.process
+        if process is None:
+            return
+        if self.thread.is_alive():  # the worker is not reaped yet: its group is still its own
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            self.thread.join()
+        self._hand_back(process.pid, count_attempt=False)
+
+    def _hand_back(self, worker_pid: int, *, count_attempt: bool) -> None:
+        """Put the tasks the ended worker was running back in the queue, and send their
+        messages again: the file queue lost the ones its worker had taken."""
+        from store.database import create_db_engine, create_session_factory
+        from store.queue import create_celery, send_process_task
+        from store.tasks import release_worker_claims
+
+        settings = self.settings
+        try:
+            engine = create_db_engine(settings.database_url)
+            try:
+                with create_session_factory(engine)() as session:
+                    task_ids = release_worker_claims(
+                        session,
+                        worker_pid=worker_pid,
+                        max_attempts=settings.task_max_attempts,
+                        count_attempt=count_attempt,
+                    )
+            finally:
+                engine.dispose()
+            if task_ids:
+                celery = create_celery(settings)
+                with contextlib.closing(celery):
+                    for task_id in task_ids:
+                        send_process_task(celery, str(task_id), settings.task_queue)
+        except Exception as error:  # the sweep hands them back once their heartbeat is stale
+            print(f"amseg: could not hand the worker's task back: {error}", file=sys.stderr)
+            return
+        for task_id in task_ids:
+            print(f"amseg: task {task_id} handed back to the queue", file=sys.stderr, flush=True)

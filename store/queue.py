@@ -40,6 +40,10 @@ def celery_config(settings: Settings) -> dict:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_retry_on_worker_lost": True,
+        # How long the thread-based pool (embedded mode) waits for a result from a dead pool
+        # child before it reports the child lost and the task is handed back (default 10 s).
+        # A result it missed is harmless: the task is FINISHED, and the re-send is a no-op.
+        "worker_lost_wait": 1.0,
         "worker_prefetch_multiplier": 1,
         "task_soft_time_limit": settings.task_soft_time_limit_s,
         "task_time_limit": settings.task_time_limit_s,

@@ -7,6 +7,8 @@ race on the same task cannot both win.
 import base64
 import binascii
 import enum
+import os
+import socket
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -160,6 +162,9 @@ class Task(Base):
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
+    # The process that holds the claim of the current run (`claimant_id`), so the worker that
+    # sees that process die can hand the task back at once instead of waiting for it to go stale.
+    claimed_by: Mapped[str | None] = mapped_column(String(255))
 
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -352,10 +357,25 @@ def _update(session: Session, task_id: UUID | str, *conditions: Any, **values: A
     return result.rowcount == 1
 
 
+def claimant_id(worker_pid: int, pid: int | None = None) -> str:
+    """Who holds a claim: process `pid` (default: this one) of the worker whose main process is
+    `worker_pid`, on this host. The task id disambiguates equal ids from other pid namespaces."""
+    return f"{_worker_claims_prefix(worker_pid)}{pid if pid is not None else os.getpid()}"
+
+
+def _worker_claims_prefix(worker_pid: int) -> str:
+    return f"{socket.gethostname()}:{worker_pid}:"
+
+
 def mark_running(
-    session: Session, task_id: UUID | str, *, stale_after_s: float, max_attempts: int
+    session: Session,
+    task_id: UUID | str,
+    *,
+    stale_after_s: float,
+    max_attempts: int,
+    claimant: str | None = None,
 ) -> bool:
-    """Claim the task for this worker; True only for the one caller that won.
+    """Claim the task for `claimant` (see `claimant_id`); True only for the one caller that won.
 
     A task can be claimed while QUEUED, or while RUNNING with a heartbeat older than
     `stale_after_s` (its worker died), as long as it has had fewer than `max_attempts` runs
@@ -379,6 +399,85 @@ def mark_running(
         error=None,
         started_at=now,
         heartbeat_at=now,
+        claimed_by=claimant,
+    )
+
+
+def release_claim(
+    session: Session,
+    task_id: UUID | str,
+    *,
+    claimant: str,
+    max_attempts: int,
+    count_attempt: bool = True,
+) -> TaskStatus | None:
+    """The process `claimant` stopped running the task (it died, or its worker is stopping):
+    hand the task back to the queue now, rather than after its heartbeat goes stale.
+
+    The attempt stays counted unless `count_attempt` is False (the worker stopped on purpose),
+    so a task that kills its process every time still runs out of attempts. A task that cannot
+    run again (cancelled, or that was its last attempt) is FAILED instead. Returns the new
+    status, or None when the task is not RUNNING under that claim.
+    """
+    held = and_(Task.status == TaskStatus.RUNNING, Task.claimed_by == claimant)
+    return _give_back(session, task_id, held, max_attempts, count_attempt)
+
+
+def release_worker_claims(
+    session: Session, *, worker_pid: int, max_attempts: int, count_attempt: bool
+) -> list[UUID]:
+    """`release_claim` for every task a process of the worker `worker_pid` (on this host)
+    holds, after that worker ended; returns the ids handed back to the queue."""
+    held = and_(
+        Task.status == TaskStatus.RUNNING,
+        Task.claimed_by.startswith(_worker_claims_prefix(worker_pid), autoescape=True),
+    )
+    candidates = list(session.scalars(select(Task.id).where(held)))
+    return [
+        task_id
+        for task_id in candidates
+        if _give_back(session, task_id, held, max_attempts, count_attempt) == TaskStatus.QUEUED
+    ]
+
+
+def _give_back(
+    session: Session, task_id: UUID | str, held: Any, max_attempts: int, count_attempt: bool
+) -> TaskStatus | None:
+    """QUEUED again if the task may run again, else FAILED; None if `held` does not match."""
+    attempts = Task.attempts if count_attempt else Task.attempts - 1
+    requeued = _update(
+        session,
+        task_id,
+        held,
+        attempts < max_attempts,
+        Task.cancel_requested.is_(False),
+        status=TaskStatus.QUEUED,
+        attempts=attempts,
+        stage=None,
+        heartbeat_at=None,
+        claimed_by=None,
+    )
+    if requeued:
+        return TaskStatus.QUEUED
+    failed = _update(
+        session,
+        task_id,
+        held,
+        status=TaskStatus.FAILED,
+        stage=None,
+        error=case(
+            (Task.cancel_requested.is_(True), CANCELLED_ERROR), else_=_gave_up_error(max_attempts)
+        ),
+        finished_at=utc_now(),
+    )
+    return TaskStatus.FAILED if failed else None
+
+
+def _gave_up_error(max_attempts: int) -> str:
+    return (
+        f"The task did not complete in {max_attempts} attempts (its worker stopped"
+        " responding or lost its database or storage); giving up. Submit the image"
+        " again to retry."
     )
 
 
@@ -571,11 +670,7 @@ def fail_abandoned_tasks(
             stage=None,
             error=case(
                 (Task.cancel_requested.is_(True), CANCELLED_ERROR),
-                else_=(
-                    f"The task did not complete in {max_attempts} attempts (its worker stopped"
-                    " responding or lost its database or storage); giving up. Submit the image"
-                    " again to retry."
-                ),
+                else_=_gave_up_error(max_attempts),
             ),
             finished_at=utc_now(),
         )

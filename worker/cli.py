@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
+
 import typer
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def register(app: typer.Typer) -> None:
@@ -32,6 +39,12 @@ def worker(
         help="prefork (hard time limits) or solo (one process, for GPUs that must not fork).",
     ),
     loglevel: str = typer.Option("info", "--loglevel", "-l", help="debug, info, warning, error."),
+    stop_with_parent: int | None = typer.Option(
+        None,
+        "--stop-with-parent",
+        hidden=True,
+        help="Shut down (warm) when process PID ends, even if it was killed (Linux; `amseg up`).",
+    ),
 ) -> None:
     """Process queued tasks (settings from the environment; see docs/service.md).
 
@@ -42,6 +55,8 @@ def worker(
     from store.settings import get_settings
     from worker.tasks import app as celery_app
 
+    if stop_with_parent is not None:
+        _stop_with_parent(stop_with_parent)
     settings = get_settings()
     ensure_broker_dirs(settings)
     argv = [
@@ -56,3 +71,16 @@ def worker(
     if not settings.redis_url:  # the filesystem broker has no broadcast for heartbeats
         argv.append("--without-heartbeat")
     celery_app.worker_main(argv)
+
+
+def _stop_with_parent(parent_pid: int) -> None:
+    """Have the kernel send SIGTERM (Celery's warm shutdown) when the parent dies, so that a
+    supervisor killed outright (SIGKILL, OOM) leaves no worker taking tasks behind."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:  # a sandbox may refuse it
+        reason = os.strerror(ctypes.get_errno())
+        typer.echo(f"amseg worker: cannot follow its parent's exit ({reason})", err=True)
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        raise typer.Exit(0)

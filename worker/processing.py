@@ -16,6 +16,7 @@ from uuid import UUID
 
 from model.errors import AmsegError
 from store.blobs import TASK_INPUTS, BlobNotFoundError, TaskBlob, task_blob_key, task_prefix
+from store.database import DATABASE_UNAVAILABLE, ThrottledWarning, describe_database_error
 from store.tasks import (
     CANCELLED_ERROR,
     Task,
@@ -31,6 +32,8 @@ from worker.jobs import TaskStopped, WorkerContext
 from worker.segmenting import run_segment
 
 log = logging.getLogger(__name__)
+# While the database is down every heartbeat and retry fails: one line a burst, no tracebacks.
+database_outage_log = ThrottledWarning(log)
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,13 @@ class Outcome:
     detail: str = ""
 
 
-def process_task(context: WorkerContext, task_id: UUID | str) -> Outcome:
+def process_task(
+    context: WorkerContext, task_id: UUID | str, claimant: str | None = None
+) -> Outcome:
     """Run one task to FINISHED or FAILED, or skip it when it is not this worker's to run.
+
+    `claimant` (`store.tasks.claimant_id`) is recorded with the claim, so that the worker can
+    hand the task back at once if this process dies.
 
     Input errors (an image that cannot be read, a grid that does not fit) mark the task FAILED
     with a message for the user. Infrastructure errors (database, blob store) propagate, so
@@ -57,6 +65,7 @@ def process_task(context: WorkerContext, task_id: UUID | str) -> Outcome:
             task_id,
             stale_after_s=settings.task_stale_after_s,
             max_attempts=settings.task_max_attempts,
+            claimant=claimant,
         )
         task = get_task(session, task_id)
         if not claimed:
@@ -117,7 +126,11 @@ def _heartbeat(context: WorkerContext, task_id: UUID) -> Iterator[Callable[[], b
                     if not record_heartbeat(session, task_id):
                         ours.clear()
                         return
-            except Exception:  # a database hiccup: try again at the next beat
+            except DATABASE_UNAVAILABLE as error:  # an outage: one line a burst, try again
+                database_outage_log.warn(
+                    f"heartbeat of task {task_id} failed: {describe_database_error(error)}"
+                )
+            except Exception:
                 log.exception("heartbeat of task %s failed", task_id)
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{task_id}", daemon=True)

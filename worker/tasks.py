@@ -11,20 +11,28 @@ import logging
 import os
 import threading
 
+from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
+from billiard.exceptions import WorkerLostError
 from botocore.exceptions import BotoCoreError
 from celery import Task as CeleryTask
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, Terminated
 from celery.signals import worker_process_init
+from celery.worker.request import Request
 from sqlalchemy.exc import OperationalError
 
 from store.blobs import create_blob_store
-from store.database import create_db_engine, create_session_factory
+from store.database import (
+    DATABASE_UNAVAILABLE,
+    create_db_engine,
+    create_session_factory,
+    describe_database_error,
+)
 from store.queue import PROCESS_TASK, create_celery
 from store.settings import Settings, get_settings
-from store.tasks import fail_task, get_task, release_task
+from store.tasks import claimant_id, fail_task, get_task, release_claim, release_task
 from worker.jobs import WorkerContext
 from worker.models import ModelDirectories
-from worker.processing import fail_with_error, process_task
+from worker.processing import database_outage_log, fail_with_error, process_task
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +40,12 @@ log = logging.getLogger(__name__)
 RETRY_BACKOFF_MAX_S = 60
 
 app = create_celery(get_settings())
+
+# The worker's main process (this module is imported there before the pool forks, and pool
+# children inherit the value): a claim names the worker that sees its process die.
+WORKER_PID = os.getpid()
+# Failures of a request that mean the process running it stopped (killed, exited, terminated).
+PROCESS_STOPPED = (WorkerLostError, Terminated, SystemExit, KeyboardInterrupt)
 
 _context: WorkerContext | None = None
 _context_pid: int | None = None
@@ -80,9 +94,53 @@ def _load_after_fork(**_: object) -> None:
         log.exception("could not preload the default model")
 
 
+class HandBackRequest(Request):
+    """A request that hands its task back when the pool process running it dies, before Celery
+    re-sends it (task_retry_on_worker_lost): the re-sent message must find the task claimable,
+    not RUNNING under a dead process until its heartbeat goes stale."""
+
+    def on_failure(
+        self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False
+    ) -> object:
+        error = exc_info.exception
+        if isinstance(error, ExceptionWithTraceback):
+            error = error.exc
+        if isinstance(error, PROCESS_STOPPED) and self.worker_pid is not None and self.args:
+            hand_back(str(self.args[0]), self.worker_pid)
+        return super().on_failure(
+            exc_info, send_failed_event=send_failed_event, return_ok=return_ok
+        )
+
+
+def hand_back(task_id: str, pid: int) -> None:
+    """Release pool process `pid`'s claim of the task, from the worker's main process.
+
+    The attempt stays counted: a task that kills its process every time runs out of attempts.
+    Rare, so a short-lived engine: no connection may be open here when the pool forks a child.
+    """
+    settings = get_settings()
+    engine = create_db_engine(settings.database_url)
+    try:
+        with create_session_factory(engine)() as session:
+            status = release_claim(
+                session,
+                task_id,
+                claimant=claimant_id(WORKER_PID, pid),
+                max_attempts=settings.task_max_attempts,
+            )
+    except Exception:  # the database is away: the sweep re-runs it once the claim goes stale
+        log.exception("could not hand back task %s of the lost process %d", task_id, pid)
+        return
+    finally:
+        engine.dispose()
+    if status is not None:
+        log.warning("process %d running task %s stopped; the task is %s", pid, task_id, status)
+
+
 @app.task(
     name=PROCESS_TASK,
     bind=True,
+    Request=HandBackRequest,
     # Also the bound for re-sends after a killed pool child (task_retry_on_worker_lost).
     max_retries=get_settings().task_max_attempts,
     default_retry_delay=2,
@@ -91,7 +149,7 @@ def process(self: CeleryTask, task_id: str) -> str:
     """Process task `task_id` (a UUID string); returns what happened, for the worker log."""
     context = worker_context()
     try:
-        outcome = process_task(context, task_id)
+        outcome = process_task(context, task_id, claimant=claimant_id(WORKER_PID))
     except SoftTimeLimitExceeded:
         with context.sessions() as session:
             fail_task(
@@ -116,6 +174,12 @@ def process(self: CeleryTask, task_id: str) -> str:
                     release_task(session, task_id)
                 else:
                     attempts_left = False
+        except DATABASE_UNAVAILABLE as outage:
+            database_outage_log.warn(
+                f"could not release task {task_id}, the sweep will: "
+                f"{describe_database_error(outage)}"
+            )
+            raise error from None
         except Exception:
             log.exception("could not release task %s; the sweep will", task_id)
             raise error from None

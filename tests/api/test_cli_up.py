@@ -1,11 +1,18 @@
-"""`amseg up`: the embedded service (SQLite, local files, file queue) from one command."""
+"""`amseg up`: the embedded service (SQLite, local files, file queue) from one command, and
+how it stops: every process it started gone, the running task finished or handed back."""
 
+import json
 import os
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from uuid import UUID
 
 import httpx
 import numpy as np
@@ -18,6 +25,8 @@ from tests.conftest import free_port
 from tests.service_stack import png_bytes, read_png
 
 AMSEG = Path(sys.executable).with_name("amseg")
+# The issue's bound for "a stop signal ends everything `amseg up` started".
+STOP_BOUND_S = 10.0
 pytestmark = pytest.mark.slow
 
 
@@ -65,6 +74,9 @@ def test_amseg_up_turns_an_upload_into_a_mask_and_stops_cleanly(tmp_path: Path) 
         assert labels.dtype == np.uint16 and labels.max() <= 36
         worker_pids = children(server.pid)
         assert worker_pids, "amseg up runs no worker process"
+        status, content_type, body = raw_post(port, b"Content-Length: -5")
+        assert (status, content_type) == (400, "application/problem+json"), body
+        assert "Content-Length" in json.loads(body)["detail"]
     finally:
         server.send_signal(signal.SIGINT)
         try:
@@ -78,6 +90,155 @@ def test_amseg_up_turns_an_upload_into_a_mask_and_stops_cleanly(tmp_path: Path) 
         assert not Path(f"/proc/{pid}").exists()
 
 
+def raw_post(port: int, header: bytes) -> tuple[int, str, bytes]:
+    """Status, content type and body of a POST /tasks with a header that uvicorn cannot parse
+    (httpx would refuse to send it)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(b"POST /tasks HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n\r\n")
+        data = b""
+        while chunk := connection.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), headers.get("content-type", ""), body
+
+
 def children(pid: int) -> list[int]:
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
     return [int(child) for child in found.stdout.split()]
+
+
+@pytest.mark.parametrize(
+    "stop_signal", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda sig: sig.name
+)
+def test_a_stop_signal_ends_every_process_and_keeps_the_running_task(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    data_dir = tmp_path / "data"
+    with running_up(data_dir) as (server, client):
+        task_id = submit_slow_task(client)
+        wait_for(client, task_id, lambda state: state["status"] == "RUNNING")
+        tree = process_tree(server.pid)
+        assert len(tree) >= 3, "expected amseg up, its worker and the worker's pool child"
+
+        server.send_signal(stop_signal)
+        deadline = time.monotonic() + STOP_BOUND_S
+        while alive := [pid for pid in tree if is_running(pid)]:
+            assert time.monotonic() < deadline, f"still running after {STOP_BOUND_S} s: {alive}"
+            time.sleep(0.05)
+        assert server.wait(timeout=5) == 128 + stop_signal
+
+    # Finished in time, or back in the queue without its interrupted attempt counted.
+    status, attempts = stored_state(data_dir, task_id)
+    assert (status, attempts) in {("FINISHED", 1), ("QUEUED", 0)}
+    with running_up(data_dir) as (_, client):
+        state = wait_for(client, task_id, lambda state: state["status"] in ("FINISHED", "FAILED"))
+    assert state["status"] == "FINISHED", state
+    assert state["attempts"] == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_amseg_up_leaves_no_worker_behind(tmp_path: Path) -> None:
+    with running_up(tmp_path / "data") as (server, _):
+        deadline = time.monotonic() + 90
+        while len(tree := process_tree(server.pid)) < 3:  # the worker's pool child is up
+            assert time.monotonic() < deadline, "the worker never started its pool child"
+            time.sleep(0.2)
+
+        server.kill()
+        deadline = time.monotonic() + STOP_BOUND_S
+        while alive := [pid for pid in tree if is_running(pid)]:
+            assert time.monotonic() < deadline, f"left behind: {alive}"
+            time.sleep(0.05)
+
+
+@contextmanager
+def running_up(data_dir: Path) -> Iterator[tuple[subprocess.Popen, httpx.Client]]:
+    """`amseg up` on a free port, healthy; stopped (or killed) on the way out if still up."""
+    port = free_port()
+    server = subprocess.Popen(
+        [AMSEG, "up", "--port", str(port), "--data-dir", str(data_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                assert server.poll() is None, "amseg up exited"
+                try:
+                    if client.get("/health").json()["status"] == "ok":
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "amseg up did not become healthy"
+                time.sleep(0.2)
+            yield server, client
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        for worker in workers_of(server.pid):  # whatever happened, leave no worker running
+            os.killpg(worker, signal.SIGKILL)  # with its pool child: it leads its own group
+
+
+def submit_slow_task(client: httpx.Client) -> str:
+    """A full-resolution slide with no grid: long enough to be running when the signal comes."""
+    noise = np.random.default_rng(5).integers(0, 256, (4096, 4096), dtype=np.uint8)
+    created = client.post("/tasks", content=png_bytes(noise), headers={"Content-Type": "image/png"})
+    assert created.status_code == 201, created.text
+    return created.json()["id"]
+
+
+def wait_for(client: httpx.Client, task_id: str, condition, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while not condition(state := client.get(f"/tasks/{task_id}").json()):
+        assert time.monotonic() < deadline, state
+        time.sleep(0.1)
+    return state
+
+
+def stored_state(data_dir: Path, task_id: str) -> tuple[str, int]:
+    """The task's status and attempts, read from the database file while nothing runs."""
+    with sqlite3.connect(data_dir / "amseg.sqlite3") as database:
+        row = database.execute(
+            "SELECT status, attempts FROM tasks WHERE id = ?", (UUID(task_id).hex,)
+        ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants."""
+    tree = [pid]
+    for process in tree:
+        tree += children(process)
+    return tree
+
+
+def workers_of(server_pid: int) -> list[int]:
+    """The running workers that `amseg up` (pid `server_pid`) started, found by their command
+    line even after it died."""
+    marker = f"\0--stop-with-parent\0{server_pid}\0".encode()
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker in cmdline.read_bytes() and is_running(int(cmdline.parent.name)):
+                found.append(int(cmdline.parent.name))
+        except OSError:  # it exited meanwhile
+            continue
+    return found
+
+
+def is_running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (dead, waiting to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"

@@ -16,6 +16,7 @@ from store.tasks import (
     Task,
     TaskParameters,
     TaskStatus,
+    claimant_id,
     create_task,
     delete_task,
     fail_abandoned_tasks,
@@ -26,7 +27,9 @@ from store.tasks import (
     list_tasks,
     mark_dispatched,
     mark_running,
+    release_claim,
     release_task,
+    release_worker_claims,
     report_progress,
     request_cancel,
 )
@@ -406,3 +409,73 @@ def test_a_queued_task_without_attempts_left_is_failed_by_the_sweep(session: Ses
     failed = get_task(session, task.id)
     assert failed.status == TaskStatus.FAILED
     assert f"{MAX_ATTEMPTS} attempts" in failed.error
+
+
+def claim_as(session: Session, task: Task, claimant: str) -> None:
+    assert mark_running(
+        session,
+        task.id,
+        stale_after_s=STALE_AFTER_S,
+        max_attempts=MAX_ATTEMPTS,
+        claimant=claimant,
+    )
+
+
+def test_a_dead_processes_claim_is_released_at_once_with_its_attempt_counted(
+    session: Session,
+) -> None:
+    task = new_task(session)
+    claim_as(session, task, claimant_id(100, 101))
+    assert get_task(session, task.id).claimed_by == claimant_id(100, 101)
+
+    other_process = claimant_id(100, 102)
+    assert (
+        release_claim(session, task.id, claimant=other_process, max_attempts=MAX_ATTEMPTS) is None
+    )
+    assert get_task(session, task.id).status == TaskStatus.RUNNING
+
+    status = release_claim(
+        session, task.id, claimant=claimant_id(100, 101), max_attempts=MAX_ATTEMPTS
+    )
+    released = get_task(session, task.id)
+    assert status == released.status == TaskStatus.QUEUED
+    assert released.attempts == 1
+    assert released.claimed_by is None and released.heartbeat_at is None
+    assert claim(session, task)  # claimable now, not only once the heartbeat went stale
+    assert get_task(session, task.id).attempts == 2
+
+
+def test_a_dead_processes_task_that_cannot_run_again_is_failed(session: Session) -> None:
+    last_attempt, cancelled = new_task(session), new_task(session)
+    claimant = claimant_id(100, 101)
+    for task in (last_attempt, cancelled):
+        claim_as(session, task, claimant)
+    set_columns(session, last_attempt, attempts=MAX_ATTEMPTS)
+    assert request_cancel(session, cancelled.id)
+
+    for task in (last_attempt, cancelled):
+        status = release_claim(session, task.id, claimant=claimant, max_attempts=MAX_ATTEMPTS)
+        assert status == TaskStatus.FAILED
+    assert f"{MAX_ATTEMPTS} attempts" in get_task(session, last_attempt.id).error
+    assert get_task(session, cancelled.id).error == CANCELLED_ERROR
+
+
+@pytest.mark.parametrize("count_attempt", [False, True])
+def test_an_ended_workers_tasks_are_handed_back_and_no_one_elses(
+    session: Session, count_attempt: bool
+) -> None:
+    ended, other_worker, other_host = new_task(session), new_task(session), new_task(session)
+    claim_as(session, ended, claimant_id(100, 101))
+    claim_as(session, other_worker, claimant_id(1000, 1001))  # "…:100" is a prefix of "…:1000"
+    claim_as(session, other_host, "elsewhere:100:101")
+
+    handed_back = release_worker_claims(
+        session, worker_pid=100, max_attempts=MAX_ATTEMPTS, count_attempt=count_attempt
+    )
+
+    assert handed_back == [ended.id]
+    queued = get_task(session, ended.id)
+    assert queued.status == TaskStatus.QUEUED
+    assert queued.attempts == (1 if count_attempt else 0)  # a stop on purpose costs no attempt
+    for task in (other_worker, other_host):
+        assert get_task(session, task.id).status == TaskStatus.RUNNING

@@ -1,15 +1,26 @@
 """The Celery task around `process_task`: unexpected errors fail the task at once with a
-message; passing infrastructure errors are retried, then fail (run eagerly here)."""
+message; passing infrastructure errors are retried, then fail (run eagerly here); a task whose
+pool process died is handed back before Celery re-sends it."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
+from billiard.einfo import ExceptionInfo
+from billiard.exceptions import WorkerLostError
+from celery.worker.request import Request
 
 from store.blobs import LocalBlobStore, TaskBlob, task_blob_key
 from store.database import create_db_engine, create_session_factory, upgrade_database
 from store.settings import Settings
-from store.tasks import TaskParameters, TaskStatus, create_task, get_task
+from store.tasks import (
+    TaskParameters,
+    TaskStatus,
+    claimant_id,
+    create_task,
+    get_task,
+    mark_running,
+)
 from tests.service_stack import png_bytes
 from worker import tasks
 from worker.jobs import WorkerContext
@@ -83,3 +94,56 @@ def test_storage_trouble_is_retried_then_fails(
     assert task.status == TaskStatus.FAILED
     assert "disk unplugged" in task.error
     assert task.attempts == 2  # released and claimed again until the attempts ran out
+
+
+POOL_CHILD_PID = 4242
+
+
+def lost_request(task_id: str) -> tasks.HandBackRequest:
+    """The main process's request for `task_id`, accepted by pool child POOL_CHILD_PID (built
+    without a broker message: only what on_failure reads)."""
+    request = object.__new__(tasks.HandBackRequest)
+    request._args = (task_id,)
+    request.worker_pid = POOL_CHILD_PID
+    return request
+
+
+def failure(error: BaseException) -> ExceptionInfo:
+    try:
+        raise error
+    except BaseException:
+        return ExceptionInfo()
+
+
+@pytest.mark.parametrize(
+    ("error", "handed_back"),
+    [(WorkerLostError("SIGKILL"), True), (SystemExit(1), True), (RuntimeError("bug"), False)],
+)
+def test_a_lost_pool_childs_task_is_handed_back_before_celery_resends_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException, handed_back: bool
+) -> None:
+    context = context_whose_model_raises(tmp_path, RuntimeError("unused"))
+    monkeypatch.setattr(tasks, "get_settings", lambda: context.settings)
+    task_id = queued_task(context)
+    with context.sessions() as session:
+        assert mark_running(
+            session,
+            task_id,
+            stale_after_s=60,
+            max_attempts=2,
+            claimant=claimant_id(tasks.WORKER_PID, POOL_CHILD_PID),
+        )
+    seen_by_celery = []
+
+    def celery_on_failure(request: Request, exc_info: ExceptionInfo, **_: object) -> None:
+        with context.sessions() as session:  # what Celery's re-send will find
+            seen_by_celery.append(get_task(session, task_id).status)
+
+    monkeypatch.setattr(Request, "on_failure", celery_on_failure)
+
+    lost_request(task_id).on_failure(failure(error))
+
+    expected = TaskStatus.QUEUED if handed_back else TaskStatus.RUNNING
+    assert seen_by_celery == [expected]
+    with context.sessions() as session:
+        assert get_task(session, task_id).attempts == 1  # the lost attempt still counts
