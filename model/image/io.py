@@ -8,9 +8,12 @@ oversized image or a decompression bomb is refused without allocating it.
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 import warnings
+import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import tifffile
@@ -198,27 +201,64 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+# write_png compresses this many bytes of rows at a time: a 20000² RGB overlay is written
+# without a second copy of it (Pillow copies an RGB image into 4 bytes a pixel first).
+_PNG_BAND_BYTES = 8 * 2**20
+_PNG_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> gray, gray+alpha, RGB, RGBA
+
+
 def write_png(path: str | os.PathLike, image: np.ndarray, *, compress_level: int = 1) -> Path:
-    """Write a uint8/uint16 gray or uint8 RGB(A) array as PNG, atomically (temp file + rename).
+    """Write a bool/uint8/uint16 gray or uint8 RGB(A) array as PNG, atomically (temp file +
+    rename), compressing bands of rows as it goes (no copy of the image is made).
 
     `compress_level` 1 keeps large masks fast to write; PNG stays lossless at every level.
     """
     path = Path(path)
-    if image.dtype == np.bool_:
-        image = image.astype(np.uint8) * 255
-    if image.dtype not in (np.uint8, np.uint16):
+    if image.dtype not in (np.bool_, np.uint8, np.uint16):
         raise TypeError(f"write_png needs uint8 or uint16, got {image.dtype}")
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if image.ndim not in (2, 3) or channels not in _PNG_COLOUR_TYPES:
+        raise TypeError(f"write_png needs a gray or RGB(A) image, got shape {image.shape}")
     if image.dtype == np.uint16 and image.ndim != 2:
         raise TypeError("16-bit PNGs are written as single-channel images only")
     tmp = _atomic_target(path)
     try:
-        Image.fromarray(np.ascontiguousarray(image)).save(
-            tmp, format="PNG", compress_level=compress_level
-        )
+        with tmp.open("wb") as out:
+            _write_png_stream(out, image, channels, compress_level)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _write_png_stream(out: BinaryIO, image: np.ndarray, channels: int, level: int) -> None:
+    """The PNG file: header, the rows (filter "none") deflated band by band, end."""
+    height, width = image.shape[:2]
+    bit_depth = 16 if image.dtype == np.uint16 else 8
+    row_bytes = width * channels * bit_depth // 8
+    out.write(b"\x89PNG\r\n\x1a\n")
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, _PNG_COLOUR_TYPES[channels], 0, 0, 0)
+    out.write(_png_chunk(b"IHDR", header))
+    deflate = zlib.compressobj(level)
+    step = max(1, _PNG_BAND_BYTES // max(row_bytes, 1))
+    for top in range(0, height, step):
+        band = image[top : top + step]
+        if band.dtype == np.bool_:
+            band = band.view(np.uint8) * np.uint8(255)
+        elif band.dtype == np.uint16:
+            band = band.astype(">u2")  # PNG stores 16-bit samples big-endian
+        rows = np.empty((len(band), 1 + row_bytes), dtype=np.uint8)
+        rows[:, 0] = 0  # each row starts with its filter type
+        rows[:, 1:] = np.ascontiguousarray(band).reshape(len(band), -1).view(np.uint8)
+        if data := deflate.compress(rows):
+            out.write(_png_chunk(b"IDAT", data))
+    out.write(_png_chunk(b"IDAT", deflate.flush()))
+    out.write(_png_chunk(b"IEND", b""))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    checksum = zlib.crc32(data, zlib.crc32(kind))
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", checksum)
 
 
 def write_tiff(path: str | os.PathLike, image: np.ndarray) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -99,15 +100,34 @@ def outline_uncertainty(probabilities: np.ndarray, mask: np.ndarray) -> float:
     return uncertain / marked
 
 
+def outline_look_applies(pitch: float | None, scale: float) -> bool:
+    """Whether a pass at `scale` may be followed by the outline look: a full-resolution pass
+    over a grid of small marks (the look then reads its probabilities)."""
+    return pitch is not None and pitch < SMALL_PITCH_PX and scale == 1.0
+
+
 def uncertain_outline_retry_scale(
     pitch: float | None, scale: float, segmentation: Segmentation
 ) -> float | None:
     """SMALL_MARK_SCALE when a full-resolution pass over a grid of small marks left uncertain
     outlines (see UNCERTAIN_OUTLINE_RATIO), else None."""
-    if pitch is None or pitch >= SMALL_PITCH_PX or scale != 1.0:
+    if not outline_look_applies(pitch, scale):
         return None
     ratio = outline_uncertainty(segmentation.probabilities, segmentation.mask)
     return SMALL_MARK_SCALE if ratio >= UNCERTAIN_OUTLINE_RATIO else None
+
+
+# The automatic scale enlarges no image beyond this many pixels (a 7000² slide at 2x): an
+# enlarged pass holds the enlarged image, its probabilities and a float32 copy of them while
+# they are brought back, so larger slides keep full resolution and stay within a few GB
+# (a 20000² slide: under 4 GB, BENCHMARKS.md). An explicit --scale is run as asked.
+MAX_ENLARGED_PIXELS = 200_000_000
+
+
+def too_large_to_enlarge(shape: tuple[int, int], scale: float) -> bool:
+    """Whether the automatic policy must not look at an image of `shape` enlarged by `scale`."""
+    height, width = scaled_shape(shape[0], shape[1], scale)
+    return scale > 1.0 and height * width > MAX_ENLARGED_PIXELS
 
 
 def options_for(segmenter: Segmenter, options: SegmentOptions) -> SegmentOptions:
@@ -119,6 +139,14 @@ def options_for(segmenter: Segmenter, options: SegmentOptions) -> SegmentOptions
     return options
 
 
+def device_pipeline(segmenter: Segmenter) -> Any:
+    """The segmenter's whole-image pass on its torch device (a `device_pipeline.DevicePipeline`,
+    not imported here: it imports this module), where it has one that is on
+    (`TorchSegmenter.device_pipeline`); None runs the CPU path below."""
+    make = getattr(segmenter, "device_pipeline", None)
+    return make() if make is not None else None
+
+
 def predict_image(
     image: np.ndarray,
     segmenter: Segmenter,
@@ -128,6 +156,7 @@ def predict_image(
     on_progress: Callable[[int], None] | None = None,
     on_pass: Callable[[float], None] | None = None,
     on_tile: Callable[[Tile, np.ndarray, np.ndarray], None] | None = None,
+    keep_probabilities: bool = True,
 ) -> Segmentation:
     """Segment an image of any size, optionally resampled first; output has its size.
 
@@ -152,24 +181,27 @@ def predict_image(
     sample, and padding left inside that box is filled with pixels of the sample's own
     intensities. The result's `offset` then says where that box starts, and `grid` describes
     it.
+
+    With `keep_probabilities` False the result's `probabilities` is None: a GPU then copies
+    only the mask back (see `device_pipeline`).
     """
     gray = to_grayscale(image)
     padding = find_padding(gray)
+    callbacks = (on_tiles_planned, on_progress, on_pass, on_tile)
     if padding is None:
-        return _predict_gray(
-            gray, segmenter, options, on_tiles_planned, on_progress, on_pass, on_tile
-        )
+        found = _predict_gray(gray, segmenter, options, *callbacks, keep_probabilities)
+        return found if keep_probabilities else dataclasses.replace(found, probabilities=None)
     rows, cols = np.flatnonzero(~padding.all(axis=1)), np.flatnonzero(~padding.all(axis=0))
     box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
     sample, inner_padding = gray[box], padding[box]
     if inner_padding.any():
         sample = fill_padding(sample, inner_padding)
-    inner = _predict_gray(
-        sample, segmenter, options, on_tiles_planned, on_progress, on_pass, on_tile
-    )
-    probabilities = np.zeros(gray.shape, dtype=np.float32)
-    probabilities[box] = inner.probabilities
-    probabilities[padding] = 0.0
+    inner = _predict_gray(sample, segmenter, options, *callbacks, keep_probabilities)
+    probabilities = None
+    if keep_probabilities:
+        probabilities = np.zeros(gray.shape, dtype=inner.probabilities.dtype)
+        probabilities[box] = inner.probabilities
+        probabilities[padding] = 0.0
     mask = np.zeros(gray.shape, dtype=bool)
     mask[box] = inner.mask
     mask = remove_small_components(mask & ~padding, options.min_mark_area)
@@ -190,61 +222,43 @@ def _predict_gray(
     on_progress: Callable[[int], None] | None,
     on_pass: Callable[[float], None] | None,
     on_tile: Callable[[Tile, np.ndarray, np.ndarray], None] | None,
+    keep_probabilities: bool,
 ) -> Segmentation:
     """`predict_image` of a gray image without padding."""
     pitch = None
     if options.scale is None:
         pitch = estimate_mark_pitch(gray)
-        scale = auto_scale(pitch, accurate=options.accurate)
         fast_scale = auto_scale(pitch)  # where the accurate policy falls back to
+        scale = auto_scale(pitch, accurate=options.accurate)
+        if too_large_to_enlarge(gray.shape, scale):
+            scale = fast_scale
     else:
         scale = fast_scale = float(options.scale)
-    options = options_for(segmenter, options)
-    planned = count_tiles(gray.shape, options, scale)
-    if on_tiles_planned is not None:
-        on_tiles_planned(planned)
-
-    def segment_at(pass_scale: float) -> Segmentation:
-        if on_pass is not None:
-            on_pass(pass_scale)
-        work = resample(gray, pass_scale)
-        result = segment_image(work, segmenter, options, on_progress=on_progress, on_tile=on_tile)
-        if work is not gray:
-            result = restore_segmentation(result, gray.shape, options.min_mark_area)
-        return dataclasses.replace(result, scale=pass_scale)
-
-    out_of_memory: set[float] = set()  # scales no second look goes back to
+    passes = _Passes(
+        gray, segmenter, options_for(segmenter, options), pitch, keep_probabilities,
+        on_tiles_planned, on_progress, on_pass, on_tile,
+    )  # fmt: skip
     try:
-        segmentation = segment_at(scale)
+        segmentation = passes.run(scale)
     except MemoryError:
         if scale == fast_scale:
             raise
         # The accurate policy's enlargement is optional: segment as the default does.
-        out_of_memory.add(scale)
         scale = fast_scale
-        planned += count_tiles(gray.shape, options, scale)
-        if on_tiles_planned is not None:
-            on_tiles_planned(planned)
-        segmentation = segment_at(scale)
+        segmentation = passes.run(scale)
     # The outline look comes first and is kept as it is, also on a pass that marked only a few
     # pixels, all of them uncertain; the missed-grid look (kept only if it finds clearly more)
     # runs when the outline look does not, or ran out of memory.
     sharpen = uncertain_outline_retry_scale(pitch, scale, segmentation)
-    if sharpen is not None and sharpen not in out_of_memory:
-        planned += count_tiles(gray.shape, options, sharpen)
-        if on_tiles_planned is not None:
-            on_tiles_planned(planned)
+    if passes.may_look_at(sharpen):
         try:
-            return segment_at(sharpen)
+            return passes.run(sharpen)
         except MemoryError:
-            out_of_memory.add(sharpen)  # the enlarged look is optional: keep what was found
+            pass  # the enlarged look is optional: keep what was found
     retry = missed_grid_retry_scale(pitch, scale, segmentation.mask)
-    if retry is not None and retry not in out_of_memory:
-        planned += count_tiles(gray.shape, options, retry)
-        if on_tiles_planned is not None:
-            on_tiles_planned(planned)
+    if passes.may_look_at(retry):
         try:
-            second = segment_at(retry)
+            second = passes.run(retry)
         except MemoryError:
             return segmentation  # the enlarged look is optional: keep what was found
         # Kept only when it clearly finds more: a small grid whose few marks were found at
@@ -253,6 +267,69 @@ def _predict_gray(
         if found_again > 0 and found_again >= RETRY_GAIN * found:
             segmentation = second
     return segmentation
+
+
+class _Passes:
+    """The network passes over one image: each adds its tiles to the plan, then runs on the
+    device pipeline or the host; scales that ran out of memory are remembered."""
+
+    def __init__(
+        self,
+        gray: np.ndarray,
+        segmenter: Segmenter,
+        options: SegmentOptions,
+        pitch: float | None,
+        keep_probabilities: bool,
+        on_tiles_planned: Callable[[int], None] | None,
+        on_progress: Callable[[int], None] | None,
+        on_pass: Callable[[float], None] | None,
+        on_tile: Callable[[Tile, np.ndarray, np.ndarray], None] | None,
+    ) -> None:
+        self.gray, self.segmenter, self.options, self.pitch = gray, segmenter, options, pitch
+        self.keep_probabilities = keep_probabilities
+        self.on_tiles_planned, self.on_progress = on_tiles_planned, on_progress
+        self.on_pass, self.on_tile = on_pass, on_tile
+        self.pipeline = device_pipeline(segmenter) if on_tile is None else None
+        self.planned = 0
+        self.out_of_memory: set[float] = set()  # scales no second look goes back to
+
+    def may_look_at(self, scale: float | None) -> bool:
+        """Whether a second look at `scale` (None: no look wanted) may run."""
+        return (
+            scale is not None
+            and scale not in self.out_of_memory
+            and not too_large_to_enlarge(self.gray.shape, scale)
+        )
+
+    def run(self, scale: float) -> Segmentation:
+        self.planned += count_tiles(self.gray.shape, self.options, scale)
+        if self.on_tiles_planned is not None:
+            self.on_tiles_planned(self.planned)
+        try:
+            return self._segment_at(scale)
+        except MemoryError:
+            self.out_of_memory.add(scale)
+            raise
+
+    def _segment_at(self, scale: float) -> Segmentation:
+        gray, options = self.gray, self.options
+        if self.on_pass is not None:
+            self.on_pass(scale)
+        if self.pipeline is not None:
+            keep = self.keep_probabilities or outline_look_applies(self.pitch, scale)
+            try:
+                return self.pipeline.segment(
+                    gray, scale, options, keep_probabilities=keep, on_progress=self.on_progress
+                )
+            except MemoryError:
+                pass  # the image is too large for the GPU in one piece: tile it from the host
+        work = resample(gray, scale)
+        result = segment_image(
+            work, self.segmenter, options, on_progress=self.on_progress, on_tile=self.on_tile
+        )
+        if work is not gray:
+            result = restore_segmentation(result, gray.shape, options.min_mark_area)
+        return dataclasses.replace(result, scale=scale)
 
 
 def resample(gray: np.ndarray, scale: float) -> np.ndarray:
@@ -276,11 +353,12 @@ def restore_segmentation(
     height, width = shape
     growing = height * width > resampled.probabilities.size
     probabilities = cv2.resize(
-        resampled.probabilities,
+        resampled.probabilities.astype(np.float32),  # OpenCV does not resize float16
         (width, height),
         interpolation=cv2.INTER_LINEAR if growing else cv2.INTER_AREA,
     )
     np.clip(probabilities, 0.0, 1.0, out=probabilities)
+    probabilities = probabilities.astype(resampled.probabilities.dtype)
     mask = remove_small_components(probabilities > resampled.threshold, min_mark_area)
     return dataclasses.replace(resampled, probabilities=probabilities, mask=mask)
 

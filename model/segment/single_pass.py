@@ -34,6 +34,11 @@ from model.segment.tiles import (
 MAX_SCALE = 2.0
 
 
+# Slide-sized probability maps are kept in half precision: steps of 1/2048 around a threshold of
+# 0.5 change no mask that matters, and a 20000² map takes 0.8 GB instead of 1.6.
+PROBABILITY_DTYPE = np.float16
+
+
 @dataclass(frozen=True)
 class SegmentOptions:
     """Knobs of the segmentation step (defaults work for typical slides)."""
@@ -74,7 +79,9 @@ class SegmentOptions:
 class Segmentation:
     """Result of `segment_image`, all at the input image's size."""
 
-    probabilities: np.ndarray  # float32 in [0, 1]
+    # PROBABILITY_DTYPE in [0, 1]; None when predict_image was asked not to keep them
+    # (keep_probabilities)
+    probabilities: np.ndarray | None
     mask: np.ndarray  # bool
     window: IntensityWindow
     grid: TileGrid
@@ -112,21 +119,47 @@ def segment_image(
         grid,
         transform=window.apply,
         batch_size=options.batch_size,
+        out=np.empty(gray.shape, dtype=PROBABILITY_DTYPE),
         on_progress=on_progress,
         on_tile=on_tile,
     )
     threshold = segmenter.threshold if options.threshold is None else options.threshold
-    mask = remove_small_components(probabilities > threshold, options.min_mark_area)
+    marked = probabilities > threshold
+    mask = remove_small_components(marked, options.min_mark_area, in_place=True)
     return Segmentation(probabilities, mask, window, grid, threshold)
 
 
-def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
-    """Drop 8-connected components smaller than `min_area` pixels."""
+# remove_small_components labels this many pixels at a time (int32 labels: 64 MiB), so that a
+# 20000² mask does not need a 1.6 GB label image.
+COMPONENT_BAND_PIXELS = 16 * 2**20
+
+
+def remove_small_components(
+    mask: np.ndarray, min_area: int, *, in_place: bool = False
+) -> np.ndarray:
+    """Drop 8-connected components smaller than `min_area` pixels: from a new mask, or from
+    the given bool `mask` itself when `in_place` (a slide-sized mask less).
+
+    Labels bands of rows, each with `min_area` rows of context above and below: a component
+    under `min_area` pixels spans fewer rows than that, so it lies wholly inside the context
+    and its area there is exact, while one that reaches from the band to a cut edge of the
+    context has more than `min_area` rows in it, so it stays. The result equals labelling the
+    whole mask at once; also in place, since a dropped component touches no other one.
+    """
     if min_area <= 1 or not mask.any():
         return mask
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(
-        mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
-    )
-    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
-    keep[0] = False
-    return keep[labels]
+    height, width = mask.shape
+    band = max(1, COMPONENT_BAND_PIXELS // max(width, 1))
+    out = mask if in_place and mask.dtype == np.bool_ else np.empty_like(mask, dtype=bool)
+    for top in range(0, height, band):
+        bottom = min(top + band, height)
+        context_top, context_bottom = max(0, top - min_area), min(height, bottom + min_area)
+        context = mask[context_top:context_bottom]
+        context = context.view(np.uint8) if context.dtype == np.bool_ else context.astype(np.uint8)
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(
+            context, connectivity=8, ltype=cv2.CV_32S
+        )
+        keep = stats[:, cv2.CC_STAT_AREA] >= min_area
+        keep[0] = False
+        out[top:bottom] = keep[labels[top - context_top : bottom - context_top]]
+    return out

@@ -12,7 +12,7 @@ from model.image.io import read_image, write_png, write_tiff
 from model.metrics import dice, mark_id_accuracy
 from model.segment.pitch import SMALL_MARK_SCALE
 from model.segment.segmenter import ClassicalSegmenter
-from model.segment.single_pass import SegmentOptions, segment_image
+from model.segment.single_pass import PROBABILITY_DTYPE, SegmentOptions, segment_image
 from tests.model.scenes import SmallMarkBlindSegmenter, disc_grid_scene
 
 SMALL_TILES = SegmentOptions(tile_size=128, overlap=32, scale=1.0)
@@ -22,7 +22,7 @@ def test_classical_segmentation_finds_the_marks():
     image, labels = disc_grid_scene()
     result = segment_image(image, ClassicalSegmenter(), SMALL_TILES)
     assert result.mask.shape == image.shape
-    assert result.probabilities.dtype == np.float32
+    assert result.probabilities.dtype == PROBABILITY_DTYPE
     assert result.probabilities.min() >= 0.0 and result.probabilities.max() <= 1.0
     assert dice(result.mask, labels > 0) > 0.85
 

@@ -414,3 +414,27 @@ def test_nan_rows_of_a_float_image_are_cropped_off_like_padding():
     assert got.offset == (30, 0) and not np.isnan(got.probabilities).any()
     assert not got.mask[:30].any()
     np.testing.assert_array_equal(got.mask[30:], expected.mask)
+
+
+def test_no_enlarged_look_at_an_image_too_large_to_enlarge(monkeypatch):
+    """The outline look (and --accurate) would enlarge 2x; above MAX_ENLARGED_PIXELS the
+    automatic policy keeps full resolution, so a 20000² slide stays within its memory bound.
+    An explicit scale runs as asked."""
+    image, _ = disc_grid_scene(rows=8, cols=9, pitch=36, radius=7)
+    options = SegmentOptions(tile_size=128, overlap=32)
+    monkeypatch.setattr(predict, "MAX_ENLARGED_PIXELS", 2 * image.size)  # 2x would be 4x
+    for policy in (options, dataclasses.replace(options, accurate=True)):
+        passes, totals = [], []
+        result = predict_image(
+            image,
+            BlurredOutlineSegmenter(),
+            policy,
+            on_pass=passes.append,
+            on_tiles_planned=totals.append,
+        )
+        assert passes == [1.0] and result.scale == 1.0
+        assert totals == [count_tiles(image.shape, options)]
+    passes = []
+    forced = dataclasses.replace(options, scale=SMALL_MARK_SCALE)
+    predict_image(image, BlurredOutlineSegmenter(), forced, on_pass=passes.append)
+    assert passes == [SMALL_MARK_SCALE]
