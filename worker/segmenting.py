@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from model.image.io import write_png
+from model.segment.segmenter import Segmenter
 from model.segment.single_pass import SegmentOptions
 from store.blobs import TaskBlob
 from store.tasks import Task
@@ -56,6 +57,7 @@ def run_segment(
             on_tiles_planned=tiles.planned,
             on_progress=tiles.advance,
             on_pass=tiles.pass_started,
+            keep_probabilities=False,  # the mask is all a task keeps: a GPU sends back only it
         )
         outputs: dict[TaskBlob, Path] = {
             TaskBlob.MASK: write_png(scratch_dir / TaskBlob.MASK.value, segmentation.mask)
@@ -76,6 +78,19 @@ def run_segment(
 
         progress(PROGRESS_REGISTERED, "storing")
         return store_results(context, task.id, outputs), summary
+
+
+def warm_up_segmenter(segmenter: Segmenter) -> bool:
+    """Run a segmenter that works on a GPU once at the shape of its network batches, so that
+    the first task does not wait seconds while cuDNN tunes its kernels. Called once a pool
+    process has loaded the default model (worker.tasks); does nothing off the GPU. True when
+    it ran now."""
+    from model.segment.predict import device_pipeline
+
+    pipeline = device_pipeline(segmenter)
+    if pipeline is None:
+        return False
+    return pipeline.warm_up(segmenter.tile_size)
 
 
 def registration_summary(qc: dict) -> dict:

@@ -33,6 +33,7 @@ from store.tasks import claimant_id, fail_task, get_task, release_claim, release
 from worker.jobs import WorkerContext
 from worker.models import ModelDirectories
 from worker.processing import database_outage_log, fail_with_error, process_task
+from worker.segmenting import warm_up_segmenter
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +87,11 @@ def worker_context() -> WorkerContext:
 
 @worker_process_init.connect
 def _load_after_fork(**_: object) -> None:
-    """Open connections and load the default network as soon as a pool child starts."""
+    """Open connections and load the default network as soon as a pool child starts (on a GPU
+    also run it once, so that the first task does not wait for cuDNN's autotuning)."""
     context = worker_context()
     try:
-        context.load_segmenter(None)
+        warm_up_segmenter(context.load_segmenter(None))
     except Exception:  # the task will report it; a worker must still start
         log.exception("could not preload the default model")
 

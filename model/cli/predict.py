@@ -81,7 +81,9 @@ def predict(
         help="auto | torch | openvino (auto: openvino on the CPU when installed).",
     ),
     precision: str = typer.Option(
-        "auto", "--precision", help="auto | fp32 | bf16 | fp16 (auto: bf16 where native)."
+        "auto",
+        "--precision",
+        help="auto | fp32 | bf16 | int8 | fp16 (auto: bf16 where native, else a checked int8).",
     ),
 ) -> None:
     """Write OUT/<stem>_mask.png (0/255, the input's size) for every image.
@@ -92,6 +94,7 @@ def predict(
     check_accurate(accurate, scale)
     # Imported here so that other commands start without the inference stack.
     from model.segment.neural import TorchSegmenter
+    from model.segment.predict import device_pipeline
     from model.segment.runtime import RuntimeChoice
 
     stems = [path.stem for path in images]
@@ -110,6 +113,9 @@ def predict(
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"model: {segmenter.describe()}")
+    pipeline = device_pipeline(segmenter)
+    if pipeline is not None:  # a GPU tunes its kernels while the first image is read
+        pipeline.warm_up_in_background(options.tile_size)
 
     failed = 0
     progress = progress_bar()
@@ -161,7 +167,9 @@ def _predict_one(
     from model.segment.predict import predict_image
 
     image = read_image(path)  # ImageInputError (an AmsegError) names the file
-    segmentation = predict_image(image, segmenter, options, **callbacks)
+    segmentation = predict_image(
+        image, segmenter, options, keep_probabilities=write_probabilities, **callbacks
+    )
     written = [write_png(out_dir / f"{path.stem}_mask.png", segmentation.mask)]
     if write_probabilities:
         prob = np.rint(segmentation.probabilities * 255.0).astype(np.uint8)

@@ -121,9 +121,7 @@ def _level_padding(image: np.ndarray, counts: np.ndarray | None) -> np.ndarray |
     """The padding at the darkest and brightest finite levels (see `find_padding`)."""
     if image.dtype in (np.uint8, np.uint16):
         counts = value_histogram(image) if counts is None else counts
-        occupied = np.flatnonzero(counts)
-        extremes = {int(occupied[0]), int(occupied[-1])}
-        candidates = [v for v in extremes if counts[v] >= PADDING_MIN_SHARE * image.size]
+        candidates = _padding_levels(counts, image.size)
     else:
         finite = image[np.isfinite(image)] if image.dtype.kind == "f" else image.reshape(-1)
         if finite.size == 0:
@@ -235,6 +233,28 @@ def value_histogram(image: np.ndarray, chunk_pixels: int = 1 << 22) -> np.ndarra
         chunk = rows[start : start + step]
         counts += cv2.calcHist([chunk], [0], None, [levels], [0, levels]).ravel().astype(np.int64)
     return counts
+
+
+def histogram_window(
+    counts: np.ndarray,
+    low_percentile: float = DEFAULT_LOW_PERCENTILE,
+    high_percentile: float = DEFAULT_HIGH_PERCENTILE,
+) -> IntensityWindow | None:
+    """`intensity_window` of an 8/16-bit image from its `value_histogram` alone, or None when
+    a level at either end is common enough to be padding (only the pixels can tell then)."""
+    total = int(counts.sum())
+    if total == 0 or _padding_levels(counts, total):
+        return None
+    low, high = _histogram_percentiles(counts, (low_percentile, high_percentile))
+    return IntensityWindow(float(low), float(high))
+
+
+def _padding_levels(counts: np.ndarray, total: int) -> list[int]:
+    """The darkest and brightest levels of a histogram where they hold PADDING_MIN_SHARE of
+    the `total` pixels: the only levels searched for padding."""
+    occupied = np.flatnonzero(counts)
+    extremes = {int(occupied[0]), int(occupied[-1])}
+    return [v for v in extremes if counts[v] >= PADDING_MIN_SHARE * total]
 
 
 def _histogram_percentiles(counts: np.ndarray, percentiles: tuple[float, ...]) -> list[float]:

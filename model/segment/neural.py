@@ -18,11 +18,14 @@ from model.segment.runtime import (
     directory_fingerprint,
     ensure_openvino_export,
     export_path,
+    is_cached,
     resolve_runtime,
 )
 
 if TYPE_CHECKING:
     import torch
+
+    from model.segment.device_pipeline import DevicePipeline
 
 # torch and segmentation-models-pytorch take ~4 s to import; a process whose OpenVINO export
 # is cached never needs them, so `network` and `torch_runtime` load on demand.
@@ -54,7 +57,7 @@ class TorchSegmenter:
                 if model_dir is not None
                 else torch_runtime.state_fingerprint(network, card)
             )
-            xml = ensure_openvino_export(export_path(fingerprint), lambda: net)
+            xml = _openvino_ir(fingerprint, resolved.precision, card.tile_size, lambda: net)
             self._run = OpenVinoRunner(xml, resolved)
         else:
             if resolved.device == "cpu":
@@ -88,8 +91,8 @@ class TorchSegmenter:
         card = read_card(directory)
         resolved = resolve_runtime(runtime, card.metrics)
         if resolved.backend == "openvino":
-            xml = export_path(directory_fingerprint(directory))
-            if xml.is_file() and xml.with_suffix(".bin").is_file():
+            xml = export_path(directory_fingerprint(directory), resolved.precision)
+            if is_cached(xml):
                 segmenter = cls.__new__(cls)
                 segmenter._setup(resolved, card, directory)
                 segmenter._run = OpenVinoRunner(xml, resolved)
@@ -104,6 +107,19 @@ class TorchSegmenter:
         where = f" from {self.model_dir}" if self.model_dir is not None else ""
         return f"{self.encoder} U-Net{where} via {self.runtime.describe()}"
 
+    def device_pipeline(self) -> DevicePipeline | None:
+        """The whole-image pass on the network's torch device where it is on
+        (`device_pipeline.pipeline_enabled`: on a GPU by default); None on OpenVINO."""
+        if isinstance(self._run, OpenVinoRunner):
+            return None
+        from model.segment.device_pipeline import DevicePipeline, pipeline_enabled
+
+        if not pipeline_enabled(self._run.device):
+            return None
+        if getattr(self, "_pipeline", None) is None:  # one per segmenter: it keeps warm-up
+            self._pipeline = DevicePipeline(self._run, self.runtime.batch_size, self.threshold)
+        return self._pipeline
+
     def predict_batch(self, tiles: np.ndarray) -> np.ndarray:
         """Probabilities (N, T, T) float32 in [0, 1] for tiles (N, T, T) float32 in [0, 1]."""
         tiles = np.asarray(tiles, dtype=np.float32)
@@ -114,6 +130,19 @@ class TorchSegmenter:
         for start in range(0, len(tiles), step):
             out[start : start + step] = self._run(tiles[start : start + step])
         return out
+
+
+def _openvino_ir(
+    fingerprint: str, precision: str, tile_size: int, make_net: Callable[[], torch.nn.Module]
+) -> Path:
+    """The IR `precision` compiles, made once: the fp32 export, or for int8 its quantized copy
+    (which needs the fp32 export only when it is not cached itself)."""
+    fp32 = functools.partial(ensure_openvino_export, export_path(fingerprint), make_net)
+    if precision != "int8":
+        return fp32()
+    from model.segment.quantize import ensure_int8_export
+
+    return ensure_int8_export(export_path(fingerprint, "int8"), fp32, tile_size)
 
 
 @functools.lru_cache(maxsize=4)

@@ -78,7 +78,11 @@ def cpu_capability() -> str:
 
 
 class TorchRunner:
-    """Eager PyTorch: channels_last, inference mode, optional autocast, pinned GPU transfers."""
+    """Eager PyTorch: channels_last, inference mode, optional autocast, pinned GPU transfers.
+
+    `run_tensor` keeps tensors on the device (the device pipeline's way in); calling the
+    runner with a numpy batch uploads it and brings the probabilities back.
+    """
 
     def __init__(self, net: ProbabilityNet, device: str, precision: str) -> None:
         self.device = torch.device(device)
@@ -92,6 +96,11 @@ class TorchRunner:
         if self.device.type == "cuda":
             # Page-locked host memory lets the copy run asynchronously and at full bus speed.
             x = x.pin_memory().to(self.device, non_blocking=True)
+        return self.run_tensor(x).cpu().numpy()
+
+    def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, T, T) gray in [0, 1] on the runner's device → (N, T, T) float32
+        probabilities, left on the device."""
         x = x.contiguous(memory_format=torch.channels_last)
         autocast = (
             torch.autocast(self.device.type, dtype=self.autocast_dtype)
@@ -99,8 +108,7 @@ class TorchRunner:
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
-            probabilities = self.net(x)[:, 0]
-        return probabilities.float().cpu().numpy()
+            return self.net(x)[:, 0].float()
 
 
 def export_openvino(net: ProbabilityNet, xml_path: Path) -> None:

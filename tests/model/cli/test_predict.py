@@ -150,3 +150,30 @@ def test_accurate_and_a_given_scale_contradict(model_dir, inputs, tmp_path):
     result = run(str(inputs["gray8"]), "-o", str(tmp_path / "out"), "--accurate", "--scale", "1")
     assert result.exit_code == 2 and "--accurate or --scale" in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_on_the_device_pipeline_it_warms_up_in_the_background(model_dir, inputs, tmp_path):
+    """What `amseg predict --device cuda` does, forced onto the CPU: the warm-up starts while
+    the image is read, and the masks are the CPU path's."""
+    from model.segment.device_pipeline import PIPELINE_ENV, DevicePipeline
+
+    common = [str(inputs["gray8"]), "--model", str(model_dir), "--backend", "torch"]
+    common += ["--device", "cpu", "--precision", "fp32", "--scale", "1", "--probabilities"]
+    started = []
+    original = DevicePipeline.warm_up_in_background
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            DevicePipeline,
+            "warm_up_in_background",
+            lambda self, size: started.append(size) or original(self, size),
+        )
+        patch.setenv(PIPELINE_ENV, "on")
+        on = run(*common, "-o", str(tmp_path / "on"))
+        patch.setenv(PIPELINE_ENV, "off")
+        off = run(*common, "-o", str(tmp_path / "off"))
+    assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output
+    assert started == [64]  # the model's tile size, once, and only on the device pipeline
+    for name in ("gray8_mask.png", "gray8_prob.png"):
+        on_pixels = np.asarray(Image.open(tmp_path / "on" / name)).astype(int)
+        off_pixels = np.asarray(Image.open(tmp_path / "off" / name)).astype(int)
+        assert np.abs(on_pixels - off_pixels).max() <= (0 if "mask" in name else 1)

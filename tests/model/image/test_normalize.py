@@ -7,6 +7,7 @@ import pytest
 from model.image.normalize import (
     fill_padding,
     find_padding,
+    histogram_window,
     intensity_window,
     normalize_intensity,
     to_uint8,
@@ -206,3 +207,14 @@ def test_fill_padding_wants_a_gray_image_and_empty_histograms_are_zero():
     with pytest.raises(ValueError, match="gray"):
         fill_padding(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), bool))
     assert not value_histogram(np.zeros((5, 0), np.uint16)).any()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_the_window_from_a_histogram_is_the_images(dtype):
+    """What the GPU pipeline computes from a histogram it counted on the device."""
+    rng = np.random.default_rng(6)
+    image = rng.integers(10, 200, (90, 110)).astype(dtype)
+    assert histogram_window(value_histogram(image), 2.0, 97.0) == intensity_window(image, 2, 97)
+    # A level at either end that may be padding: only the pixels can tell.
+    image[:40, :40] = 0
+    assert histogram_window(value_histogram(image)) is None
