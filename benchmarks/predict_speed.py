@@ -7,7 +7,15 @@ process (time from spawn to exit, the peak RSS of that process); runs alternate,
 The new path runs the shipped weights (a copy of model/weights/default): since session 17 the
 number of passes depends on the network's output. The old configuration has random weights.
 
+Every CPU precision this machine offers runs side by side (fp32, bf16 where native, int8 where
+OpenVINO and NNCF are installed), at --scale 1 so that they do the same work. `nobf16` is
+`auto` on the same CPU told it has no native bf16: what a CPU with AVX-512 VNNI but no bf16
+runs (int8 once the model card records a passed int8 check, else fp32). --simulate-isa AVX2
+caps oneDNN in OpenVINO and PyTorch alike (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY) for every
+run, the old one included: an AVX2-only laptop CPU, without bf16.
+
     .venv/bin/python benchmarks/predict_speed.py --reps 3
+    .venv/bin/python benchmarks/predict_speed.py --reps 3 --simulate-isa AVX2
 """
 
 from __future__ import annotations
@@ -25,6 +33,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+NO_BF16_ENV = "AMSEG_BENCH_NO_BF16"  # read by the child: auto as on a CPU without bf16
+# --simulate-isa: oneDNN's cap (OpenVINO's and PyTorch's) and PyTorch's own kernels' level.
+ISA_ENV = {
+    "AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+    "AVX512_CORE_VNNI": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI", "ATEN_CPU_CAPABILITY": "avx512"},
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,7 +102,11 @@ def new_predict(argv: list[str]) -> dict:
     """`amseg predict ARGV`, timing the network calls from inside the process."""
     import model.cli.predict  # noqa: F401  registers the command
     from model.cli.app import app
+    from model.segment import runtime
     from model.segment.neural import TorchSegmenter
+
+    if os.environ.get(NO_BF16_ENV):
+        runtime.cpu_supports_bf16 = lambda: False  # as on a CPU without native bf16
 
     stats = {"network_s": 0.0, "network_mp": 0.0, "tiles": 0}
     original = TorchSegmenter.predict_batch
@@ -112,12 +131,14 @@ def new_predict(argv: list[str]) -> dict:
 # Driver
 
 
-def run_child(mode: str, args: list[str]) -> dict:
+def run_child(mode: str, args: list[str], env: dict[str, str] | None = None) -> dict:
     """Run one whole process; wall time from spawn to exit and its own peak RSS."""
     command = [sys.executable, __file__, "--child", mode, "--", *args]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=out, stderr=err, text=True)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=err, text=True, env=os.environ | (env or {})
+        )
         _, status, _ = os.wait4(process.pid, 0)
         wall = time.perf_counter() - start
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -194,7 +215,34 @@ def summarize(name: str, runs: list[dict], image_mp: float) -> dict:
     }
 
 
-def main() -> None:
+VARIANTS = {  # name: (amseg predict options, runs the child as on a CPU without bf16)
+    "auto": ([], False),
+    "nobf16": ([], True),
+    "scale1": (["--scale", "1"], False),
+    "fp32": (["--scale", "1", "--precision", "fp32"], False),
+    "bf16": (["--scale", "1", "--precision", "bf16"], False),
+    "int8": (["--scale", "1", "--precision", "int8"], False),
+    "torch": (["--scale", "1", "--backend", "torch"], False),
+    "accurate": (["--accurate"], False),
+}
+
+
+def available_variants(names: list[str], isa: str | None) -> list[str]:
+    """The asked-for variants this machine can run: bf16 needs native bf16 (emulated bf16 is
+    slower than fp32, and crashes OpenVINO under a simulated AVX2 CPU), int8 OpenVINO+NNCF."""
+    from model.segment.runtime import cpu_supports_bf16, nncf_available, openvino_available
+
+    missing = {
+        "bf16": isa is not None or not cpu_supports_bf16(),
+        "int8": not (openvino_available() and nncf_available()),
+    }
+    skipped = [name for name in names if missing.get(name)]
+    if skipped:
+        print(f"not available on this CPU or install: {', '.join(skipped)}")
+    return [name for name in names if not missing.get(name)]
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=3)
@@ -202,46 +250,57 @@ def main() -> None:
     parser.add_argument("--mark-size", type=float, help="mark diameter (default: drawn)")
     parser.add_argument(
         "--variants",
-        default="auto,scale1,fp32,torch",
-        help="new-path variants: auto (all defaults), scale1 (--scale 1), fp32 (--precision "
-        "fp32 --scale 1), torch (--backend torch --scale 1), accurate (--accurate)",
+        default="auto,nobf16,fp32,bf16,int8,torch",
+        help="new-path variants: auto (all defaults), nobf16 (auto on a CPU without bf16), "
+        "scale1 (--scale 1), fp32, bf16, int8 (--precision P --scale 1), torch (--backend "
+        "torch --scale 1), accurate (--accurate)",
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--simulate-isa", choices=sorted(ISA_ENV), help="cap every run at this instruction set"
+    )
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="amseg-predict-speed-"))
     os.environ["AMSEG_CACHE_DIR"] = str(workdir / "cache")
     slide, new_dir, old_dir, what = make_inputs(workdir, args.size, args.seed, args.mark_size)
     from model.image.io import read_image
     from model.segment.pitch import auto_scale, estimate_mark_pitch
+    from model.segment.runtime import cpu_description
 
     image = read_image(slide)
     pitch = estimate_mark_pitch(image)
     image_mp = image.shape[0] * image.shape[1] / 1e6
+    print(cpu_description() + (f", simulated {args.simulate_isa}" if args.simulate_isa else ""))
     print(
         f"{image.shape[1]}x{image.shape[0]} {what}; estimated pitch {pitch}, auto scale "
-        f"{auto_scale(pitch):.3f}; {os.cpu_count()} CPUs; median of {args.reps}"
+        f"{auto_scale(pitch):.3f}; median of {args.reps}"
     )
-
+    isa_env = ISA_ENV[args.simulate_isa] | {NO_BF16_ENV: "1"} if args.simulate_isa else {}
     base = [str(slide), "-o", str(workdir / "out"), "--model", str(new_dir)]
-    variants = {
-        "auto": [],
-        "scale1": ["--scale", "1"],
-        "fp32": ["--scale", "1", "--precision", "fp32"],
-        "torch": ["--scale", "1", "--backend", "torch"],
-        "accurate": ["--accurate"],
-    }
-    chosen = {name: base + variants[name] for name in args.variants.split(",")}
-    cold = run_child("new", [*base, "--scale", "1"])  # fills the export cache
+    chosen = {}
+    for name in available_variants(args.variants.split(","), args.simulate_isa):
+        options, no_bf16 = VARIANTS[name]
+        chosen[name] = (base + options, isa_env | ({NO_BF16_ENV: "1"} if no_bf16 else {}))
+    cold = run_child("new", [*base, "--scale", "1", "--precision", "fp32"], isa_env)
     print(f"first run with an empty export cache: {cold['wall_s']:.1f} s")
+    if "int8" in chosen:
+        cold = run_child("new", chosen["int8"][0], isa_env)
+        print(f"first int8 run (quantizes the export once): {cold['wall_s']:.1f} s")
 
     runs: dict[str, list[dict]] = {"legacy": []} | {name: [] for name in chosen}
+    legacy_argv = [str(slide), str(workdir / "legacy_mask.png"), str(old_dir)]
     for _ in range(args.reps):
-        runs["legacy"].append(
-            run_child("legacy", [str(slide), str(workdir / "legacy_mask.png"), str(old_dir)])
-        )
-        for name, argv in chosen.items():
-            runs[name].append(run_child("new", argv))
-    rows = [summarize(name, r, image_mp) for name, r in runs.items()]
+        runs["legacy"].append(run_child("legacy", legacy_argv, isa_env))
+        for name, (argv, env) in chosen.items():
+            runs[name].append(run_child("new", argv, env))
+    print_table([summarize(name, r, image_mp) for name, r in runs.items()])
+
+
+def print_table(rows: list[dict]) -> None:
+    """One line per run kind; "x old" is the ratio to the old configuration (the first row)."""
     legacy = rows[0]
     print(
         f"\n{'run':10s} {'wall s':>7s} {'MP/s':>6s} {'x old':>6s} {'tiles':>6s} "

@@ -25,7 +25,7 @@ from model.errors import AmsegError
 from model.segment.card import CARD_FILE, WEIGHTS_FILE
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 BACKENDS = ("auto", "torch", "openvino")
 
 # A reduced-precision path must give the same masks as fp32 on real crops (Dice >= this).
@@ -33,6 +33,13 @@ MIN_REDUCED_PRECISION_DICE = 0.99
 # Model-card metric written by whoever validated bf16 on a trained model; a value below
 # MIN_REDUCED_PRECISION_DICE makes precision="auto" stay in fp32 for that model.
 BF16_DICE_METRIC = "bf16_mask_dice"
+# The int8 check (benchmarks/int8_check.py --write): mask Dice of int8 vs fp32 on the real
+# crops (>= MIN_REDUCED_PRECISION_DICE), and how far int8's pooled Dice on generated slides
+# falls below fp32's (<= MAX_INT8_DICE_DROP). precision="auto" picks int8 only for a model
+# whose card records both, passed: quantization is calibrated, not exact.
+INT8_DICE_METRIC = "int8_mask_dice"
+INT8_DICE_DROP_METRIC = "int8_dice_drop"
+MAX_INT8_DICE_DROP = 0.005
 
 # Eager CPU runs slower on batches than on single tiles (cache pressure; measured in
 # benchmarks/backends.py), OpenVINO is indifferent; a GPU needs batches to be kept busy.
@@ -40,6 +47,7 @@ CPU_BATCH_SIZE = 1
 CUDA_BATCH_SIZE = 16
 
 _EXPORT_VERSION = "1"  # bump when the exported graph changes (normalization, output)
+_INT8_VERSION = "1"  # bump when the quantization recipe changes (model/segment/quantize.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +76,22 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+# The CPU features that decide which precision is fast (benchmarks print them).
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_description() -> str:
+    """The CPU's model name and which of SPEED_FLAGS it has, for benchmark reports."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if "model name" in line]
+    flags = _cpu_flags()
+    has = " ".join(f"{flag}{'+' if flag in flags else '-'}" for flag in SPEED_FLAGS)
+    return f"{names[0] if names else 'unknown CPU'}, {default_threads()} usable cores ({has})"
+
+
 @functools.cache
 def cpu_supports_bf16() -> bool:
     """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower."""
@@ -78,6 +102,27 @@ def cpu_supports_bf16() -> bool:
     from model.segment.torch_runtime import cpu_capability
 
     return "AMX" in cpu_capability().upper()
+
+
+@functools.cache
+def cpu_int8_faster() -> bool:
+    """True where OpenVINO runs int8 convolutions faster than fp32: x86 with AVX2 integer dot
+    products or better (VNNI, AMX). Elsewhere (Arm, unknown) int8 is not chosen by itself."""
+    return bool(_cpu_flags() & {"avx2", "avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def int8_check_passed(metrics: dict | None) -> bool:
+    """Whether the model card records a passed int8 check (both parts, see INT8_DICE_METRIC)."""
+    metrics = metrics or {}
+    dice, drop = metrics.get(INT8_DICE_METRIC), metrics.get(INT8_DICE_DROP_METRIC)
+    if dice is None or drop is None:
+        return False
+    return float(dice) >= MIN_REDUCED_PRECISION_DICE and float(drop) <= MAX_INT8_DICE_DROP
+
+
+def nncf_available() -> bool:
+    """Whether NNCF, which quantizes the export to int8 once, is installed."""
+    return importlib.util.find_spec("nncf") is not None
 
 
 @functools.cache
@@ -158,11 +203,14 @@ def resolve_runtime(
 
             precision = "bf16" if cuda_bf16_supported() else "fp16"
         else:
-            bf16_dice = (metrics or {}).get(BF16_DICE_METRIC)
-            vetoed = bf16_dice is not None and float(bf16_dice) < MIN_REDUCED_PRECISION_DICE
-            precision = "bf16" if cpu_supports_bf16() and not vetoed else "fp32"
+            precision = _auto_cpu_precision(backend, metrics)
     elif precision == "fp16" and device == "cpu":
-        raise AmsegError("fp16 is a GPU precision; on the CPU use bf16 or fp32")
+        raise AmsegError("fp16 is a GPU precision; on the CPU use int8, bf16 or fp32")
+    elif precision == "int8" and backend != "openvino":
+        raise AmsegError(
+            "int8 runs through OpenVINO on the CPU only (pip install openvino; --device cpu, "
+            "--backend openvino)"
+        )
 
     if threads is not None and threads < 1:
         raise AmsegError(f"threads must be at least 1, got {threads}")
@@ -177,8 +225,25 @@ def resolve_runtime(
     )
 
 
+def _auto_cpu_precision(backend: str, metrics: dict | None) -> str:
+    """bf16 where the CPU has it natively and the card does not veto it; else int8 where it
+    is faster and the card records a passed int8 check (OpenVINO, NNCF); else fp32."""
+    bf16_dice = (metrics or {}).get(BF16_DICE_METRIC)
+    bf16_vetoed = bf16_dice is not None and float(bf16_dice) < MIN_REDUCED_PRECISION_DICE
+    if cpu_supports_bf16() and not bf16_vetoed:
+        return "bf16"
+    if (
+        backend == "openvino"
+        and cpu_int8_faster()
+        and int8_check_passed(metrics)
+        and nncf_available()
+    ):
+        return "int8"
+    return "fp32"
+
+
 # --------------------------------------------------------------------------------------------
-# OpenVINO: export once per weights, cached on disk
+# OpenVINO: export (and quantize) once per weights, cached on disk
 
 
 def cache_root() -> Path:
@@ -198,25 +263,41 @@ def directory_fingerprint(directory: Path) -> str:
     return digest.hexdigest()[:24]
 
 
-def export_path(fingerprint: str) -> Path:
+def export_path(fingerprint: str, precision: str = "fp32") -> Path:
+    """The cached IR a precision compiles: the fp32 export (bf16 too: a compile-time hint),
+    or for int8 its quantized copy in a folder next to it."""
     import openvino as ov
 
     version = ov.__version__.split("-")[0]
-    return cache_root() / "openvino" / f"{fingerprint}-e{_EXPORT_VERSION}-ov{version}" / "model.xml"
+    quantized = f"-q{_INT8_VERSION}" if precision == "int8" else ""
+    name = f"{fingerprint}-e{_EXPORT_VERSION}{quantized}-ov{version}"
+    return cache_root() / "openvino" / name / "model.xml"
+
+
+def is_cached(xml: Path) -> bool:
+    return xml.is_file() and xml.with_suffix(".bin").is_file()
 
 
 def ensure_openvino_export(xml: Path, make_net: Callable[[], Any]) -> Path:
     """Export (once, atomically: concurrent workers may race) unless `xml` is cached."""
-    if xml.is_file() and xml.with_suffix(".bin").is_file():
+    if is_cached(xml):
         return xml
     from model.segment.torch_runtime import export_openvino
 
+    return ensure_cached_ir(xml, lambda staged: export_openvino(make_net(), staged))
+
+
+def ensure_cached_ir(xml: Path, write: Callable[[Path], None]) -> Path:
+    """`write(path)` the IR into a private folder, then move that folder into place as
+    `xml`'s: atomic, so concurrent workers never see half an IR, and the first one wins."""
+    if is_cached(xml):
+        return xml
     target = xml.parent
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared by workers
     try:
-        export_openvino(make_net(), staging / xml.name)
+        write(staging / xml.name)
         try:
             os.replace(staging, target)  # atomic; fails if another process got there first
         except OSError:
@@ -235,6 +316,7 @@ class OpenVinoRunner:
 
         core = ov.Core()
         config = {
+            # int8: the quantized layers run in int8, the few kept in fp32 (quantize.py) in f32
             "INFERENCE_PRECISION_HINT": "bf16" if runtime.precision == "bf16" else "f32",
             "INFERENCE_NUM_THREADS": runtime.threads,
             "PERFORMANCE_HINT": "LATENCY",  # one stream using every thread: one tile at a time

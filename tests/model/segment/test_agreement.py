@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -14,14 +15,18 @@ from model.segment.card import WEIGHTS_FILE
 
 
 @pytest.mark.slow
-def test_reduced_precision_keeps_the_masks_of_the_trained_model(real_crops):
-    """bf16 (the auto choice on CPUs with native bf16) must agree with fp32: Dice >= 0.99.
+@pytest.mark.parametrize(("precision", "backend"), [("bf16", "auto"), ("int8", "openvino")])
+def test_reduced_precision_keeps_the_masks_of_the_trained_model(real_crops, precision, backend):
+    """bf16 (the auto choice on CPUs with native bf16) and int8 (on CPUs without, for a model
+    whose card records the check) must agree with fp32: Dice >= 0.99.
 
     Checks $AMSEG_MODEL_DIR when set, else the default model; skips when there is none.
     """
     directory = Path(os.environ.get("AMSEG_MODEL_DIR") or neural.DEFAULT_MODEL_DIR)
     if not (directory / WEIGHTS_FILE).is_file():
         pytest.skip(f"no trained model in {directory}")
+    if precision == "int8" and not all(map(importlib.util.find_spec, ("openvino", "nncf"))):
+        pytest.skip("int8 needs openvino and nncf")
     images = [(path.name, read_image(path)) for path in real_crops]
-    report = reduced_precision_agreement(directory, images, precision="bf16", backend="auto")
+    report = reduced_precision_agreement(directory, images, precision=precision, backend=backend)
     assert report["ok"], report
