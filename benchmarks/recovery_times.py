@@ -18,7 +18,7 @@ Faults:
   worker      SIGKILL to the worker's process group, a new worker started at once
   pool-child  SIGKILL to the worker's pool child; the worker itself lives on
 The stale period and sweep interval are the tests' (4 s, 0.5 s) unless given; with the service's
-defaults (TASK_STALE_AFTER_S=60, SWEEP_INTERVAL_S=15) a dead worker's task waits up to ~75 s more.
+defaults (TASK_STALE_AFTER_S=10, SWEEP_INTERVAL_S=3) a dead worker's task waits up to ~13 s.
 """
 
 from __future__ import annotations

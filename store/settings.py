@@ -50,14 +50,17 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(default=64, ge=1)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
 
-    # A RUNNING task whose heartbeat (every quarter of this) is older is taken to be orphaned.
-    task_stale_after_s: float = Field(default=60.0, gt=0)
+    # A RUNNING task whose heartbeat (every quarter of this) is older is taken to be orphaned;
+    # with the sweep's interval this bounds how soon a dead worker's task runs again (~13 s).
+    # Too short only costs work: a task taken from a live but starved worker stops there, and
+    # its result is still written once (the claim decides).
+    task_stale_after_s: float = Field(default=10.0, gt=0)
     task_max_attempts: int = Field(default=3, ge=1, le=100)
     # The API upgrades the database when it starts; turn off where a separate step migrates
     # (docker-compose's `migrate` service) so that API replicas never race on it.
     migrate_on_start: bool = True
     # How often the API looks for tasks whose message or worker was lost.
-    sweep_interval_s: float = Field(default=15.0, gt=0)
+    sweep_interval_s: float = Field(default=3.0, gt=0)
 
     # Queue the API sends tasks to; CPU workers consume "cpu", GPU workers "gpu,cpu".
     task_queue: str = Field(default="cpu", pattern=r"^[A-Za-z0-9_.-]{1,64}$")

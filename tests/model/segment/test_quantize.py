@@ -161,3 +161,26 @@ def test_auto_prefers_native_bf16_and_falls_back_to_int8_when_bf16_is_vetoed(mon
     assert auto_precision(PASSED) == "bf16"
     assert auto_precision(PASSED | {BF16_DICE_METRIC: 0.95}) == "int8"
     assert auto_precision({BF16_DICE_METRIC: 0.95}) == "fp32"
+
+
+@pytest.mark.slow
+@needs_int8
+def test_cached_int8_export_loads_without_torch_or_nncf(int8_segmenter, model_dir):
+    """Like the fp32 export: once quantized, a fresh process needs neither (~4 s of imports)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from model.segment.neural import TorchSegmenter\n"
+        "from model.segment.runtime import RuntimeChoice\n"
+        f"s = TorchSegmenter.from_model_dir({str(model_dir)!r}, "
+        "runtime=RuntimeChoice(precision='int8'))\n"
+        "assert s.predict_batch(np.zeros((1, 64, 64), np.float32)).shape == (1, 64, 64)\n"
+        "print(s.runtime.precision, 'torch' in sys.modules, 'nncf' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
+    )
+    assert result.stdout.split() == ["int8", "False", "False"]
