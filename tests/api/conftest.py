@@ -20,9 +20,12 @@ def make_stack(
     """Builds stacks on a fresh database, bucket and queue each; stops them all at the end."""
     stacks: list[ServiceStack] = []
 
-    def make(*, workers: int = 1, **overrides: str) -> ServiceStack:
+    def make(
+        *, workers: int = 1, database_url: str | None = None, **overrides: str
+    ) -> ServiceStack:
+        """`database_url`: a database of the caller's own (e.g. on a cluster it restarts)."""
         directory = tmp_path_factory.mktemp("stack")
-        database_url = make_postgres_database()
+        database_url = database_url or make_postgres_database()
         upgrade_database(database_url)
         env = stack_environment(
             directory,

@@ -6,7 +6,7 @@ test_reliability.py.)"""
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -14,10 +14,9 @@ import httpx
 import pytest
 
 from api.problems import PROBLEM_JSON
-from store.database import upgrade_database
 from tests.api.test_reliability import finished_lines, noise_png, submit, wait_for_stage
-from tests.conftest import PostgresCluster, RedisServer
-from tests.service_stack import RECOVERY_BOUND_S, ServiceStack, stack_environment
+from tests.conftest import PostgresCluster
+from tests.service_stack import RECOVERY_BOUND_S, ServiceStack
 
 pytestmark = pytest.mark.slow
 
@@ -28,29 +27,10 @@ UPLOAD_SPACING_S = 0.4
 
 @pytest.fixture(scope="module")
 def chaos_stack(
-    tmp_path_factory: pytest.TempPathFactory,
-    postgres_cluster: PostgresCluster,
-    redis_server: RedisServer,
-    s3_endpoint_url: str,
-) -> Iterator[ServiceStack]:
+    make_stack: Callable[..., ServiceStack], postgres_cluster: PostgresCluster
+) -> ServiceStack:
     """An API and two workers on the private Postgres cluster."""
-    directory = tmp_path_factory.mktemp("chaos")
-    database_url = postgres_cluster.url()
-    upgrade_database(database_url)
-    env = stack_environment(
-        directory,
-        database_url=database_url,
-        redis_url=redis_server.url,
-        s3_endpoint_url=s3_endpoint_url,
-    )
-    stack = ServiceStack(env=env, directory=directory)
-    try:
-        stack.start_api()
-        for _ in range(2):
-            stack.start_worker()
-        yield stack
-    finally:
-        stack.stop()
+    return make_stack(workers=2, database_url=postgres_cluster.url())
 
 
 @dataclass
