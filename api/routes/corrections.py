@@ -1,0 +1,129 @@
+"""A task's draft corrections: the labels PNG the page's correction tools build (0 background,
+255 mark, 128 not labelled, the image's size), kept on the server while a person draws, so that
+nothing is lost on Back, a reload or a closed tab. The API stores the bytes as they come; it
+checks only the PNG's header (8-bit gray, the task's size) and never decodes a pixel. Whatever
+the page keeps beside the pixels (its boxes, whether the draft was sent to a fine-tune) travels
+in the PNG's own text chunks."""
+
+from __future__ import annotations
+
+import struct
+import tempfile
+from pathlib import Path
+
+import anyio
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import StreamingResponse
+
+from api.deps import Services, ServicesDep, require_api_key
+from api.problems import Problem
+from api.routes.common import PROBLEM_RESPONSE, load_task
+from api.uploads import ReceivedImage, receive_upload
+from store.blobs import BlobNotFoundError, task_prefix
+from store.tasks import Task, get_task
+
+router = APIRouter(tags=["corrections"], dependencies=[Depends(require_api_key)])
+
+# Under the task's prefix, so deleting the task deletes its draft; not a TaskBlob: no run
+# reads or writes it, and a re-run of the task does not copy it.
+DRAFT_NAME = "corrections/draft.png"
+_GRAY, _EIGHT_BITS = 0, 8
+_PNG_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "8-bit gray PNG at the image's size: 0 background, 255 mark, 128 not "
+        "labelled (what POST /models takes)",
+    }
+}
+
+
+def draft_key(task: Task) -> str:
+    return task_prefix(task.id) + DRAFT_NAME
+
+
+@router.put(
+    "/tasks/{task_id}/corrections",
+    status_code=204,
+    summary="Keep the draft corrections of a task (replaces any earlier draft)",
+    openapi_extra=_PNG_BODY,
+    responses={
+        404: PROBLEM_RESPONSE,
+        413: PROBLEM_RESPONSE,
+        415: PROBLEM_RESPONSE,
+        422: PROBLEM_RESPONSE,
+    },
+)
+async def put_corrections(request: Request, svc: ServicesDep, task_id: str) -> Response:
+    """Any task status; the body is checked from its header only and stored as it is."""
+    task = await anyio.to_thread.run_sync(load_task, svc, task_id)
+    with tempfile.TemporaryDirectory(prefix="amseg-draft-") as scratch:
+        received = await receive_upload(request, Path(scratch))
+        await anyio.to_thread.run_sync(_check_draft, received, task)
+        await anyio.to_thread.run_sync(_store, svc, task, received.path)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/tasks/{task_id}/corrections",
+    summary="The draft corrections of a task (labels PNG)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"image/png": {}}}, 404: PROBLEM_RESPONSE},
+)
+def get_corrections(svc: ServicesDep, task_id: str) -> StreamingResponse:
+    """404 `no-corrections` when the task has none. Never cached: a draft changes."""
+    task = load_task(svc, task_id)
+    try:
+        chunks = svc.blobs.iter_chunks(draft_key(task))  # raises now, not mid-stream
+    except BlobNotFoundError:
+        raise _no_draft(task) from None
+    return StreamingResponse(chunks, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+@router.delete(
+    "/tasks/{task_id}/corrections",
+    status_code=204,
+    summary="Drop the draft corrections of a task",
+    responses={404: PROBLEM_RESPONSE},
+)
+def delete_corrections(svc: ServicesDep, task_id: str) -> Response:
+    """404 `no-corrections` when there was none."""
+    task = load_task(svc, task_id)
+    if not svc.blobs.delete_prefix(draft_key(task)):
+        raise _no_draft(task)
+    return Response(status_code=204)
+
+
+def _no_draft(task: Task) -> Problem:
+    return Problem(404, f"task {task.id} has no draft corrections", kind="no-corrections")
+
+
+def _check_draft(received: ReceivedImage, task: Task) -> None:
+    """A 415/422 problem unless the body is an 8-bit gray PNG of the task's size (its IHDR)."""
+    if received.content_type != "image/png":
+        raise Problem(415, "draft corrections are a PNG image", kind="not-a-png")
+    with received.path.open("rb") as handle:
+        bit_depth, colour_type = struct.unpack(">BB", handle.read(26)[24:26])
+    if (bit_depth, colour_type) != (_EIGHT_BITS, _GRAY):
+        raise Problem(
+            422,
+            f"the draft is a PNG of bit depth {bit_depth} and colour type {colour_type}; send "
+            "an 8-bit gray PNG (0 background, 255 mark, 128 not labelled)",
+            kind="invalid-corrections",
+        )
+    if (received.width, received.height) != (task.image_width, task.image_height):
+        raise Problem(
+            422,
+            f"the draft is {received.width}x{received.height} px but the task's image is "
+            f"{task.image_width}x{task.image_height}; send labels of the image's size",
+            kind="mask-size-mismatch",
+        )
+
+
+def _store(svc: Services, task: Task, path: Path) -> None:
+    svc.blobs.put_file(draft_key(task), path, content_type="image/png")
+    # A task deleted while its draft arrived must not keep a blob nobody can reach.
+    with svc.sessions() as session:
+        if get_task(session, task.id) is None:
+            svc.blobs.delete_prefix(draft_key(task))
+            raise Problem(404, f"task {task.id} was deleted meanwhile", kind="unknown-task")
