@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     and_,
     case,
     delete,
+    func,
     or_,
     select,
     update,
@@ -36,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from model.register.records import MAX_ID
 from model.segment.tiles import MAX_TILE_SIZE, MIN_TILE_SIZE
 from store.blobs import TaskBlob, task_blob_key
 from store.database import Base, UtcDateTime
@@ -53,11 +56,27 @@ class TaskStatus(enum.StrEnum):
 
 
 class TaskKind(enum.StrEnum):
-    """What a task does: segment one image, or fine-tune a model on one (its result is a
-    model that later segment tasks may ask for by the task's id)."""
+    """What a task does: segment one image; number the marks of a segmented image again on
+    another grid, from its stored mask (register); or fine-tune a model on one image (its
+    result is a model that later segment tasks may ask for by the task's id)."""
 
     SEGMENT = "segment"
+    REGISTER = "register"
     FINETUNE = "finetune"
+
+
+# Kinds whose result is a segmentation (a mask, and with a grid the ids): they are listed,
+# read and downloaded alike.
+SEGMENTATION_KINDS = (TaskKind.SEGMENT, TaskKind.REGISTER)
+
+
+def kind_family(kind: TaskKind) -> tuple[TaskKind, ...]:
+    """The kinds a route for `kind` serves: every segmentation kind for a task route."""
+    return SEGMENTATION_KINDS if kind in SEGMENTATION_KINDS else (kind,)
+
+
+# The uploaded file's name, as a task keeps it (api.names cleans it).
+MAX_NAME_LENGTH = 120
 
 
 class TaskParameters(BaseModel):
@@ -85,11 +104,73 @@ class TaskParameters(BaseModel):
 
     @model_validator(mode="after")
     def _grid_complete(self) -> "TaskParameters":
-        if (self.rows is None) != (self.cols is None):
-            raise ValueError("give both rows and cols, or neither")
-        if self.rows is not None and self.rows * self.cols > 65535:
-            raise ValueError("rows * cols must be at most 65535 (uint16 ids)")
+        check_grid(self.rows, self.cols)
         return self
+
+    def segmentation(self) -> "TaskParameters":
+        """Only the settings of a segmentation (what a re-run of any task's image takes)."""
+        return TaskParameters.model_validate(
+            self.model_dump(include=set(TaskParameters.model_fields))
+        )
+
+
+def check_grid(rows: int | None, cols: int | None) -> None:
+    """Both or neither, and ids that fit a uint16 label image; the errors say what to type."""
+    if (rows is None) != (cols is None):
+        raise PydanticCustomError(
+            "grid_incomplete",
+            "give both rows and columns (number of grid rows and columns, e.g. rows=30&cols=30)",
+        )
+    if rows is not None and cols is not None and rows * cols > MAX_ID:
+        raise PydanticCustomError(
+            "grid_too_large",
+            "the grid has {rows} x {cols} = {positions} positions; amseg numbers at most "
+            "65 535 marks per slide: check rows and columns",
+            {"rows": rows, "cols": cols, "positions": f"{rows * cols:,}".replace(",", " ")},
+        )
+
+
+class RegisterParameters(TaskParameters):
+    """A register task's: the grid to number the source task's mask on (required), and
+    optionally one mark whose place on the grid is known (`mark_row`, `mark_col` counted from 0
+    as in ams.csv, at pixel `mark_x`, `mark_y`). The segmentation settings are the source's:
+    they say how the mask was made."""
+
+    mark_x: float | None = Field(
+        default=None, ge=0.0, allow_inf_nan=False, description="A known mark's x, px"
+    )
+    mark_y: float | None = Field(
+        default=None, ge=0.0, allow_inf_nan=False, description="A known mark's y, px"
+    )
+    mark_row: int | None = Field(default=None, ge=0, description="Its grid row, from 0")
+    mark_col: int | None = Field(default=None, ge=0, description="Its grid column, from 0")
+
+    @model_validator(mode="after")
+    def _grid_and_mark(self) -> "RegisterParameters":
+        if self.rows is None or self.cols is None:
+            raise PydanticCustomError(
+                "grid_missing",
+                "a registration needs the grid: give rows and cols (e.g. rows=30&cols=30)",
+            )
+        known = (self.mark_x, self.mark_y, self.mark_row, self.mark_col)
+        if any(v is not None for v in known) and any(v is None for v in known):
+            raise PydanticCustomError(
+                "mark_incomplete",
+                "give all four of mark_x, mark_y (the mark's centre in pixels), mark_row and "
+                "mark_col (its grid row and column, from 0), or none of them",
+            )
+        if self.has_known_mark and (self.mark_row >= self.rows or self.mark_col >= self.cols):
+            raise PydanticCustomError(
+                "mark_off_grid",
+                "mark_row and mark_col count from 0: they must be below rows ({rows}) and "
+                "cols ({cols})",
+                {"rows": self.rows, "cols": self.cols},
+            )
+        return self
+
+    @property
+    def has_known_mark(self) -> bool:
+        return self.mark_row is not None
 
 
 # A fine-tune job's time budget: long enough for a useful model on a 2-core CPU (5 min), short
@@ -136,6 +217,8 @@ class Task(Base):
         # Newest-first listing pages on (created_at, id).
         Index("ix_tasks_created_at_id", "created_at", "id"),
         Index("ix_tasks_kind_created_at", "kind", "created_at"),
+        # Register tasks read their source's image: deleting one looks for the others.
+        Index("ix_tasks_input_key", "input_key"),
     )
 
     # uuid4 draws from os.urandom, so ids cannot be guessed from one another.
@@ -185,10 +268,18 @@ class Task(Base):
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # The uploaded file's name (cleaned), inherited by the tasks made from this one; downloads
+    # are named after it. None: the upload had none.
+    name: Mapped[str | None] = mapped_column(String(MAX_NAME_LENGTH))
+    # The task this one was made from (rerun, register, fine-tune). No foreign key: the
+    # source may be deleted and this one stays.
+    source_task: Mapped[UUID | None] = mapped_column()
 
     @property
     def task_parameters(self) -> TaskParameters:
-        """The parameters of a segment task."""
+        """The parameters of a segment task, or of a register task (RegisterParameters)."""
+        if self.kind == TaskKind.REGISTER:
+            return RegisterParameters.model_validate(self.parameters)
         return TaskParameters.model_validate(self.parameters)
 
     @property
@@ -233,10 +324,16 @@ def create_task(
     input_sha256: str | None = None,
     idempotency_key: str | None = None,
     task_id: UUID | None = None,
+    name: str | None = None,
+    source_task: UUID | None = None,
+    input_key: str | None = None,
+    result_keys: dict[str, str] | None = None,
 ) -> tuple[Task, bool]:
     """Queue a new task and return it with True, or the task already holding the key with False.
 
-    Pass `task_id` when the input was uploaded first under `task_blob_key(task_id, INPUT)`.
+    Its kind follows from the parameters' type. Pass `task_id` when the input was uploaded
+    first under `task_blob_key(task_id, INPUT)`; a register task passes its source's
+    `input_key` and starts with the source's mask in `result_keys` (shared, not copied).
     """
     if idempotency_key is not None and (
         existing := get_task_by_idempotency_key(session, idempotency_key)
@@ -244,24 +341,25 @@ def create_task(
         return existing, False
 
     task_id = task_id or uuid.uuid4()
-    kind = TaskKind.FINETUNE if isinstance(parameters, FinetuneParameters) else TaskKind.SEGMENT
     task = Task(
         id=task_id,
-        kind=kind,
+        kind=_kind_of(parameters),
         status=TaskStatus.QUEUED,
         progress=0.0,
         attempts=0,
         cancel_requested=False,
         created_at=utc_now(),
         parameters=parameters.model_dump(),
-        input_key=task_blob_key(task_id, TaskBlob.INPUT),
+        input_key=input_key or task_blob_key(task_id, TaskBlob.INPUT),
         input_content_type=input_content_type,
         input_size=input_size,
         input_sha256=input_sha256,
         image_width=image_width,
         image_height=image_height,
-        result_keys={},
+        result_keys=dict(result_keys or {}),
         idempotency_key=idempotency_key,
+        name=name,
+        source_task=source_task,
     )
     session.add(task)
     try:
@@ -275,6 +373,14 @@ def create_task(
             return existing, False
         raise
     return task, True
+
+
+def _kind_of(parameters: TaskParameters | FinetuneParameters) -> TaskKind:
+    if isinstance(parameters, FinetuneParameters):
+        return TaskKind.FINETUNE
+    if isinstance(parameters, RegisterParameters):
+        return TaskKind.REGISTER
+    return TaskKind.SEGMENT
 
 
 def get_task(session: Session, task_id: UUID | str) -> Task | None:
@@ -316,13 +422,13 @@ def list_tasks(
     status: TaskStatus | None = None,
     kind: TaskKind = TaskKind.SEGMENT,
 ) -> TaskPage:
-    """Tasks of one kind newest first, `limit` at a time; stable however many share a
-    creation time."""
+    """Tasks of one kind (segmentations: segment and register tasks) newest first, `limit` at
+    a time; stable however many share a creation time."""
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise ValueError(f"limit must be 1..{MAX_PAGE_SIZE}, got {limit}")
     query = (
         select(Task)
-        .where(Task.kind == kind)
+        .where(Task.kind.in_(kind_family(kind)))
         .order_by(Task.created_at.desc(), Task.id.desc())
         .limit(limit + 1)
     )
@@ -580,6 +686,13 @@ def request_cancel(session: Session, task_id: UUID | str) -> bool:
     return cancelled_while_queued or _update(
         session, task_id, Task.status == TaskStatus.RUNNING, cancel_requested=True
     )
+
+
+def count_tasks_using_input(session: Session, input_key: str, *, besides: UUID) -> int:
+    """How many tasks other than `besides` read the image under `input_key` (a task and the
+    register tasks made from it share it)."""
+    query = select(func.count()).where(Task.input_key == input_key, Task.id != besides)
+    return session.scalar(query) or 0
 
 
 def delete_task(session: Session, task_id: UUID | str) -> bool:
