@@ -16,6 +16,7 @@ from model.image.io import read_image
 from store.blobs import BlobStore, TaskBlob, task_blob_key
 from store.settings import Settings
 from store.tasks import report_progress
+from worker.models import ModelDirectories
 
 
 class TaskStopped(Exception):
@@ -32,12 +33,13 @@ class WorkerContext:
     # Loads (and caches) the segmenter for a model name; None means the default model.
     load_segmenter: Callable[[str | None], object]
     # The directory of a model name (None: the shipped model); fine-tunes start from it.
+    # Default: worker.models.ModelDirectories on these settings and blobs.
     model_dir: Callable[[str | None], Path | None] | None = None
 
     def model_dir_for(self, name: str | None) -> Path | None:
-        if self.model_dir is not None:
-            return self.model_dir(name)
-        return self.settings.model_dir_for(name)
+        if self.model_dir is None:
+            self.model_dir = ModelDirectories(self.settings, self.blobs)
+        return self.model_dir(name)
 
 
 def progress_reporter(context: WorkerContext, task_id: UUID) -> Callable[..., None]:

@@ -1,5 +1,6 @@
 """Where a worker finds the model a task asks for: the shipped one, a directory of MODELS_DIR,
-or a fine-tuned model stored by a fine-tune task, fetched from the blob store once."""
+or a fine-tuned model stored by a fine-tune task, fetched from the blob store once. What a
+name refers to is store.model_refs' decision, shared with the API."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 
 from model.errors import AmsegError
 from store.blobs import MODEL_RESULTS, BlobNotFoundError, BlobStore, task_blob_key
+from store.model_refs import resolve_model
 from store.settings import Settings
-from store.tasks import parse_task_id
 
 
 class ModelDirectories:
@@ -23,12 +24,13 @@ class ModelDirectories:
         self.cache = settings.data_dir / "models"
 
     def __call__(self, name: str | None) -> Path | None:
-        model_id = parse_task_id(name) if name is not None else None
-        if model_id is None:
-            return self.settings.model_dir_for(name)
-        directory = self.cache / str(model_id)
+        """Raises UnknownModelError (an AmsegError: the task fails with it) for an unknown name."""
+        ref = resolve_model(self.settings, name)
+        if ref.finetune_id is None:
+            return ref.directory
+        directory = self.cache / str(ref.finetune_id)
         if not directory.is_dir():
-            self._fetch(str(model_id), directory)
+            self._fetch(str(ref.finetune_id), directory)
         return directory
 
     def _fetch(self, model_id: str, directory: Path) -> None:

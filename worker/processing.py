@@ -1,5 +1,5 @@
-"""What a worker does with one task: claim it, run it by its kind (segment an image, or
-fine-tune a model), store the results, and finish or fail it.
+"""What a worker does with one task: claim it, run it by its kind (segment an image, register
+a stored mask again, or fine-tune a model), store the results, and finish or fail it.
 
 Safe to run twice: results go to deterministic keys, claiming and finishing are conditional
 updates, and a task that is already FINISHED or FAILED is left as it is.
@@ -29,11 +29,20 @@ from store.tasks import (
 )
 from worker.finetuning import run_finetune
 from worker.jobs import TaskStopped, WorkerContext
+from worker.registering import run_register
 from worker.segmenting import run_segment
 
 log = logging.getLogger(__name__)
 # While the database is down every heartbeat and retry fails: one line a burst, no tracebacks.
 database_outage_log = ThrottledWarning(log)
+
+
+# What runs a task of each kind: (context, task, still_ours) -> (result keys, summary).
+RUNS = {
+    TaskKind.SEGMENT: run_segment,
+    TaskKind.REGISTER: run_register,
+    TaskKind.FINETUNE: run_finetune,
+}
 
 
 @dataclass(frozen=True)
@@ -76,8 +85,7 @@ def process_task(
 
     try:
         with _heartbeat(context, task_id) as still_ours:
-            run = run_finetune if task.kind == TaskKind.FINETUNE else run_segment
-            result_keys, summary = run(context, task, still_ours)
+            result_keys, summary = RUNS[task.kind](context, task, still_ours)
     except TaskStopped as stop:
         _discard_results_if_gone(context, task_id)
         log.info("task %s stopped: %s", task_id, stop)

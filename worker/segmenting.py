@@ -3,6 +3,7 @@ so the service and the CLI give the same masks and ids for the same image."""
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,9 @@ from model.segment.single_pass import SegmentOptions
 from store.blobs import TaskBlob
 from store.tasks import Task
 from worker.jobs import TaskStopped, WorkerContext, download_image, progress_reporter, store_results
+from worker.registering import register_and_write
+
+log = logging.getLogger(__name__)
 
 # Share of the progress bar each stage ends at.
 PROGRESS_LOADED = 0.05
@@ -31,8 +35,6 @@ def run_segment(
     """Segment the task's image (and register its marks when it has a grid); the results'
     keys and a summary (marks found, and with a grid: expected, missing, warnings)."""
     # Imported here: the inference stack is heavy and only a worker needs it.
-    from model.register.registration import register_marks
-    from model.register.writers import write_registration
     from model.segment.predict import predict_image
 
     parameters = task.task_parameters
@@ -43,6 +45,7 @@ def run_segment(
         scratch_dir = Path(scratch)
         image = download_image(context, task.input_key, scratch_dir / "input", "the uploaded image")
         progress(PROGRESS_LOADED, "segmenting")
+        log.info("task %s: segmenting a %d x %d px image", task.id, image.shape[1], image.shape[0])
 
         options = SegmentOptions(
             tile_size=parameters.tile_size or segmenter.tile_size,
@@ -64,13 +67,10 @@ def run_segment(
         }
         if parameters.rows is not None and parameters.cols is not None:
             progress(PROGRESS_SEGMENTED, "registering")
-            registration = register_marks(segmentation.mask, parameters.rows, parameters.cols)
-            written = write_registration(scratch_dir / "registration", registration, image)
-            outputs[TaskBlob.LABELS] = written["labels"]
-            outputs[TaskBlob.AMS] = written["csv"]
-            outputs[TaskBlob.QC] = written["qc"]
-            outputs[TaskBlob.OVERLAY] = written["overlay"]
-            summary = registration_summary(registration.qc)
+            registered, summary = register_and_write(
+                scratch_dir, segmentation.mask, image, parameters.rows, parameters.cols
+            )
+            outputs.update(registered)
         else:
             outputs[TaskBlob.OVERLAY] = _mask_overlay(scratch_dir, image, segmentation.mask)
             summary = {"found": count_marks(segmentation.mask), "warnings": []}
@@ -91,17 +91,6 @@ def warm_up_segmenter(segmenter: Segmenter) -> bool:
     if pipeline is None:
         return False
     return pipeline.warm_up(segmenter.tile_size)
-
-
-def registration_summary(qc: dict) -> dict:
-    """What a task's JSON shows of its QC: enough to see a doubtful result at a glance."""
-    return {
-        "found": qc["found"],
-        "expected": qc["expected"],
-        "missing": len(qc["missing_ids"]),
-        "extra_components": qc["extra_components"],
-        "warnings": list(qc["warnings"]),
-    }
 
 
 def count_marks(mask: np.ndarray) -> int:
