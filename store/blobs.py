@@ -41,6 +41,8 @@ class TaskBlob(StrEnum):
     AMS = "ams.csv"
     OVERLAY = "overlay.png"
     QC = "qc.json"
+    # A re-run's changes against the task it was made from (model.compare's codes).
+    DIFF = "diff.png"
     # A fine-tune task's labels (its input image is INPUT) and its result, a model directory.
     TRAIN_MASK = "train_mask.png"
     MODEL_WEIGHTS = "model.safetensors"

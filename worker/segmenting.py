@@ -16,6 +16,7 @@ from model.segment.segmenter import Segmenter
 from model.segment.single_pass import SegmentOptions
 from store.blobs import TaskBlob
 from store.tasks import Task
+from worker.comparing import compare_with_source
 from worker.jobs import TaskStopped, WorkerContext, download_image, progress_reporter, store_results
 from worker.registering import register_and_write
 
@@ -74,7 +75,13 @@ def run_segment(
         else:
             outputs[TaskBlob.OVERLAY] = _mask_overlay(scratch_dir, image, segmentation.mask)
             summary = {"found": count_marks(segmentation.mask), "warnings": []}
-        del image, segmentation
+        del image
+        # A re-run says what changed against the task it was made from (none: nothing).
+        diff, changes = compare_with_source(context, task, segmentation.mask, scratch_dir)
+        outputs.update(diff)
+        if changes is not None:
+            summary["changes"] = changes
+        del segmentation
 
         progress(PROGRESS_REGISTERED, "storing")
         return store_results(context, task.id, outputs), summary
