@@ -1,7 +1,7 @@
 // Corrections for a fine-tune, in full-size image pixels: boxes mark regions as labelled; inside
 // them the mask can be painted (brush, polygon), a mark removed with a click, or erased; every
-// step can be undone. Each box keeps its corrected mask (0/255 per pixel); labelspng.js turns
-// the boxes into the labels image.
+// step (clearing included) can be undone and redone. Each box keeps its corrected mask (0/255
+// per pixel); labelspng.js turns the boxes into the labels image.
 
 export const MAX_BOX_SIDE = 2048;
 const MIN_BOX_SIDE = 8;
@@ -18,6 +18,8 @@ export class CorrectionEditor {
     this.say = say;
     this.boxes = [];
     this.undoStack = [];
+    this.redoStack = [];
+    this.version = 0; // counts changes, so a saved draft knows whether it is still current
     this.tool = "pan";
     this.brushRadius = 6;
     this.opacity = 0.55;
@@ -209,36 +211,89 @@ export class CorrectionEditor {
     this.endOperation(operation);
   }
 
+  // A new step; it ends what redo could bring back.
   pushUndo(step) {
     this.undoStack.push(step);
     if (this.undoStack.length > UNDO_DEPTH) this.undoStack.shift();
+    this.redoStack = [];
   }
 
   undo() {
-    const step = this.undoStack.pop();
+    this.step(this.undoStack, this.redoStack, "Nothing to undo");
+  }
+
+  redo() {
+    this.step(this.redoStack, this.undoStack, "Nothing to redo");
+  }
+
+  // Take a step off one stack, reverse it, and put its reverse on the other.
+  step(from, to, nothing) {
+    const step = from.pop();
     if (!step) {
-      this.say("Nothing to undo");
+      this.say(nothing);
       return;
     }
-    if (step.box) {
-      this.boxes = this.boxes.filter((box) => box !== step.box);
-    } else {
-      for (const [box, data] of step.snapshots) {
-        box.data.set(data);
-        this.refresh(box, 0, 0, box.x1 - box.x0, box.y1 - box.y0);
-      }
-    }
+    to.push(this.reverse(step));
     this.changed();
   }
 
+  // Apply a step backwards and return the step that undoes that.
+  reverse(step) {
+    if (step.box) {
+      const index = this.boxes.indexOf(step.box);
+      if (index >= 0) {
+        this.boxes.splice(index, 1);
+        return { restoreBox: step.box, index };
+      }
+      return step;
+    }
+    if (step.restoreBox) {
+      this.boxes.splice(Math.min(step.index, this.boxes.length), 0, step.restoreBox);
+      return { box: step.restoreBox };
+    }
+    if (step.boxesBefore) {
+      const current = this.boxes;
+      this.boxes = step.boxesBefore;
+      return { boxesBefore: current };
+    }
+    const swapped = new Map();
+    for (const [box, data] of step.snapshots) {
+      swapped.set(box, box.data.slice());
+      box.data.set(data);
+      this.refresh(box, 0, 0, box.x1 - box.x0, box.y1 - box.y0);
+    }
+    return { snapshots: swapped };
+  }
+
+  // Remove every box, as one step that can be undone.
   clear() {
+    this.draft = null;
+    if (this.boxes.length) this.pushUndo({ boxesBefore: this.boxes });
     this.boxes = [];
+    this.changed();
+  }
+
+  // Boxes from a saved draft ([{ x0, y0, x1, y1, data }]); the history starts afresh.
+  restore(boxes) {
+    this.boxes = boxes.map(({ x0, y0, x1, y1, data }) => {
+      const box = { x0, y0, x1, y1, data, loading: false, canvas: document.createElement("canvas") };
+      box.canvas.width = x1 - x0;
+      box.canvas.height = y1 - y0;
+      this.refresh(box, 0, 0, x1 - x0, y1 - y0);
+      return box;
+    });
     this.undoStack = [];
+    this.redoStack = [];
     this.draft = null;
     this.changed();
   }
 
+  get loading() {
+    return this.boxes.some((box) => box.loading);
+  }
+
   changed() {
+    this.version++;
     this.viewer.redraw();
     this.onChange(this);
   }

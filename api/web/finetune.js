@@ -1,8 +1,11 @@
 // Fine-tuning from the viewer: send the corrections (or nothing: the grid then labels the
 // slide) to `POST /models`, follow the job, then segment the slide again with the new model
-// (`POST /tasks/{id}/rerun?model=`) and offer the new result.
+// (`POST /tasks/{id}/rerun?model=`) and offer the new result, which shows what changed. The
+// corrections stay (saved, marked as sent) in case the person wants to correct more.
 
 import { apiJson } from "./api.js";
+import { changesText } from "./compare.js";
+import { finetuneFigures } from "./figures.js";
 import { encodeLabels } from "./labelspng.js";
 import { el, rememberSlideName, say, shortId } from "./ui.js";
 
@@ -31,11 +34,14 @@ async function run(page, mode) {
       options.headers = { "Content-Type": "image/png" };
     }
     const model = await apiJson(`/models?${query}`, options);
-    if (mode === "labels") jobLine(job, "labels", `Labels sent: ${summaryOfBoxes(editor)}.`);
+    if (mode === "labels") {
+      jobLine(job, "labels", `Labels sent: ${summaryOfBoxes(editor)}. They stay here, marked as sent.`);
+      page.drafts.markSent(model.id);
+    }
     const trained = await follow(page, `/models/${model.id}`, job, "model", "Fine-tune");
     if (trained?.status !== "FINISHED") return;
     const rerun = await apiJson(`/tasks/${page.taskId}/rerun?model=${model.id}`, { method: "POST" });
-    rememberSlideName(rerun.id, `${page.name} · model ${shortId(model.id)}`);
+    rememberSlideName(rerun.id, `${page.name} · model ${shortId(model.id)}`); // if the API keeps no name
     const segmented = await follow(page, `/tasks/${rerun.id}`, job, "rerun", "Segmenting again with the new model");
     if (segmented?.status === "FINISHED") {
       jobLine(job, "result", "", el("a", { href: `#/tasks/${rerun.id}`, class: "button primary" }, "Open the new result"));
@@ -78,7 +84,9 @@ async function follow(page, path, job, name, title) {
     line.dataset.status = state.status;
     if (state.status === "FINISHED" || state.status === "FAILED") {
       if (state.error) line.append(el("div", { class: "error" }, state.error));
-      if (state.summary) line.append(el("div", { class: "note" }, summaryText(state.summary)));
+      const words = state.summary ? finetuneFigures(state.summary) : "";
+      if (words) line.append(el("div", { class: "note" }, `${words[0].toUpperCase()}${words.slice(1)}.`));
+      if (state.summary?.changes) line.append(el("div", { class: "note" }, `What changed: ${changesText(state.summary.changes)}.`));
       return state;
     }
     line.append(" ", el("progress", { max: 1, value: state.progress, "aria-label": `${title}: ${percent} %` }), ` ${percent} % ${state.stage || ""}`);
@@ -89,12 +97,4 @@ async function follow(page, path, job, name, title) {
 function summaryOfBoxes(editor) {
   const { boxes, area, marked } = editor.summary();
   return `${boxes} box${boxes > 1 ? "es" : ""}, ${area.toLocaleString()} px, ${marked.toLocaleString()} px of marks`;
-}
-
-function summaryText(summary) {
-  const parts = [];
-  for (const [key, value] of Object.entries(summary)) {
-    if (typeof value === "number") parts.push(`${key.replaceAll("_", " ")}: ${Number.isInteger(value) ? value : value.toFixed(3)}`);
-  }
-  return parts.join(" · ");
 }

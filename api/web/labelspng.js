@@ -33,8 +33,16 @@ function pngChunk(type, data) {
   return chunk;
 }
 
-// An 8-bit gray PNG whose rows `fillRow(y, row)` writes (row: Uint8Array of `width` bytes).
-export async function encodeGrayPng(width, height, fillRow) {
+// A tEXt chunk: a Latin-1 keyword, a zero byte, the text (JSON here, kept to ASCII).
+function textChunk(keyword, text) {
+  const ascii = text.replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  const bytes = new TextEncoder().encode(`${keyword}\0${ascii}`);
+  return pngChunk("tEXt", bytes);
+}
+
+// An 8-bit gray PNG whose rows `fillRow(y, row)` writes (row: Uint8Array of `width` bytes);
+// `texts` ({ keyword: text }) go in tEXt chunks before the pixels.
+export async function encodeGrayPng(width, height, fillRow, texts = {}) {
   const compressor = new CompressionStream("deflate"); // zlib, as PNG's IDAT wants
   const compressed = new Response(compressor.readable).arrayBuffer();
   const writer = compressor.writable.getWriter();
@@ -55,6 +63,7 @@ export async function encodeGrayPng(width, height, fillRow) {
   const parts = [
     SIGNATURE,
     pngChunk("IHDR", header),
+    ...Object.entries(texts).map(([keyword, text]) => textChunk(keyword, text)),
     pngChunk("IDAT", new Uint8Array(await compressed)),
     pngChunk("IEND", new Uint8Array(0)),
   ];
@@ -62,7 +71,7 @@ export async function encodeGrayPng(width, height, fillRow) {
 }
 
 // boxes: [{ x0, y0, x1, y1, data }] with data the box's 0/255 pixels, row by row.
-export function encodeLabels(width, height, boxes) {
+export function encodeLabels(width, height, boxes, texts = {}) {
   return encodeGrayPng(width, height, (y, row) => {
     row.fill(NOT_LABELLED);
     for (const box of boxes) {
@@ -71,5 +80,5 @@ export function encodeLabels(width, height, boxes) {
       const start = (y - box.y0) * boxWidth;
       row.set(box.data.subarray(start, start + boxWidth), box.x0);
     }
-  });
+  }, texts);
 }

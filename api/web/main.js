@@ -1,16 +1,27 @@
-// The page's entry point: a tiny hash router (#/ the tasks, #/tasks/<id> one task), the API key
-// dialog and the shortcuts dialog.
+// The page's entry point: a tiny hash router (#/ the tasks, #/tasks/<id> one task) that asks
+// before leaving a view with unsaved work, the API key dialog and the shortcuts dialog.
 
 import { apiKey, handleUnauthorized, setApiKey } from "./api.js";
 import { showTasks } from "./tasks.js";
-import { say, typingInField } from "./ui.js";
+import { leaveReasons, say, typingInField } from "./ui.js";
 import { showViewer } from "./viewer.js";
 
 const app = document.getElementById("app");
 let leave = null;
 let routing = Promise.resolve();
+let shownHash = null; // the hash of the view on screen
+
+// A view's leave() may have beforeLeave(): save what it can, then say what would still be lost.
+async function mayLeave() {
+  const reason = await leave?.beforeLeave?.();
+  if (!reason || confirm(`${reason}\n\nLeave anyway?`)) return true;
+  history.replaceState(null, "", shownHash || "#/"); // stay: the address shows this view again
+  return false;
+}
 
 async function route() {
+  if (shownHash !== null && !(await mayLeave())) return;
+  shownHash = location.hash;
   leave?.();
   leave = null;
   app.replaceChildren();
@@ -57,7 +68,19 @@ function setUpHelp() {
   });
 }
 
+// Closing the tab, reloading or leaving the site: the browser's own question, when needed.
+function setUpLeavePrompt() {
+  window.addEventListener("beforeunload", (event) => {
+    const reasons = leaveReasons();
+    if (!reasons.length) return;
+    event.preventDefault();
+    event.returnValue = reasons.join(" "); // older browsers want it set; none shows it
+  });
+}
+
 setUpKeyDialog();
 setUpHelp();
+setUpLeavePrompt();
 window.addEventListener("hashchange", go);
+window.addEventListener("amseg:moved", () => (shownHash = location.hash));
 go();

@@ -1,29 +1,48 @@
 // The front page: upload slides (drag and drop or a file picker) with the grid and a model, and
-// the task list with live status and progress, errors in words, open and delete.
+// the task list with live status and progress, errors in words, open and delete. Uploads go on
+// while the person looks at a task; closing or reloading the page while one is sent asks first.
 
 import { apiJson, uploadFile } from "./api.js";
-import { el, formatTime, poll, rememberSlideName, say, shortId, slideName } from "./ui.js";
+import { changesText } from "./compare.js";
+import { isStrongWarning } from "./results.js";
+import { el, formatTime, guardLeaving, poll, rememberSlideName, say, shortId, slideName, taskName } from "./ui.js";
 
-const BUSY_POLL_MS = 1500;
+const BUSY_POLL_MS = 1000;
 const IDLE_POLL_MS = 10000;
 const LIST_SIZE = 100;
 const ACCEPTED = /\.(png|tiff?|jpe?g)$/i;
+const MAX_SIDE = 10000;
+const MAX_MARKS = 65535; // ids are 16-bit
+
+// Every upload of this page's life, so the list is there again when the person comes back.
+const uploads = []; // { name, share, state: "sending" | "queued" | "failed", note }
+let showUploads = () => {};
+guardLeaving(() => {
+  const sending = uploads.filter((upload) => upload.state === "sending").length;
+  if (!sending) return null;
+  return `${sending} slide${sending > 1 ? "s are" : " is"} still being uploaded; leaving the page stops ${sending > 1 ? "them" : "it"}.`;
+});
 
 export function showTasks(root) {
   root.append(document.getElementById("tasks-template").content.cloneNode(true));
   const files = [];
   const stopModels = poll(() => loadModels(root.querySelector("#model")), () => 15000);
-  let busy = false;
+  const list = { busy: false, pending: new Map() }; // pending: rows shown before the API lists them
   const refresh = async () => {
-    busy = await renderTasks(root.querySelector("#task-list"), refresh);
+    list.busy = await renderTasks(root.querySelector("#task-list"), list, refresh);
   };
-  const stopTasks = poll(refresh, () => (busy ? BUSY_POLL_MS : IDLE_POLL_MS));
+  const stopTasks = poll(refresh, () => (list.busy ? BUSY_POLL_MS : IDLE_POLL_MS));
+  list.poke = stopTasks.soon;
   setUpFilePicking(root, files);
+  setUpGridFields(root);
+  showUploads = () => renderUploads(root.querySelector("#uploads"));
+  showUploads();
   root.querySelector("#upload-form").addEventListener("submit", async (event) => {
     event.preventDefault();
-    await uploadAll(root, files, refresh);
+    await uploadAll(root, files, list);
   });
   return () => {
+    showUploads = () => {};
     stopModels();
     stopTasks();
   };
@@ -56,12 +75,55 @@ function setUpFilePicking(root, files) {
   });
 }
 
+// What is wrong with the grid fields, in words that say what to type: { field, message } or null.
+// `finished`: the person is done typing (left the field or pressed Upload), so a missing
+// partner counts too.
+export function gridProblem(rowsText, colsText, finished = true) {
+  const fields = [
+    ["rows", "Rows", rowsText.trim()],
+    ["cols", "Columns", colsText.trim()],
+  ];
+  for (const [field, label, text] of fields) {
+    if (text && !/^\d+$/.test(text)) {
+      return { field, message: `${label}: “${text}” is not a whole number. Type the grid's number of ${label.toLowerCase()} in digits, e.g. 30, or leave both fields empty.` };
+    }
+    if (text && (Number(text) < 1 || Number(text) > MAX_SIDE)) {
+      return { field, message: `${label}: type a number from 1 to ${MAX_SIDE.toLocaleString()}.` };
+    }
+  }
+  const [rows, cols] = fields.map(([, , text]) => text);
+  if (finished && Boolean(rows) !== Boolean(cols)) {
+    const [field, label, other] = rows ? ["cols", "Columns", "Rows"] : ["rows", "Rows", "Columns"];
+    return { field, message: `${label}: type the grid's number of ${label.toLowerCase()} too (ids need both), or clear ${other} to only segment.` };
+  }
+  if (rows && cols && Number(rows) * Number(cols) > MAX_MARKS) {
+    return { field: "cols", message: `${rows} × ${cols} = ${(rows * cols).toLocaleString()} marks; at most ${MAX_MARKS.toLocaleString()} can be numbered. Check rows and columns.` };
+  }
+  return null;
+}
+
+function setUpGridFields(root) {
+  const check = (finished) => showGridProblem(root, finished);
+  for (const id of ["#rows", "#cols"]) {
+    root.querySelector(id).addEventListener("input", () => check(false));
+    root.querySelector(id).addEventListener("change", () => check(true));
+  }
+}
+
+function showGridProblem(root, finished) {
+  const rows = root.querySelector("#rows");
+  const cols = root.querySelector("#cols");
+  const problem = gridProblem(rows.value, cols.value, finished);
+  for (const input of [rows, cols]) input.setAttribute("aria-invalid", String(problem?.field === input.id));
+  const message = root.querySelector("#grid-error");
+  message.textContent = problem?.message || "";
+  message.hidden = !problem;
+  return problem;
+}
+
 function uploadQuery(root) {
   const rows = root.querySelector("#rows").value.trim();
   const cols = root.querySelector("#cols").value.trim();
-  if (Boolean(rows) !== Boolean(cols)) {
-    throw new Error("give both rows and columns of the grid, or neither");
-  }
   const query = new URLSearchParams();
   if (rows) {
     query.set("rows", rows);
@@ -72,34 +134,73 @@ function uploadQuery(root) {
   return query;
 }
 
-async function uploadAll(root, files, refresh) {
-  let query;
-  try {
-    query = uploadQuery(root);
-  } catch (error) {
-    say(error.message, "error");
+async function uploadAll(root, files, list) {
+  const problem = showGridProblem(root, true);
+  if (problem) {
+    root.querySelector(`#${problem.field}`).focus();
     return;
   }
-  const list = root.querySelector("#uploads");
+  const query = uploadQuery(root);
   const button = root.querySelector("#upload-button");
   button.disabled = true;
-  for (const file of files.splice(0)) {
-    const progress = el("progress", { max: 1, value: 0, "aria-label": `Upload of ${file.name}` });
-    const note = el("span", { class: "note" }, "uploading…");
-    list.prepend(el("li", {}, el("strong", {}, file.name), " ", progress, " ", note));
-    try {
-      const task = await uploadFile(`/tasks?${query}`, file, (share) => (progress.value = share));
-      rememberSlideName(task.id, file.name);
-      progress.value = 1;
-      note.textContent = `queued as task ${shortId(task.id)}`;
-      await refresh();
-    } catch (error) {
-      note.textContent = error.message;
-      note.classList.add("error");
-    }
-  }
+  const batch = files.splice(0).map((file) => ({ file, name: file.name, share: 0, state: "sending", note: "waiting…" }));
+  uploads.unshift(...[...batch].reverse()); // newest first
+  showUploads();
   root.querySelector("#chosen-files").textContent = "";
   root.querySelector("#file-input").value = "";
+  for (const upload of batch) {
+    upload.note = "uploading…";
+    showUploads();
+    try {
+      const created = await uploadFile(`/tasks?${query}`, upload.file, (share) => {
+        upload.share = share;
+        showUploads();
+      });
+      rememberSlideName(created.id, upload.name);
+      Object.assign(upload, { share: 1, state: "queued", note: `queued as task ${shortId(created.id)}` });
+      list.pending.set(created.id, provisionalTask(created, upload.name, query));
+      list.draw?.(); // in the list at once; the next poll, within a second, brings its state
+      list.busy = true;
+      list.poke();
+    } catch (error) {
+      Object.assign(upload, { state: "failed", note: error.message });
+    }
+    delete upload.file;
+    showUploads();
+  }
+}
+
+// The row of a task the API has just created, until the list from the API has it.
+function provisionalTask(created, name, query) {
+  const rows = query.get("rows");
+  return {
+    id: created.id,
+    name,
+    status: created.status,
+    progress: 0,
+    stage: null,
+    error: null,
+    created_at: new Date().toISOString(),
+    parameters: { rows: rows ? Number(rows) : null, cols: rows ? Number(query.get("cols")) : null, model: query.get("model") },
+    image: null,
+  };
+}
+
+function renderUploads(ul) {
+  if (!ul) return;
+  ul.replaceChildren(
+    ...uploads.map((upload) =>
+      el(
+        "li",
+        { dataset: { state: upload.state } },
+        el("strong", {}, upload.name),
+        " ",
+        el("progress", { max: 1, value: upload.share, "aria-label": `Upload of ${upload.name}` }),
+        " ",
+        el("span", { class: upload.state === "failed" ? "error" : "note" }, upload.note),
+      ),
+    ),
+  );
 }
 
 async function loadModels(select) {
@@ -119,22 +220,29 @@ async function loadModels(select) {
   select.value = [...select.options].some((o) => o.value === current) ? current : "default";
 }
 
-// Draw the list; true while a task is not over (the list then polls faster).
-async function renderTasks(tbody, refresh) {
+// Draw the list, with the rows just created that the API does not list yet on top; true while
+// a task is not over (the list then polls faster).
+async function renderTasks(tbody, list, refresh) {
   const page = await apiJson(`/tasks?limit=${LIST_SIZE}`);
-  tbody.replaceChildren(...page.data.map((task) => taskRow(task, refresh)));
-  document.getElementById("tasks-empty").hidden = page.data.length > 0;
-  return page.data.some((task) => task.status === "QUEUED" || task.status === "RUNNING");
+  for (const task of page.data) list.pending.delete(task.id);
+  list.draw = () => {
+    if (!tbody.isConnected) return;
+    const tasks = [...list.pending.values(), ...page.data];
+    tbody.replaceChildren(...tasks.map((task) => taskRow(task, refresh)));
+    document.getElementById("tasks-empty").hidden = tasks.length > 0;
+  };
+  list.draw();
+  return [...list.pending.values(), ...page.data].some((task) => task.status === "QUEUED" || task.status === "RUNNING");
 }
 
 function taskRow(task, refresh) {
-  const name = slideName(task.id) || `task ${shortId(task.id)}`;
+  const name = taskName(task);
   const { rows, cols, model } = task.parameters;
-  const size = `${task.image.width} × ${task.image.height} px`;
+  const size = task.image ? `${task.image.width} × ${task.image.height} px` : "";
   return el(
     "tr",
     { dataset: { taskId: task.id, status: task.status } },
-    el("td", {}, el("a", { href: `#/tasks/${task.id}` }, name), el("div", { class: "note" }, size)),
+    el("td", {}, el("a", { href: `#/tasks/${task.id}` }, name), el("div", { class: "note" }, size), resultNotes(task)),
     el("td", {}, statusCell(task)),
     el("td", {}, rows ? `${rows} × ${cols}` : "none"),
     el("td", {}, model && model !== "default" ? shortId(model) : "default"),
@@ -146,6 +254,21 @@ function taskRow(task, refresh) {
       el("button", { type: "button", onclick: () => deleteTask(task, name, refresh) }, "Delete"),
     ),
   );
+}
+
+// What a finished task's row says of its result: what changed since the task it was re-run
+// from, and its warnings (the ones that question the grid first).
+function resultNotes(task) {
+  const notes = [];
+  const changes = task.summary?.changes;
+  if (changes) notes.push(el("div", { class: "note" }, `vs. earlier: ${changesText(changes)}`));
+  const warnings = task.warnings || [];
+  const strong = warnings.find(isStrongWarning);
+  if (warnings.length) {
+    const text = strong || `${warnings.length} warning${warnings.length > 1 ? "s" : ""}`;
+    notes.push(el("div", { class: strong ? "task-warning strong" : "task-warning" }, `⚠ ${text}`));
+  }
+  return notes;
 }
 
 export function statusCell(task) {

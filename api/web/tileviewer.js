@@ -5,10 +5,16 @@
 // pixels are just finer than the screen's and, where a tile of it is still loading, that part of
 // the finest coarser tile it has (the coarsest level is always loaded), so panning and zooming
 // never show holes; tiles load a few at a time, coarsest first, then nearest the centre.
+//
+// A tile that fails for a passing reason (the network, a 5xx, a 409 while the task runs) is
+// asked for again later, each time twice as late; one the API refuses for good (another 4xx,
+// e.g. the task FAILED and its image cannot be read) stops its whole layer, said once.
 
 const MAX_CACHED_TILES = 600;
 const MAX_IN_FLIGHT = 6;
-const RETRY_FAILED_MS = 5000;
+const RETRY_FAILED_MS = 2000;
+const RETRY_MAX_MS = 60000;
+const PASSING = new Set([0, 408, 409, 425, 429]); // statuses worth asking again (0: no answer)
 
 export class TileViewer {
   constructor(canvas, { width, height, tileSize, levels, fetchTile }) {
@@ -24,14 +30,15 @@ export class TileViewer {
     this.overlays = []; // (ctx, viewer) => void, in CSS pixels, after the tiles
     this.cache = new Map(); // "layer/level/col_row" -> { image, used }
     this.pending = new Map(); // key -> AbortController
-    this.failed = new Map(); // key -> time of the failure
+    this.failed = new Map(); // key -> { at, tries }: when to ask again
+    this.stopped = new Map(); // layer -> the error that stopped it
     this.queue = [];
     this.scale = 1; // CSS pixels per image pixel
     this.cx = width / 2; // image point at the canvas centre
     this.cy = height / 2;
     this.frame = 0;
     this.tilesDrawn = 0;
-    this.onError = () => {};
+    this.onError = () => {}; // (error, layer, final): final when the layer was stopped
     this.onViewChange = () => {};
     this.pointerHandler = null; // (kind, event, point) => true when it used the event
     this.wantsPan = () => true;
@@ -154,7 +161,7 @@ export class TileViewer {
     const wanted = [];
     this.tilesDrawn = 0;
     for (const [name, layer] of this.layers) {
-      if (!layer.visible || layer.opacity <= 0) continue;
+      if (!layer.visible || layer.opacity <= 0 || this.stopped.has(name)) continue;
       ctx.save();
       ctx.globalAlpha = layer.opacity;
       layer.clip?.(ctx, this);
@@ -264,7 +271,7 @@ export class TileViewer {
         const key = tileKey(layer, level, col, row);
         if (this.cache.has(key) || this.pending.has(key) || queued.has(key)) return false;
         queued.add(key);
-        return !(now - (this.failed.get(key) ?? -Infinity) < RETRY_FAILED_MS);
+        return !this.stopped.has(layer) && !(now < (this.failed.get(key)?.at ?? -Infinity));
       })
       .sort((a, b) => b[1] - a[1] || distance(a) - distance(b));
     this.pump();
@@ -288,15 +295,35 @@ export class TileViewer {
       this.evict();
       this.redraw();
     } catch (error) {
-      if (error.name !== "AbortError") {
-        this.failed.set(key, performance.now());
-        this.onError(error);
-        setTimeout(() => this.redraw(), RETRY_FAILED_MS);
-      }
+      if (error.name !== "AbortError") this.failedTile(key, layer, error);
     } finally {
       if (this.pending.get(key) === controller) this.pending.delete(key);
       this.pump();
     }
+  }
+
+  failedTile(key, layer, error) {
+    if (error.status !== undefined && !PASSING.has(error.status) && error.status < 500) {
+      if (!this.stopped.has(layer)) {
+        this.stopped.set(layer, error);
+        this.onError(error, layer, true);
+      }
+      return;
+    }
+    const tries = (this.failed.get(key)?.tries ?? 0) + 1;
+    const wait = Math.min(RETRY_FAILED_MS * 2 ** (tries - 1), RETRY_MAX_MS);
+    this.failed.set(key, { at: performance.now() + wait, tries });
+    if (tries === 1) this.onError(error, layer, false);
+    setTimeout(() => this.redraw(), wait);
+  }
+
+  // Stop asking for a layer's tiles (e.g. the task FAILED: there is nothing more to load).
+  stopLayer(layer, error) {
+    if (!this.stopped.has(layer)) this.stopped.set(layer, error);
+    for (const [key, controller] of this.pending) {
+      if (key.startsWith(`${layer}/`)) controller.abort();
+    }
+    this.redraw();
   }
 
   evict() {
@@ -308,8 +335,10 @@ export class TileViewer {
     }
   }
 
-  // Drop a layer's tiles (its pixels changed on the server).
+  // Drop a layer's tiles (its pixels changed on the server); it may be asked for again.
   forgetLayer(name) {
+    this.stopped.delete(name);
+    for (const key of this.failed.keys()) if (key.startsWith(`${name}/`)) this.failed.delete(key);
     for (const [key, entry] of this.cache) {
       if (key.startsWith(`${name}/`)) {
         entry.image.close?.();

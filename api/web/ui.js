@@ -43,6 +43,19 @@ export function slideName(taskId) {
   return names[taskId] || null;
 }
 
+// What to call a task: the name the API keeps (the upload's file name), else the one this
+// browser remembers, else its short id.
+export function taskName(task) {
+  return task.name || slideName(task.id) || `task ${shortId(task.id)}`;
+}
+
+// The stem of a task's download file names: "slide7" for slide7.tif, safe on every system.
+export function downloadStem(task) {
+  const name = task.name || slideName(task.id) || `task_${shortId(task.id)}`;
+  const stem = name.replace(/\.(png|tiff?|jpe?g)$/i, "").replace(/[\\/:*?"<>|\x00-\x1f]+/g, "_").trim();
+  return stem || `task_${shortId(task.id)}`;
+}
+
 export function rememberSlideName(taskId, name) {
   const names = JSON.parse(localStorage.getItem(NAMES_STORAGE) || "{}");
   names[taskId] = name;
@@ -62,21 +75,51 @@ export function typingInField(event) {
 }
 
 // Run `step` every `interval()` ms until the returned stop() is called; errors are shown once.
+// stop.soon() runs it again within `interval()` from now (the interval may have just shrunk).
 export function poll(step, interval) {
   let stopped = false;
+  let running = false;
   let timer = 0;
   const run = async () => {
     if (stopped) return;
+    running = true;
     try {
       await step();
     } catch (error) {
       if (!stopped) say(error.message, "error");
     }
+    running = false;
     if (!stopped) timer = setTimeout(run, interval());
   };
   run();
-  return () => {
+  const stop = () => {
     stopped = true;
     clearTimeout(timer);
   };
+  stop.soon = () => {
+    if (stopped || running) return;
+    clearTimeout(timer);
+    timer = setTimeout(run, interval());
+  };
+  return stop;
+}
+
+// What would be lost if the page were closed or reloaded now: each guard returns a reason in
+// words, or null. Views and uploads register theirs; main.js asks them before the page goes.
+const leaveGuards = new Set();
+
+export function guardLeaving(reason) {
+  leaveGuards.add(reason);
+  return () => leaveGuards.delete(reason);
+}
+
+export function leaveReasons() {
+  return [...leaveGuards].map((reason) => reason()).filter(Boolean);
+}
+
+// Show another address without leaving the view (the viewer followed a new task in place);
+// main.js hears of it, so Back and a cancelled leave land on the right view.
+export function moveAddress(hash) {
+  history.pushState(null, "", hash);
+  window.dispatchEvent(new Event("amseg:moved"));
 }

@@ -1,46 +1,95 @@
 // The page of one task: the slide in a zoomable tile viewer with the mask (filled or outlined)
 // over it, mark ids on hover, missing and extra marks highlighted, the QC summary, downloads,
-// and the correction tools that feed a fine-tune.
+// what changed since the task it was re-run from, the grid to number the marks again, and the
+// correction tools that feed a fine-tune (kept on the server as a draft while drawn).
 
-import { apiFetch, apiJson, download } from "./api.js";
+import { ApiError, apiFetch, apiJson } from "./api.js";
+import { setUpChanges } from "./compare.js";
 import { CorrectionEditor } from "./correction.js";
+import { DraftKeeper } from "./drafts.js";
 import { setUpFinetune } from "./finetune.js";
+import { setUpGridFix } from "./gridfix.js";
 import { MarkLayer, describe } from "./marklayer.js";
+import { renderDownloads, renderQc, renderUnregistered, renderWarnings } from "./results.js";
 import { statusCell } from "./tasks.js";
 import { TileViewer } from "./tileviewer.js";
-import { el, say, shortId, slideName, typingInField } from "./ui.js";
+import { el, guardLeaving, say, shortId, taskName, typingInField } from "./ui.js";
 
 const LAYER_COLOURS = { mask: [0, 220, 255], outline: [255, 230, 0] };
+// The changes layer's pixel codes (model/compare.py) and their colours.
+const CHANGE_COLOURS = new Map([
+  [50, [255, 149, 0]], // shrunk: pixels a changed mark lost
+  [100, [255, 230, 0]], // grown: pixels a changed mark gained
+  [150, [255, 59, 48]], // removed mark
+  [200, [52, 199, 89]], // added mark
+]);
 const TERMINAL = ["FINISHED", "FAILED"];
 const TOOL_KEYS = { v: "pan", b: "box", d: "brush", p: "polygon", r: "remove", e: "erase" };
+const TASK_POLL_MS = 1000;
 
 export async function showViewer(root, taskId) {
   root.append(document.getElementById("viewer-template").content.cloneNode(true));
   const page = { root, taskId, closed: false, cleanups: [] };
-  const find = (selector) => root.querySelector(selector);
-  page.find = find;
+  page.find = (selector) => root.querySelector(selector);
   try {
     page.task = await apiJson(`/tasks/${taskId}`);
     page.pyramid = await apiJson(`/tasks/${taskId}/pyramid`);
   } catch (error) {
-    find("#task-title").textContent = "Task not available";
-    find("#task-state").replaceChildren(el("span", { class: "error" }, error.message));
+    page.find("#task-title").textContent = "Task not available";
+    page.find("#task-state").replaceChildren(el("span", { class: "error" }, error.message));
     return () => {};
   }
-  page.name = slideName(taskId) || `Task ${shortId(taskId)}`;
-  find("#task-title").textContent = page.name;
+  page.pixelsId = taskId; // whose image and mask tiles are shown (kept when the ids change)
   page.viewer = createViewer(page);
   page.editor = createEditor(page);
+  page.drafts = new DraftKeeper(taskId, page.task.image, page.editor, (line, chip) => {
+    page.find("#draft-state").replaceChildren(line);
+    page.find("#draft-chip").textContent = chip;
+    page.find("#draft-chip").dataset.state = line.dataset.draft;
+  });
   setUpDisplay(page);
   setUpTools(page);
   setUpKeys(page);
   setUpFinetune(page);
+  setUpGridFix(page);
+  renderTask(page);
+  await restoreDraft(page);
   followTask(page);
-  return () => {
+  return leaveViewer(page);
+}
+
+// The viewer's leave(): saves the draft first; says what would still be lost.
+function leaveViewer(page) {
+  const reason = () => page.drafts.unsavedReason() || jobReason(page);
+  const unguard = guardLeaving(reason);
+  const onHidden = () => document.visibilityState === "hidden" && page.drafts.flush();
+  document.addEventListener("visibilitychange", onHidden);
+  const leave = () => {
     page.closed = true;
+    unguard();
+    document.removeEventListener("visibilitychange", onHidden);
     for (const cleanup of page.cleanups) cleanup();
+    page.drafts.destroy();
     page.viewer.destroy();
   };
+  leave.beforeLeave = async () => {
+    await page.drafts.flush();
+    return reason();
+  };
+  return leave;
+}
+
+function jobReason(page) {
+  if (!page.jobRunning) return null;
+  return "A fine-tune is running; this page segments the slide again when it ends. If you leave, the model is kept (the upload form offers it) but the slide is not segmented again.";
+}
+
+async function restoreDraft(page) {
+  try {
+    await page.drafts.load();
+  } catch (error) {
+    say(`Your saved corrections could not be restored: ${error.message}`, "error");
+  }
 }
 
 function createViewer(page) {
@@ -51,33 +100,67 @@ function createViewer(page) {
     height,
     tileSize,
     levels,
-    fetchTile: (layer, level, col, row, signal) => loadTile(page.taskId, layer, level, col, row, signal),
+    fetchTile: (layer, level, col, row, signal) => loadTile(page, layer, level, col, row, signal),
   });
-  viewer.onError = (error) => say(`Tiles could not be loaded: ${error.message}`, "error");
+  viewer.onError = (error, layer, final) => tileError(page, error, layer, final);
   const clip = (ctx) => clipOutBoxes(ctx, page);
   viewer.addLayer("image");
-  viewer.addLayer("mask", { visible: false, opacity: 0.5, clip });
-  viewer.addLayer("outline", { visible: false, opacity: 0.5, clip });
+  for (const layer of ["mask", "outline", "before-mask", "before-outline"]) {
+    viewer.addLayer(layer, { visible: false, opacity: 0.5, clip });
+  }
+  viewer.addLayer("diff", { visible: false, opacity: 0.85 });
+  viewer.overlays.push((ctx) => page.lattice?.draw(ctx, viewer));
   viewer.overlays.push((ctx) => page.marks?.draw(ctx, viewer));
   viewer.overlays.push((ctx) => page.editor.draw(ctx, viewer));
   viewer.pointerHandler = (kind, event, point, screen) => {
     showHover(page, kind, point, screen);
+    if (page.picking) return page.picking(kind, point);
     return page.editor.pointer(kind, event, point);
   };
-  viewer.wantsPan = () => page.editor.tool === "pan" || page.spaceHeld;
+  viewer.wantsPan = () => (page.editor.tool === "pan" && !page.picking) || page.spaceHeld;
   canvas.viewer = viewer; // for scripts driving the page (the browser tests)
-  viewer.editor = null; // set by createEditor
   canvas.dataset.ready = "true";
   return viewer;
 }
 
-async function loadTile(taskId, layer, level, col, row, signal) {
-  const path = `/tasks/${taskId}/tiles/${layer}/${level}/${col}_${row}.png`;
-  const blob = await (await apiFetch(path, { signal })).blob();
+// A FAILED task explains itself once, in its state; tiles are not asked for again.
+function tileError(page, error, layer, final) {
+  if (page.task.status === "FAILED") {
+    page.viewer.stopLayer(layer, error);
+    page.find("#view-canvas").dataset.stopped = "true";
+    return;
+  }
+  if (layer.startsWith("before-") && final) {
+    say(`The earlier result cannot be shown: ${error.message}`, "error");
+    return;
+  }
+  say(`Tiles could not be loaded${final ? "" : " (trying again)"}: ${error.message}`, "error");
+}
+
+// Where a layer's tiles come from: the changes are this task's, "before-" layers the task it
+// was re-run from, the image and mask those of the task whose pixels are shown.
+function tilePath(page, layer, level, col, row) {
+  const tile = `${level}/${col}_${row}.png`;
+  if (layer === "diff") return `/tasks/${page.taskId}/tiles/diff/${tile}`;
+  if (layer.startsWith("before-")) return `/tasks/${page.comparison.source}/tiles/${layer.slice(7)}/${tile}`;
+  return `/tasks/${page.pixelsId}/tiles/${layer}/${tile}`;
+}
+
+async function loadTile(page, layer, level, col, row, signal) {
+  const blob = await (await apiFetch(tilePath(page, layer, level, col, row), { signal })).blob();
   if (layer === "image") return createImageBitmap(blob);
   const pixels = await grayPixels(blob);
-  const [r, g, b] = LAYER_COLOURS[layer];
   const tinted = new ImageData(pixels.width, pixels.height);
+  if (layer === "diff") {
+    for (let i = 0, j = 0; j < pixels.data.length; i += 4, j++) {
+      const colour = CHANGE_COLOURS.get(pixels.data[j]);
+      if (!colour) continue;
+      tinted.data.set(colour, i);
+      tinted.data[i + 3] = 255;
+    }
+    return createImageBitmap(tinted);
+  }
+  const [r, g, b] = LAYER_COLOURS[layer.replace("before-", "")];
   for (let i = 0, j = 0; j < pixels.data.length; i += 4, j++) {
     tinted.data[i] = r;
     tinted.data[i + 1] = g;
@@ -108,7 +191,7 @@ async function maskRegion(page, x0, y0, x1, y1) {
   const jobs = [];
   for (let row = Math.floor(y0 / size); row <= Math.floor((y1 - 1) / size); row++) {
     for (let col = Math.floor(x0 / size); col <= Math.floor((x1 - 1) / size); col++) {
-      const path = `/tasks/${page.taskId}/tiles/mask/0/${col}_${row}.png`;
+      const path = `/tasks/${page.pixelsId}/tiles/mask/0/${col}_${row}.png`;
       jobs.push(
         apiFetch(path).then(async (response) => {
           const tile = await grayPixels(await response.blob());
@@ -133,7 +216,10 @@ function createEditor(page) {
       if (page.task.status !== "FINISHED") return Promise.resolve(new Uint8Array((x1 - x0) * (y1 - y0)));
       return maskRegion(page, x0, y0, x1, y1);
     },
-    onChange: () => renderCorrectionSummary(page),
+    onChange: () => {
+      renderCorrectionSummary(page, editor);
+      page.drafts?.changed();
+    },
     say,
   });
   page.viewer.editor = editor;
@@ -156,7 +242,7 @@ function clipOutBoxes(ctx, page) {
   ctx.clip("evenodd");
 }
 
-function renderCorrectionSummary(page, editor = page.editor) {
+export function renderCorrectionSummary(page, editor = page.editor) {
   const { boxes, area, marked } = editor.summary();
   const text = boxes
     ? `${boxes} box${boxes > 1 ? "es" : ""} labelled (${area.toLocaleString()} px, ${marked.toLocaleString()} px of marks).`
@@ -171,18 +257,22 @@ function setUpDisplay(page) {
   const opacity = find("#opacity");
   const apply = () => {
     const style = find('input[name="overlay-style"]:checked').value;
+    const before = Boolean(page.comparison) && find('input[name="before-after"]:checked').value === "before";
+    const shown = before ? `before-${style}` : style;
     const alpha = Number(opacity.value) / 100;
-    for (const layer of ["mask", "outline"]) {
-      viewer.setLayer(layer, { visible: overlay.checked && layer === style, opacity: layer === "outline" ? Math.min(1, alpha * 1.6) : alpha });
+    for (const layer of ["mask", "outline", "before-mask", "before-outline"]) {
+      const strength = layer.endsWith("outline") ? Math.min(1, alpha * 1.6) : alpha;
+      viewer.setLayer(layer, { visible: overlay.checked && layer === shown, opacity: strength });
     }
+    viewer.setLayer("diff", { visible: Boolean(page.comparison) && find("#show-changes").checked });
     page.editor.opacity = Math.min(1, alpha + 0.15);
     find("#opacity-out").textContent = `${opacity.value} %`;
+    find("#view-canvas").dataset.mask = shown;
     viewer.redraw();
   };
   page.applyDisplay = apply;
-  for (const input of [overlay, opacity, ...page.root.querySelectorAll('input[name="overlay-style"]')]) {
-    input.addEventListener("input", apply);
-  }
+  const inputs = [overlay, opacity, find("#show-changes"), ...page.root.querySelectorAll('input[name="overlay-style"], input[name="before-after"]')];
+  for (const input of inputs) input.addEventListener("input", apply);
   find("#show-problems").addEventListener("input", (event) => {
     if (page.marks) page.marks.showProblems = event.target.checked;
     viewer.redraw();
@@ -201,8 +291,11 @@ function setUpTools(page) {
     button.addEventListener("click", () => selectTool(page, button.dataset.tool));
   }
   find("#undo").addEventListener("click", () => editor.undo());
+  find("#redo").addEventListener("click", () => editor.redo());
   find("#clear-corrections").addEventListener("click", () => {
-    if (!editor.boxes.length || confirm("Remove every box and correction?")) editor.clear();
+    if (!editor.boxes.length) return;
+    editor.clear();
+    say("Every box was removed; Undo (Z) brings them back");
   });
   const brush = find("#brush-size");
   const showBrush = () => {
@@ -215,7 +308,8 @@ function setUpTools(page) {
   selectTool(page, "pan");
 }
 
-function selectTool(page, tool) {
+export function selectTool(page, tool) {
+  page.stopPicking?.();
   page.editor.setTool(tool);
   for (const button of page.root.querySelectorAll("[data-tool]")) {
     button.setAttribute("aria-pressed", String(button.dataset.tool === tool));
@@ -248,24 +342,46 @@ function setUpKeys(page) {
   });
 }
 
+// Undo and redo as desktop tools have them: Ctrl+Z, Ctrl+Shift+Z, Ctrl+Y (Cmd on a Mac).
+function historyKey(page, event, key) {
+  const command = event.ctrlKey || event.metaKey;
+  if ((command && key === "z" && event.shiftKey) || (command && key === "y") || (!command && key === "z" && event.shiftKey)) {
+    page.editor.redo();
+    return true;
+  }
+  if (key === "z") {
+    page.editor.undo();
+    return true;
+  }
+  return false;
+}
+
 // One shortcut; true when the key was one.
 function handleKey(page, event) {
   const { viewer, editor, find } = page;
   const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
+  if (historyKey(page, event, key)) return true;
+  if (event.ctrlKey || event.metaKey) return false;
   const toggle = (selector) => {
     const box = find(selector);
-    if (box.disabled) return;
+    if (box.disabled || box.closest("[hidden]")) return;
     box.checked = !box.checked;
     box.dispatchEvent(new Event("input"));
   };
   const step = 0.15 * Math.min(viewer.viewWidth, viewer.viewHeight);
-  if ((event.ctrlKey || event.metaKey) && key === "z") return editor.undo(), true;
-  if (event.ctrlKey || event.metaKey) return false;
   const actions = {
-    z: () => editor.undo(),
     o: () => toggle("#show-overlay"),
     m: () => toggle("#show-problems"),
     i: () => toggle("#show-ids"),
+    g: () => toggle("#show-lattice"),
+    c: () => toggle("#show-changes"),
+    t: () => {
+      if (!page.comparison) return;
+      const before = find('input[name="before-after"][value="before"]');
+      (before.checked ? find('input[name="before-after"][value="after"]') : before).checked = true;
+      page.applyDisplay();
+    },
+    k: () => page.startPicking?.(),
     l: () => {
       const outline = find('input[value="outline"]');
       (outline.checked ? find('input[value="mask"]') : outline).checked = true;
@@ -313,97 +429,82 @@ function showHover(page, kind, point, screen) {
   tip.style.top = `${screen.sy + 14}px`;
 }
 
-// Poll the task until it is over, then bring in its results.
+// The title, state and facts of the task on screen.
+export function renderTask(page) {
+  const { task } = page;
+  page.name = taskName(task);
+  page.find("#task-title").textContent = page.name;
+  page.find("#task-state").replaceChildren(...statusCell(task));
+  const { width, height } = task.image;
+  const { rows, cols, model } = task.parameters;
+  const grid = rows ? `${rows} × ${cols}` : "none";
+  const modelName = model && model !== "default" ? `fine-tuned ${shortId(model)}` : "default";
+  page.find("#task-facts").textContent = `${width} × ${height} px · grid ${grid} · model ${modelName}`;
+  page.find("#view-canvas").dataset.task = task.id;
+  page.find("#view-canvas").dataset.status = task.status;
+}
+
+// Poll the task until it is over, then bring in its results (or its error, once).
 function followTask(page) {
-  const render = () => {
-    page.find("#task-state").replaceChildren(...statusCell(page.task));
-    const { width, height } = page.task.image;
-    const { rows, cols } = page.task.parameters;
-    page.find("#task-facts").textContent = `${width} × ${height} px · grid ${rows ? `${rows} × ${cols}` : "none"} · model ${page.task.parameters.model || "default"}`;
-  };
-  render();
   const tick = async () => {
     if (page.closed) return;
     if (!TERMINAL.includes(page.task.status)) {
       try {
         page.task = await apiJson(`/tasks/${page.taskId}`);
-        render();
+        renderTask(page);
       } catch (error) {
+        if (error instanceof ApiError && error.status === 404) return say(error.message, "error");
         say(error.message, "error");
       }
-      setTimeout(tick, 1500);
+      setTimeout(tick, TASK_POLL_MS);
       return;
     }
     if (page.task.status === "FINISHED") await showResults(page);
+    else showFailure(page);
   };
   tick();
 }
 
-async function showResults(page) {
+function showFailure(page) {
+  page.find("#qc").replaceChildren(el("p", { class: "note" }, "This task FAILED, so it has no results; its error is above."));
+  page.find("#downloads").replaceChildren(el("li", { class: "note" }, "Nothing to download: the task FAILED."));
+  page.find("#view-canvas").dataset.failed = "true";
+}
+
+export async function showResults(page) {
   const { find, task } = page;
   for (const input of page.root.querySelectorAll("#display-section input")) input.disabled = false;
   find("#show-overlay").checked = true;
+  setUpChanges(page);
   page.applyDisplay();
   renderDownloads(page);
   renderCorrectionSummary(page);
-  find("#finetune-grid").disabled = !task.parameters.rows;
+  find("#finetune-grid").disabled = !task.parameters.rows || page.jobRunning;
+  page.showGridFix?.();
   if (!task.links.qc) {
-    find("#qc").replaceChildren(el("p", {}, "No grid was given, so the marks were not numbered."));
+    page.marks = null;
+    renderUnregistered(page);
+    page.viewer.redraw();
     return;
   }
+  await loadMarks(page);
+}
+
+async function loadMarks(page) {
+  const { find, task } = page;
   try {
-    const [qc, record] = await Promise.all([apiJson(task.links.qc), apiJson(`/tasks/${page.taskId}/marks`)]);
+    const [qc, record] = await Promise.all([apiJson(task.links.qc), apiJson(`/tasks/${task.id}/marks`)]);
     page.marks = new MarkLayer(record, qc);
     page.marks.showProblems = find("#show-problems").checked;
     page.marks.showIds = find("#show-ids").checked;
+    page.qc = qc;
+    find("#qc-note").textContent = "";
     renderQc(page, qc, record);
-    page.find("#view-canvas").dataset.marks = String(record.marks.length);
+    page.onMarks?.(record, qc);
+    find("#view-canvas").dataset.marks = String(record.marks.length);
     page.viewer.redraw();
   } catch (error) {
+    renderWarnings(page, task.warnings || []);
     say(`The marks could not be loaded: ${error.message}`, "error");
   }
-}
-
-function renderQc(page, qc, record) {
-  const share = qc.expected ? Math.round((100 * qc.found) / qc.expected) : 0;
-  const facts = [
-    ["Marks found", `${qc.found} of ${qc.expected} (${share} %)`],
-    ["Missing nodes", `${qc.missing_ids.length}`],
-    ["Objects without an id", `${record.extra_total}`],
-    ["Pitch", `${qc.pitch_px.map((p) => p.toFixed(1)).join(" × ")} px`],
-    ["Rotation", `${qc.angle_deg.toFixed(2)}°`],
-    ["Residual", `${qc.residual_rms_px.toFixed(2)} px`],
-  ];
-  page.find("#qc").replaceChildren(...facts.flatMap(([term, value]) => [el("dt", {}, term), el("dd", {}, value)]));
-  page.find("#qc-warnings").replaceChildren(...qc.warnings.map((warning) => el("li", {}, warning)));
-}
-
-function renderDownloads(page) {
-  const { task, taskId } = page;
-  const base = (slideName(taskId) || `task_${shortId(taskId)}`).replace(/\.[^.]+$/, "");
-  const items = [
-    ["Mask (PNG, 0/255)", `/masks/${taskId}`, `${base}_mask.png`],
-    ["Overlay (PNG)", task.links.overlay, `${base}_overlay.png`],
-  ];
-  if (task.links.labels) {
-    items.push(
-      ["Id image (16-bit PNG)", task.links.labels, `${base}_ids.png`],
-      ["Mark table (ams.csv)", task.links.ams_csv, `${base}_ams.csv`],
-      ["Marks (JSON)", `/tasks/${taskId}/marks`, `${base}_marks.json`],
-      ["QC (JSON)", task.links.qc, `${base}_qc.json`],
-    );
-  }
-  const onClick = (path, filename) => async (event) => {
-    event.preventDefault();
-    try {
-      await download(path, filename);
-    } catch (error) {
-      say(error.message, "error");
-    }
-  };
-  page.find("#downloads").replaceChildren(
-    ...items.map(([label, path, filename]) =>
-      el("li", {}, el("a", { href: path, download: filename, onclick: onClick(path, filename) }, label)),
-    ),
-  );
 }

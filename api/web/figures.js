@@ -1,0 +1,23 @@
+// What a fine-tune's summary (GET /models/{id}: worker/finetuning.py's figures) means, in words.
+
+const dice = (value) => Number(value).toFixed(2);
+const known = (value) => value !== null && value !== undefined;
+
+export function finetuneFigures(summary) {
+  if (!summary) return "";
+  const parts = [];
+  if (known(summary.held_out_dice_base) && known(summary.held_out_dice)) {
+    const held = summary.mode === "grid" ? "on the grid's marks it held back" : "on the labels it held back";
+    parts.push(`${held}: ${dice(summary.held_out_dice_base)} → ${dice(summary.held_out_dice)} Dice`);
+  }
+  if (known(summary.labelled_dice)) parts.push(`on the pixels you labelled: ${dice(summary.labelled_dice)}`);
+  if (summary.mode === "grid" && Array.isArray(summary.rounds) && summary.rounds.length) {
+    const sure = summary.rounds.at(-1).sure_marks;
+    parts.push(`learned from ${Number(sure).toLocaleString()} sure marks of the grid`);
+  }
+  if (known(summary.steps) && known(summary.seconds)) {
+    const why = summary.stopped ? ` (stopped: ${summary.stopped})` : "";
+    parts.push(`${summary.steps} steps in ${Math.round(summary.seconds)} s${why}`);
+  }
+  return parts.join("; ");
+}

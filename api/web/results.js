@@ -1,0 +1,90 @@
+// The viewer's panel of results: the QC facts (or, without a grid, the marks found), the
+// warnings with the ones that question the grid itself set apart, and the downloads, named
+// after the slide.
+
+import { download } from "./api.js";
+import { downloadStem, el, say } from "./ui.js";
+
+// Warnings that say the grid or the result may be wrong as a whole, not just imperfect: shown
+// first and marked. The registration words them as questions or as whole rows/columns missing.
+const STRONG = [/\?/, /\bno marks?\b/i, /\bare (the )?rows\b/i, /\brows\/cols\b/i, /\bspan only\b/i, /\bonly \d+ of \d+\b/i, /\bambiguous\b/i];
+
+export function isStrongWarning(text) {
+  return STRONG.some((pattern) => pattern.test(text));
+}
+
+// The warnings as list items, strong ones first; [] when there are none.
+export function warningItems(warnings) {
+  const strong = warnings.filter(isStrongWarning);
+  const other = warnings.filter((warning) => !isStrongWarning(warning));
+  return [
+    ...strong.map((warning) => el("li", { class: "strong" }, el("span", { "aria-hidden": "true" }, "⚠ "), warning)),
+    ...other.map((warning) => el("li", {}, warning)),
+  ];
+}
+
+export function renderWarnings(page, warnings) {
+  const items = warningItems(warnings);
+  page.find("#qc-warnings").replaceChildren(...items);
+  const strong = warnings.filter(isStrongWarning);
+  const banner = page.find("#task-warning");
+  banner.hidden = !strong.length;
+  const more = strong.length > 1 ? ` (and ${strong.length - 1} more under Quality)` : "";
+  banner.replaceChildren(...(strong.length ? [el("strong", {}, "Check the grid: "), strong[0], more] : []));
+}
+
+export function renderQc(page, qc, record) {
+  const share = qc.expected ? Math.round((100 * qc.found) / qc.expected) : 0;
+  const facts = [
+    ["Marks found", `${qc.found} of ${qc.expected} (${share} %)`],
+    ["Missing nodes", `${qc.missing_ids.length}`],
+    ["Objects without an id", `${record.extra_total}`],
+    ["Pitch", `${qc.pitch_px.map((p) => p.toFixed(1)).join(" × ")} px`],
+    ["Rotation", `${qc.angle_deg.toFixed(2)}°`],
+    ["Residual", `${qc.residual_rms_px.toFixed(2)} px`],
+  ];
+  page.find("#qc").replaceChildren(...facts.flatMap(([term, value]) => [el("dt", {}, term), el("dd", {}, value)]));
+  renderWarnings(page, [...new Set([...(page.task.warnings || []), ...qc.warnings])]);
+}
+
+// Without a grid there is no QC, but the number of marks found still says a lot.
+export function renderUnregistered(page) {
+  const found = page.task.summary?.found;
+  page.find("#qc").replaceChildren(
+    el("dt", {}, "Marks found"),
+    el("dd", { dataset: { found: found ?? "" } }, found === undefined ? "—" : found.toLocaleString()),
+  );
+  page.find("#qc-note").textContent = "No grid was given, so the marks were not numbered: give rows and columns below to number them.";
+  renderWarnings(page, page.task.warnings || []);
+}
+
+export function renderDownloads(page) {
+  const { task } = page;
+  const stem = downloadStem(task);
+  const items = [
+    ["Mask (PNG, 0/255)", `/masks/${task.id}`, `${stem}_mask.png`],
+    ["Overlay (PNG)", task.links.overlay, `${stem}_overlay.png`],
+  ];
+  if (task.links.labels) {
+    items.push(
+      ["Id image (16-bit PNG)", task.links.labels, `${stem}_ids.png`],
+      ["Mark table (ams.csv)", task.links.ams_csv, `${stem}_ams.csv`],
+      ["Marks (JSON)", `/tasks/${task.id}/marks`, `${stem}_marks.json`],
+      ["QC (JSON)", task.links.qc, `${stem}_qc.json`],
+    );
+  }
+  if (page.comparison) items.push(["Changes (PNG)", `/tasks/${task.id}/diff.png`, `${stem}_changes.png`]);
+  const onClick = (path, filename) => async (event) => {
+    event.preventDefault();
+    try {
+      await download(path, filename);
+    } catch (error) {
+      say(error.message, "error");
+    }
+  };
+  page.find("#downloads").replaceChildren(
+    ...items.map(([label, path, filename]) =>
+      el("li", {}, el("a", { href: path, download: filename, onclick: onClick(path, filename) }, label)),
+    ),
+  );
+}
