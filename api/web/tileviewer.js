@@ -303,7 +303,8 @@ export class TileViewer {
   }
 
   failedTile(key, layer, error) {
-    if (error.status !== undefined && !PASSING.has(error.status) && error.status < 500) {
+    const refused = error.status !== undefined && !PASSING.has(error.status) && error.status < 500;
+    if (error.permanent || refused) {
       if (!this.stopped.has(layer)) {
         this.stopped.set(layer, error);
         this.onError(error, layer, true);

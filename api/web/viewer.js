@@ -33,6 +33,7 @@ export async function showViewer(root, taskId) {
   page.find = (selector) => root.querySelector(selector);
   try {
     page.task = await apiJson(`/tasks/${taskId}`);
+    if (page.task.status === "FAILED") return showFailed(page);
     page.pyramid = await apiJson(`/tasks/${taskId}/pyramid`);
   } catch (error) {
     page.find("#task-title").textContent = "Task not available";
@@ -146,8 +147,18 @@ function tilePath(page, layer, level, col, row) {
   return `/tasks/${page.pixelsId}/tiles/${layer}/${tile}`;
 }
 
+// Problems that no retry will change (the viewer stops the layer): a 409 of these kinds.
+const FINAL_KINDS = /(task-failed|image-unreadable)$/;
+
 async function loadTile(page, layer, level, col, row, signal) {
-  const blob = await (await apiFetch(tilePath(page, layer, level, col, row), { signal })).blob();
+  let response;
+  try {
+    response = await apiFetch(tilePath(page, layer, level, col, row), { signal });
+  } catch (error) {
+    if (FINAL_KINDS.test(error.problem?.type ?? "")) error.permanent = true;
+    throw error;
+  }
+  const blob = await response.blob();
   if (layer === "image") return createImageBitmap(blob);
   const pixels = await grayPixels(blob);
   const tinted = new ImageData(pixels.width, pixels.height);
@@ -465,7 +476,24 @@ function followTask(page) {
   tick();
 }
 
+// A task that FAILED has nothing to show but its error: said once, nothing asked for again.
+function showFailed(page) {
+  page.root.querySelector(".viewer").classList.add("failed");
+  const canvas = page.find("#view-canvas");
+  canvas.dataset.status = "FAILED";
+  canvas.dataset.failed = "true";
+  page.find("#task-title").textContent = taskName(page.task);
+  page.find("#task-state").replaceChildren(...statusCell(page.task));
+  const { rows, cols } = page.task.parameters;
+  page.find("#task-facts").textContent = `${page.task.image.width} × ${page.task.image.height} px · grid ${rows ? `${rows} × ${cols}` : "none"}`;
+  for (const control of page.root.querySelectorAll(".toolbar button, .toolbar input, .panel input, .panel button")) control.disabled = true;
+  page.find(".stage").append(el("p", { class: "stage-note" }, "This task FAILED, so there is nothing to show. Its error is on the right; upload the slide again once it is fixed."));
+  showFailure(page);
+  return () => {};
+}
+
 function showFailure(page) {
+  for (const layer of page.viewer?.layers.keys() ?? []) page.viewer.stopLayer(layer);
   page.find("#qc").replaceChildren(el("p", { class: "note" }, "This task FAILED, so it has no results; its error is above."));
   page.find("#downloads").replaceChildren(el("li", { class: "note" }, "Nothing to download: the task FAILED."));
   page.find("#view-canvas").dataset.failed = "true";
