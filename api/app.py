@@ -19,7 +19,16 @@ from api.body_guard import BodyGuardMiddleware
 from api.deps import Services, reject_unknown_query_parameters
 from api.metrics import Metrics, MetricsMiddleware
 from api.problems import database_outage_log, install_problem_handlers
-from api.routes import corrections, models, operations, reruns, results, tasks, views
+from api.routes import (
+    corrections,
+    models,
+    operations,
+    registrations,
+    reruns,
+    results,
+    tasks,
+    views,
+)
 from api.routes.web import install_web
 from api.sweep import sweep_once
 from api.view_cache import ViewCache
@@ -112,7 +121,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = Metrics()
     install_problem_handlers(app)
-    for routes in (tasks, reruns, results, views, corrections, models, operations):
+    for routes in (tasks, reruns, registrations, results, views, corrections, models, operations):
         app.include_router(routes.router)
     install_web(app)
     # Before anything reads a body: refuses bodies too big, too slow, broken off or too many.

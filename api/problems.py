@@ -8,6 +8,7 @@ and, last, any unexpected error (500, logged with its traceback, never shown to 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -15,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from store.database import DATABASE_UNAVAILABLE, ThrottledWarning, describe_database_error
@@ -92,18 +94,49 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, exc.status_code, detail, headers=exc.headers)
 
 
+# What to type in a parameter that takes a whole number, for when something else was typed.
+WHOLE_NUMBER_HINTS = {
+    "rows": "a whole number of grid rows, e.g. 30",
+    "cols": "a whole number of grid columns, e.g. 30",
+    "mark_row": "a whole number, the mark's grid row counted from 0, e.g. 0",
+    "mark_col": "a whole number, the mark's grid column counted from 0, e.g. 0",
+    "tile_size": "a whole number of pixels, e.g. 512",
+    "max_side": "a whole number of pixels, e.g. 1024",
+    "limit": "a whole number of tasks, e.g. 50",
+}
+_NOT_A_WHOLE_NUMBER = {"int_parsing", "int_from_float", "int_type"}
+_REQUEST_PARTS = {"query", "path", "header", "body", "cookie"}
+
+
+def worded_errors(errors: Sequence[Any]) -> tuple[str, list[dict[str, str]]]:
+    """Pydantic's errors as a person reads them: one detail line, and each error with where it
+    is (`query.rows`) and what to type instead."""
+    worded = []
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ())]
+        named = [part for part in location if part not in _REQUEST_PARTS]
+        field = named[-1] if named else None  # None: the query as a whole (e.g. rows with cols)
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        if error.get("type") in _NOT_A_WHOLE_NUMBER and field in WHOLE_NUMBER_HINTS:
+            message = f"{field} must be {WHOLE_NUMBER_HINTS[field]}"
+        elif field and not message.startswith(field):
+            message = f"{field}: {message}"
+        worded.append({"location": ".".join(location), "message": message})
+    detail = "; ".join(e["message"] for e in worded) or "invalid request"
+    return detail, worded
+
+
+def invalid_parameters(error: ValidationError) -> Problem:
+    """A 422 problem for parameters a route checks itself (after combining them with a task's)."""
+    detail, errors = worded_errors(error.errors())
+    return Problem(422, detail, kind="invalid-request", title="Invalid request", errors=errors)
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        {
-            "location": ".".join(str(part) for part in error.get("loc", ())),
-            "message": error.get("msg", ""),
-        }
-        for error in exc.errors()
-    ]
-    summary = "; ".join(f"{e['location']}: {e['message']}" for e in errors) or "invalid request"
+    detail, errors = worded_errors(exc.errors())
     return problem_response(
-        request, 422, summary, kind="invalid-request", title="Invalid request", errors=errors
+        request, 422, detail, kind="invalid-request", title="Invalid request", errors=errors
     )
 
 

@@ -7,7 +7,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from store.tasks import MAX_FINETUNE_MINUTES, Task, TaskParameters, TaskStatus
+from store.tasks import (
+    MAX_FINETUNE_MINUTES,
+    RegisterParameters,
+    Task,
+    TaskKind,
+    TaskParameters,
+    TaskStatus,
+)
 
 
 class TaskQuery(TaskParameters):
@@ -18,6 +25,50 @@ class TaskQuery(TaskParameters):
         description="Enlarge grids of small marks 2x first: sharper outlines, 4x the network "
         "time on those images (default: ACCURATE_SEGMENTATION, else on only for the gpu queue)",
     )
+    name: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="The slide's name, e.g. its file name (a multipart upload's file name is "
+        "used when this is not given); downloads are named after it",
+    )
+
+    def task_parameters(self, default_accurate: bool) -> TaskParameters:
+        accurate = default_accurate if self.accurate is None else self.accurate
+        return TaskParameters(**self.model_dump(exclude={"accurate", "name"}), accurate=accurate)
+
+
+class RegisterQuery(BaseModel):
+    """The query of `POST /tasks/{id}/register`: the grid (default: the source task's) and
+    optionally one mark's known place; checked by RegisterParameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rows: int | None = Field(default=None, ge=1, le=10_000, description="Grid rows")
+    cols: int | None = Field(default=None, ge=1, le=10_000, description="Grid columns")
+    mark_x: float | None = Field(
+        default=None,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="A mark whose grid place you know: its centre's x, px",
+    )
+    mark_y: float | None = Field(
+        default=None, ge=0.0, allow_inf_nan=False, description="Its centre's y, px"
+    )
+    mark_row: int | None = Field(
+        default=None, ge=0, le=9_999, description="Its grid row, from 0 (as in ams.csv)"
+    )
+    mark_col: int | None = Field(
+        default=None, ge=0, le=9_999, description="Its grid column, from 0"
+    )
+
+    def parameters(self, source: Task) -> RegisterParameters:
+        """The register task's parameters: the source's segmentation settings (how its mask
+        was made), this grid or else the source's, the known mark. Raises ValidationError."""
+        settings = source.task_parameters.segmentation().model_dump()
+        given = self.model_dump()
+        if self.rows is None and self.cols is None:  # the same grid, e.g. with a known mark
+            given |= {"rows": settings["rows"], "cols": settings["cols"]}
+        return RegisterParameters(**(settings | given))
 
 
 class TaskLinks(BaseModel):
@@ -27,6 +78,7 @@ class TaskLinks(BaseModel):
     labels: str | None = None
     ams_csv: str | None = None
     qc: str | None = None
+    source_task: str | None = None
 
 
 class ImageInfo(BaseModel):
@@ -55,6 +107,11 @@ class JobState(BaseModel):
     finished_at: datetime | None
     attempts: int
     parameters: dict
+    name: str | None = Field(
+        default=None,
+        description="The uploaded file's name (inherited from the source task); downloads are "
+        "named after it",
+    )
 
 
 def job_state(task: Task, parameters: BaseModel) -> dict:
@@ -70,10 +127,18 @@ def job_state(task: Task, parameters: BaseModel) -> dict:
         "finished_at": task.finished_at,
         "attempts": task.attempts,
         "parameters": parameters.model_dump(),  # every key, also for older rows
+        "name": task.name,
     }
 
 
 class TaskPublic(JobState):
+    kind: TaskKind = Field(
+        description="segment: the image was segmented; register: an earlier task's mask was "
+        "registered again (on another grid), see source_task"
+    )
+    source_task: str | None = Field(
+        default=None, description="The task this one was made from (rerun, register)"
+    )
     image: ImageInfo
     summary: dict | None = Field(
         default=None,
@@ -115,12 +180,15 @@ def task_links(task: Task) -> TaskLinks:
         labels=f"{base}/labels" if registered else None,
         ams_csv=f"{base}/ams.csv" if registered else None,
         qc=f"{base}/qc" if registered else None,
+        source_task=f"/tasks/{task.source_task}" if task.source_task else None,
     )
 
 
 def task_public(task: Task) -> TaskPublic:
     return TaskPublic(
         **job_state(task, task.task_parameters),
+        kind=task.kind,
+        source_task=str(task.source_task) if task.source_task else None,
         image=ImageInfo(
             width=task.image_width,
             height=task.image_height,

@@ -58,6 +58,7 @@ class ReceivedImage:
     sha256: str
     width: int
     height: int
+    filename: str | None = None  # the multipart part's file name, as the client sent it
 
 
 @dataclass(frozen=True)
@@ -85,11 +86,12 @@ async def receive_upload(request: Request, scratch_dir: Path) -> ReceivedImage:
             kind="unsupported-media-type",
         )
     path = scratch_dir / "upload"
+    filename = None
     try:
         with path.open("wb") as handle:
             upload = _HashedFile(handle)
             if media == MULTIPART:
-                await _copy_multipart(request, upload)
+                filename = await _copy_multipart(request, upload)
             else:
                 await _copy_stream(request, upload)
             await upload.flush()
@@ -104,6 +106,7 @@ async def receive_upload(request: Request, scratch_dir: Path) -> ReceivedImage:
             sha256=upload.digest.hexdigest(),
             width=header.width,
             height=header.height,
+            filename=filename,
         )
     except BaseException:
         path.unlink(missing_ok=True)
@@ -139,7 +142,8 @@ async def _copy_stream(request: Request, upload: _HashedFile) -> None:
             await upload.write(chunk)
 
 
-async def _copy_multipart(request: Request, upload: _HashedFile) -> None:
+async def _copy_multipart(request: Request, upload: _HashedFile) -> str | None:
+    """Copy the `file` part; its file name as sent."""
     try:
         # Starlette spools the file part to an unnamed temporary file past 1 MB.
         form = await request.form(max_files=1, max_fields=16)
@@ -155,6 +159,7 @@ async def _copy_multipart(request: Request, upload: _HashedFile) -> None:
             )
         while chunk := await field.read(WRITE_CHUNK):
             await upload.write(chunk)
+        return field.filename
     finally:
         await form.close()
 

@@ -38,16 +38,24 @@ from api.pyramid import (
     normalized_gray,
 )
 from model.image.io import read_image
-from store.blobs import BlobStore, TaskBlob
+from store.blobs import BlobNotFoundError, BlobStore, TaskBlob
 from store.tasks import Task
 
 log = logging.getLogger(__name__)
 
+# Views that could not be built (a damaged image) are remembered, so that the viewer's many
+# tile requests get the same answer at once instead of decoding it again: this many at most.
+REMEMBERED_FAILURES = 1024
 VIEW_CACHE_BYTES = 8 * 1024**3  # all tasks' views on this API's disk together
 OPEN_PYRAMIDS = 16  # memory-mapped pyramids kept open per process
 _USED = ".used"  # its mtime says when a task's views were last opened
 IMAGE, MASK, MARKS = "image", "mask", "marks"
 _MARKERS = {IMAGE: "meta.json", MASK: "meta.json", MARKS: "marks.json"}
+
+
+class ViewUnavailable(Exception):
+    """A task's stored image (or mask) cannot be decoded, so its views cannot be built; the
+    message says why, for the person looking."""
 
 
 class ViewCache:
@@ -61,6 +69,7 @@ class ViewCache:
         self._builds = anyio.CapacityLimiter(1)
         self._open: OrderedDict[tuple[str, str], Pyramid] = OrderedDict()
         self._open_lock = threading.Lock()
+        self._failed: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     async def image(self, task: Task) -> Pyramid:
         """The task's input as the model sees it (8-bit, normalized); any task status."""
@@ -85,12 +94,25 @@ class ViewCache:
         shutil.rmtree(self.root / str(task_id), ignore_errors=True)
 
     async def _ensure(self, task: Task, part: str, build: Callable[[Task, Path], None]) -> Path:
+        """The part's directory, built now if needed; raises ViewUnavailable (logged once)."""
         final = self.root / str(task.id) / part
         if (final / _MARKERS[part]).is_file():
             return final
-        async with self._builds:
-            await anyio.to_thread.run_sync(self._build_once, task, part, build)
+        if (failed := self._failed.get((str(task.id), part))) is not None:
+            raise ViewUnavailable(failed)
+        try:
+            async with self._builds:
+                await anyio.to_thread.run_sync(self._build_once, task, part, build)
+        except ViewUnavailable as error:
+            self._remember_failure(str(task.id), part, str(error))
+            raise
         return final
+
+    def _remember_failure(self, task_id: str, part: str, message: str) -> None:
+        log.warning("cannot build the %s view of task %s: %s", part, task_id, message)
+        self._failed[task_id, part] = message
+        while len(self._failed) > REMEMBERED_FAILURES:
+            self._failed.popitem(last=False)
 
     def _build_once(self, task: Task, part: str, build: Callable[[Task, Path], None]) -> None:
         task_dir = self.root / str(task.id)
@@ -114,13 +136,23 @@ class ViewCache:
         )
         self._evict(keep=str(task.id))
 
-    def _download(self, key: str, directory: Path) -> np.ndarray:
+    def _download(self, key: str, directory: Path, what: str = "image") -> np.ndarray:
+        """The stored image under `key`, decoded; ViewUnavailable when it is gone or damaged
+        (the API checked only the upload's header). Other storage errors propagate."""
         path = directory / "blob"
-        with path.open("wb") as handle:
-            for chunk in self.blobs.iter_chunks(key):
-                handle.write(chunk)
+        try:
+            with path.open("wb") as handle:
+                for chunk in self.blobs.iter_chunks(key):
+                    handle.write(chunk)
+        except BlobNotFoundError:
+            raise ViewUnavailable(f"the {what} is missing from storage") from None
         try:
             return read_image(path, max_pixels=self.max_pixels)
+        except MemoryError:
+            raise
+        except Exception as error:  # a decoder's error: truncated file, corrupt stream
+            detail = " ".join(str(error).replace(str(path), what).split()) or type(error).__name__
+            raise ViewUnavailable(f"the stored {what} cannot be decoded ({detail})") from None
         finally:
             path.unlink(missing_ok=True)
 
@@ -137,7 +169,7 @@ class ViewCache:
 
     def _build_mask(self, task: Task, directory: Path) -> None:
         with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
-            mask = self._download(task.result_keys[TaskBlob.MASK.value], Path(scratch))
+            mask = self._download(task.result_keys[TaskBlob.MASK.value], Path(scratch), "mask")
         height, width = mask.shape[:2]
         level0 = create_level(directory, 0, width, height)
         for top in range(0, height, STRIP_ROWS):

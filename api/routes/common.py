@@ -11,17 +11,19 @@ import anyio
 
 from api.deps import Services
 from api.problems import Problem
-from store.blobs import TaskBlob, task_blob_key, task_prefix
+from store.blobs import BlobStore, TaskBlob, task_blob_key, task_prefix
+from store.model_refs import UnknownModelError, check_model_usable
 from store.tasks import (
     FinetuneParameters,
     Task,
     TaskKind,
     TaskParameters,
     TaskStatus,
+    count_tasks_using_input,
     create_task,
     delete_task,
     get_task,
-    parse_task_id,
+    kind_family,
     request_cancel,
 )
 
@@ -30,7 +32,7 @@ log = logging.getLogger(__name__)
 # While a task runs, clients are told to poll again after this many seconds.
 POLL_AFTER_S = 2
 PROBLEM_RESPONSE = {"content": {"application/problem+json": {}}}
-_NOUNS = {TaskKind.SEGMENT: "task", TaskKind.FINETUNE: "model"}
+_NOUNS = {TaskKind.SEGMENT: "task", TaskKind.REGISTER: "task", TaskKind.FINETUNE: "model"}
 
 
 def unknown_task(task_id: str, kind: TaskKind = TaskKind.SEGMENT) -> Problem:
@@ -39,20 +41,35 @@ def unknown_task(task_id: str, kind: TaskKind = TaskKind.SEGMENT) -> Problem:
 
 
 def load_task(svc: Services, task_id: str, kind: TaskKind = TaskKind.SEGMENT) -> Task:
-    """The task of that kind, detached from its session, or a 404 problem."""
+    """The task of that kind (segment and register tasks for SEGMENT), detached from its
+    session, or a 404 problem."""
     with svc.sessions() as session:
         task = get_task(session, task_id)
-        if task is None or task.kind != kind:
+        if task is None or task.kind not in kind_family(kind):
             raise unknown_task(task_id, kind)
         session.expunge(task)
     return task
 
 
 def finished_task(svc: Services, task_id: str) -> Task:
-    """The segment task, or a 404 problem, or a 409 one while it has no results."""
+    """The segmentation task, or a 404 problem, or a 409 one while it has no results."""
     task = load_task(svc, task_id)
     if task.status == TaskStatus.FINISHED:
         return task
+    raise not_finished(task)
+
+
+def not_failed_task(svc: Services, task_id: str) -> Task:
+    """The segmentation task unless it FAILED (409 then: a failed task has nothing to show,
+    maybe not even a readable image), or a 404 problem."""
+    task = load_task(svc, task_id)
+    if task.status == TaskStatus.FAILED:
+        raise not_finished(task)
+    return task
+
+
+def not_finished(task: Task) -> Problem:
+    """The 409 for a task without results: FAILED with its error, or still going."""
     if task.status == TaskStatus.FAILED:
         raise Problem(
             409,
@@ -60,7 +77,7 @@ def finished_task(svc: Services, task_id: str) -> Task:
             kind="task-failed",
             task_status=task.status.value,
         )
-    raise Problem(
+    return Problem(
         409,
         f"task {task.id} is {task.status.value} ({task.progress:.0%}); results are ready when "
         "it is FINISHED",
@@ -74,28 +91,41 @@ def cancel_and_delete(svc: Services, task_id: str, kind: TaskKind = TaskKind.SEG
     """Stop the task if it runs (its worker notices within seconds) and remove everything."""
     with svc.sessions() as session:
         task = get_task(session, task_id)
-        if task is None or task.kind != kind:
+        if task is None or task.kind not in kind_family(kind):
             raise unknown_task(task_id, kind)
         request_cancel(session, task.id)
-        svc.blobs.delete_prefix(task_prefix(task.id))
+        # Two sharers deleted at the same moment may each see the other and leave the shared
+        # image behind: a leak, never a task that loses its image.
+        shared_in_use = count_tasks_using_input(session, task.input_key, besides=task.id) > 0
+        delete_blobs(svc.blobs, task, shared_in_use=shared_in_use)
         delete_task(session, task.id)
     svc.views.drop(task.id)
 
 
+def delete_blobs(blobs: BlobStore, task: Task, *, shared_in_use: bool) -> None:
+    """A task's own blobs. The image and mask it shares with the register tasks made from it
+    (or with the task it was registered from) stay while another task reads them, and go with
+    the last one."""
+    own = task_prefix(task.id)
+    shared = {task.input_key, task.result_keys.get(TaskBlob.MASK.value)} - {None}
+    if shared_in_use:
+        for key in list(blobs.list_keys(own)):
+            if key not in shared:
+                blobs.delete_prefix(key)
+        return
+    blobs.delete_prefix(own)
+    for key in shared:
+        if not key.startswith(own):
+            blobs.delete_prefix(key)
+
+
 def check_model_name(svc: Services, name: str) -> None:
     """A 422 problem unless `name` is a model a task can use now: "default", a directory of
-    MODELS_DIR, or the id of a FINISHED fine-tune."""
-    if parse_task_id(name) is not None:
-        with svc.sessions() as session:
-            task = get_task(session, name)
-            status = None if task is None or task.kind != TaskKind.FINETUNE else task.status
-        if status == TaskStatus.FINISHED:
-            return
-        detail = f"no model with id {name!r}" if status is None else f"model {name} is {status}"
-        raise Problem(422, f"{detail}; use a FINISHED model", kind="unknown-model")
+    MODELS_DIR, or the id of a FINISHED fine-tune (store.model_refs decides)."""
     try:
-        svc.settings.model_dir_for(name)
-    except ValueError as error:
+        with svc.sessions() as session:
+            check_model_usable(session, svc.settings, name)
+    except UnknownModelError as error:
         raise Problem(422, str(error), kind="unknown-model") from None
 
 
@@ -114,8 +144,8 @@ def create_from_task(
     labels: Path | None = None,
 ) -> Task:
     """A new task on `source`'s image (copied, so deleting the source loses nothing), with a
-    labels PNG for a fine-tune. The blobs are stored before the row is committed: a queued task
-    always has its inputs."""
+    labels PNG for a fine-tune; it keeps the source's name. The blobs are stored before the row
+    is committed: a queued task always has its inputs."""
     task_id = uuid4()
     try:
         svc.blobs.copy(source.input_key, task_blob_key(task_id, TaskBlob.INPUT))
@@ -133,9 +163,40 @@ def create_from_task(
                 image_height=source.image_height,
                 input_sha256=source.input_sha256,
                 task_id=task_id,
+                name=source.name,
+                source_task=source.id,
             )
             session.expunge(task)
     except BaseException:
         svc.blobs.delete_prefix(task_prefix(task_id))
         raise
+    return task
+
+
+def create_registration(svc: Services, source: Task, parameters: TaskParameters) -> Task:
+    """A register task that reads `source`'s image and mask where they are (nothing is copied;
+    deleting keeps shared blobs while a task reads them). A 409 problem when the source was
+    deleted meanwhile."""
+    mask_key = source.result_keys[TaskBlob.MASK.value]
+    with svc.sessions() as session:
+        task, _ = create_task(
+            session,
+            parameters=parameters,
+            input_content_type=source.input_content_type,
+            input_size=source.input_size,
+            image_width=source.image_width,
+            image_height=source.image_height,
+            input_sha256=source.input_sha256,
+            name=source.name,
+            source_task=source.id,
+            input_key=source.input_key,
+            result_keys={TaskBlob.MASK.value: mask_key},
+        )
+        # Committed first, checked after: a delete of the source that counted its sharers
+        # before this commit has taken (or is taking) the blobs; refuse rather than queue a
+        # task without them.
+        if not (svc.blobs.exists(source.input_key) and svc.blobs.exists(mask_key)):
+            delete_task(session, task.id)
+            raise Problem(409, f"task {source.id} was deleted meanwhile", kind="source-deleted")
+        session.expunge(task)
     return task

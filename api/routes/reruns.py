@@ -41,9 +41,10 @@ async def rerun_task(
         ),
     ] = None,
 ) -> TaskCreated:
-    """A new task (`201`, `Location`) with the task's image, grid and settings; any status."""
+    """A new task (`201`, `Location`) with the task's image, grid and settings; any status.
+    A register task's re-run segments the image again, on the register task's grid."""
     source = await anyio.to_thread.run_sync(load_task, svc, task_id)
-    parameters = source.task_parameters
+    parameters = source.task_parameters.segmentation()
     if model is not None:
         await anyio.to_thread.run_sync(check_model_name, svc, model)
         parameters = parameters.model_copy(update={"model": model})

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from api.deps import Services, ServicesDep, require_api_key
+from api.names import content_disposition, download_name
 from api.problems import Problem
 from api.routes.common import PROBLEM_RESPONSE, finished_task
-from store.blobs import TaskBlob
+from store.blobs import BlobNotFoundError, TaskBlob
 from store.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -30,15 +31,17 @@ def _stream_result(svc: Services, task: Task, blob: TaskBlob) -> StreamingRespon
                 kind="not-registered",
             )
         raise Problem(404, f"task {task.id} has no {blob.value}", kind="no-such-result")
-    blobs = svc.blobs
-    chunks = blobs.iter_chunks(key)  # raises BlobNotFoundError now, not mid-stream
-    filename = f"{task.id}_{blob.value.replace('.png', '').replace('.', '_')}"
-    suffix = {"image/png": ".png", "text/csv": ".csv", "application/json": ".json"}
-    filename += suffix.get(blob.content_type or "", "")
+    try:
+        chunks = svc.blobs.iter_chunks(key)  # raises BlobNotFoundError now, not mid-stream
+    except BlobNotFoundError:
+        raise Problem(
+            404, f"task {task.id}'s {blob.value} is missing from storage", kind="result-missing"
+        ) from None
+    filename = download_name(task.name, task.id, blob.value)  # slide7_mask.png, slide7_ams.csv
     return StreamingResponse(
         chunks,
         media_type=blob.content_type,
-        headers={"Content-Disposition": f'inline; filename="{filename}"'},
+        headers={"Content-Disposition": content_disposition(filename)},
     )
 
 

@@ -12,6 +12,7 @@ import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from api.deps import MetricsDep, Services, ServicesDep, require_api_key
+from api.names import clean_name
 from api.problems import Problem
 from api.routes.common import (
     POLL_AFTER_S,
@@ -91,18 +92,19 @@ async def create_task_route(
     ] = None,
 ) -> TaskCreated:
     """Upload an image (raw body or multipart field `file`) and queue it for segmentation.
+    The task keeps `name`, or else the multipart file name, as the slide's name.
 
     The API checks the image's header (format, size); the worker decodes it, so damaged pixel
     data fails the task with a message in its `error`."""
-    accurate = svc.settings.default_accurate if query.accurate is None else query.accurate
-    parameters = TaskParameters(**query.model_dump(exclude={"accurate"}), accurate=accurate)
+    parameters = query.task_parameters(svc.settings.default_accurate)
     if parameters.model is not None:
         await anyio.to_thread.run_sync(check_model_name, svc, parameters.model)
 
     with tempfile.TemporaryDirectory(prefix="amseg-upload-") as scratch:
         received = await receive_upload(request, Path(scratch))
+        name = clean_name(query.name or received.filename)
         task, created = await anyio.to_thread.run_sync(
-            _store_and_create, svc, received, parameters, idempotency_key
+            _store_and_create, svc, received, parameters, idempotency_key, name
         )
     if not created:
         if task.input_sha256 != received.sha256 or task.task_parameters != parameters:
@@ -120,7 +122,11 @@ async def create_task_route(
 
 
 def _store_and_create(
-    svc: Services, received: ReceivedImage, parameters: TaskParameters, idempotency_key: str | None
+    svc: Services,
+    received: ReceivedImage,
+    parameters: TaskParameters,
+    idempotency_key: str | None,
+    name: str | None,
 ) -> tuple[Task, bool]:
     """Upload the input first, then commit the row: a queued task always has its input."""
     if idempotency_key is not None:
@@ -144,6 +150,7 @@ def _store_and_create(
                 input_sha256=received.sha256,
                 idempotency_key=idempotency_key,
                 task_id=task_id,
+                name=name,
             )
             session.expunge(task)
     except BaseException:

@@ -4,18 +4,23 @@ and the mark table as JSON. Built on the first request and kept on the API's dis
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import anyio
 from fastapi import APIRouter, Depends, Path, Query, Response
 
 from api.deps import Services, ServicesDep, require_api_key
+from api.names import content_disposition, download_name
 from api.problems import Problem
 from api.pyramid import Pyramid, PyramidShape, TileOutOfRange, encode_png
-from api.routes.common import PROBLEM_RESPONSE, finished_task, load_task
+from api.routes.common import PROBLEM_RESPONSE, finished_task, not_failed_task
+from api.view_cache import ViewUnavailable
 from store.blobs import TaskBlob
 from store.tasks import Task, TaskStatus
+
+T = TypeVar("T")
 
 router = APIRouter(tags=["viewer"], dependencies=[Depends(require_api_key)])
 
@@ -37,13 +42,14 @@ class TileLayer(StrEnum):
 @router.get(
     "/tasks/{task_id}/pyramid",
     summary="The tile pyramid's levels, and the tile URLs",
-    responses={404: PROBLEM_RESPONSE},
+    responses={404: PROBLEM_RESPONSE, 409: PROBLEM_RESPONSE},
 )
 def read_pyramid(svc: ServicesDep, task_id: str) -> dict:
     """Level 0 is the image at full size, each next level half as large, down to one tile.
     Tiles are `tile_size` px squares (the last column and row may be smaller) counted from the
-    top-left. The mask and outline layers exist once the task is FINISHED."""
-    task = load_task(svc, task_id)
+    top-left. The mask and outline layers exist once the task is FINISHED; a FAILED task has
+    no pyramid (409 with its error)."""
+    task = not_failed_task(svc, task_id)
     described = PyramidShape(task.image_width, task.image_height).describe()
     layers = [TileLayer.IMAGE.value]
     if task.status == TaskStatus.FINISHED:
@@ -70,7 +76,7 @@ async def read_tile(
     row: Annotated[int, Path(ge=0)],
 ) -> Response:
     """The first request for a task builds its pyramid (seconds for a 5000² slide); mask and
-    outline tiles need a FINISHED task (409 before)."""
+    outline tiles need a FINISHED task (409 before), image tiles one that did not FAIL (409)."""
     pyramid = await _pyramid(svc, task_id, layer)
     read = pyramid.outline_tile if layer == TileLayer.OUTLINE else pyramid.tile
     try:
@@ -83,17 +89,31 @@ async def read_tile(
 
 async def _pyramid(svc: Services, task_id: str, layer: TileLayer) -> Pyramid:
     if layer == TileLayer.IMAGE:
-        task = await anyio.to_thread.run_sync(load_task, svc, task_id)
-        return await svc.views.image(task)
+        task = await anyio.to_thread.run_sync(not_failed_task, svc, task_id)
+        return await _view(svc.views.image, task)
     task = await anyio.to_thread.run_sync(finished_task, svc, task_id)
-    return await svc.views.mask(task)
+    return await _view(svc.views.mask, task)
+
+
+async def _view(build: Callable[[Task], Awaitable[T]], task: Task) -> T:
+    """A view of the task, or a 409 problem in words when its stored image cannot be read
+    (logged once per task, not a traceback per tile)."""
+    try:
+        return await build(task)
+    except ViewUnavailable as error:
+        raise Problem(
+            409,
+            f"task {task.id} ({task.status.value}) cannot be shown: {error}",
+            kind="image-unreadable",
+            task_status=task.status.value,
+        ) from None
 
 
 @router.get(
     "/tasks/{task_id}/preview.png",
     summary="The whole image, downsampled (8-bit gray PNG)",
     response_class=Response,
-    responses={**_PNG, 404: PROBLEM_RESPONSE},
+    responses={**_PNG, 404: PROBLEM_RESPONSE, 409: PROBLEM_RESPONSE},
 )
 async def read_preview(
     svc: ServicesDep,
@@ -103,12 +123,12 @@ async def read_preview(
     ] = 1024,
 ) -> Response:
     """The image as the model sees it, its longer side `max_side` px (never enlarged); for
-    thumbnails and quick looks. Any task status."""
-    task = await anyio.to_thread.run_sync(load_task, svc, task_id)
-    pyramid = await svc.views.image(task)
+    thumbnails and quick looks. Any task status but FAILED (409)."""
+    task = await anyio.to_thread.run_sync(not_failed_task, svc, task_id)
+    pyramid = await _view(svc.views.image, task)
     pixels = await anyio.to_thread.run_sync(pyramid.preview, max_side)
     png = await anyio.to_thread.run_sync(encode_png, pixels)
-    return Response(png, media_type="image/png", headers=_CACHE)
+    return Response(png, media_type="image/png", headers=_download(task, "preview.png"))
 
 
 @router.get(
@@ -128,8 +148,14 @@ async def read_marks(svc: ServicesDep, task_id: str) -> Response:
     `extra_total`). Tasks submitted with rows and cols."""
     task = await anyio.to_thread.run_sync(finished_task, svc, task_id)
     _require_registration(task)
-    body = await svc.views.marks(task)
-    return Response(body, media_type="application/json", headers=_CACHE)
+    body = await _view(svc.views.marks, task)
+    return Response(body, media_type="application/json", headers=_download(task, "marks.json"))
+
+
+def _download(task: Task, what: str) -> dict[str, str]:
+    """Headers of a whole-task answer: cached, and named after the slide when saved."""
+    filename = download_name(task.name, task.id, what)
+    return {**_CACHE, "Content-Disposition": content_disposition(filename)}
 
 
 def _require_registration(task: Task) -> None:

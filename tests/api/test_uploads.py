@@ -310,8 +310,10 @@ def test_unknown_query_parameters_are_refused(
     [
         ({"tile_size": "32"}, "tile_size"),
         ({"tile_size": "5000"}, "tile_size"),
-        ({"rows": "4"}, "both rows and cols"),
-        ({"rows": "300", "cols": "300"}, "65535"),
+        ({"rows": "4"}, "give both rows and columns (number of grid rows and columns, e.g."),
+        ({"rows": "300", "cols": "300"}, "300 x 300 = 90 000 positions; amseg numbers at most"),
+        ({"rows": "3.5", "cols": "4"}, "rows must be a whole number of grid rows, e.g. 30"),
+        ({"rows": "4", "cols": "many"}, "cols must be a whole number of grid columns, e.g. 30"),
     ],
 )
 def test_task_parameters_out_of_range_are_a_422_problem(
