@@ -19,4 +19,12 @@ done
 cp "$work/redoc/package/bundles/redoc.standalone.js" \
     "$work/redoc/package/bundles/redoc.standalone.js.LICENSE.txt" \
     "$work/redoc/package/LICENSE" "$vendor/redoc/"
+# ReDoc's sidebar asks a CDN for the Redocly logo; point it at an empty data: URL instead (the
+# image fails, and ReDoc's own onError hides it), so /redoc loads nothing from the internet.
+logo=https://cdn.redoc.ly/redoc/logo-mini.svg
+sed -i "s#\"$logo\"#\"data:,\"#" "$vendor/redoc/redoc.standalone.js"
+if grep -q "cdn.redoc.ly" "$vendor/redoc/redoc.standalone.js"; then
+    echo "redoc $REDOC still refers to cdn.redoc.ly: update the patch above" >&2
+    exit 1
+fi
 echo "vendored swagger-ui-dist $SWAGGER_UI and redoc $REDOC into $vendor"

@@ -14,8 +14,9 @@ WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 STATIC = "/static"
 _VENDOR = f"{STATIC}/vendor"
 _FAVICON = f"{STATIC}/favicon.svg"
-# Browsers load nothing from elsewhere (a library's own link to the internet, such as ReDoc's
-# logo, is refused rather than tried); the docs pages start their library with inline scripts.
+# Browsers load nothing from elsewhere (should a library link to the internet, it is refused
+# rather than tried; ReDoc's CDN logo is patched out of the vendored file, see
+# api/web/vendor/README.md); the docs pages start their library with inline scripts.
 PAGE_POLICY = (
     "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
     "frame-ancestors 'none'"
