@@ -10,6 +10,7 @@ from scipy.spatial import cKDTree
 
 from model.errors import RegistrationError
 from model.register.lattice import MIN_MARKS, TESTED_ANGLE, Lattice, refit
+from model.register.spacing import even_steps
 
 INLIER_RESIDUAL = 0.25
 """A mark takes part in the lattice fit when it lies within this fraction of the pitch."""
@@ -48,6 +49,7 @@ def choose_lattice(points: np.ndarray, spacing: float, rows: int, cols: int) -> 
     for a_x, a_y in starts:
         lattice = _fit_lattice(points, spacing, a_x, a_y)
         _fit_row_offsets(lattice, points)
+        lattice = _with_even_steps(lattice, points, rows, cols)
         fitted.append(lattice)
         # Odd rows shifted by about half a pitch: which mark of an odd row shares the column
         # of an even row's first mark is then only told by the grid's width.
@@ -65,6 +67,17 @@ def choose_lattice(points: np.ndarray, spacing: float, rows: int, cols: int) -> 
     tested = [s for s in scored if s[2] <= TESTED_ANGLE]
     pool = tested if tested and max(s[0] for s in tested) >= 0.9 * best_count else scored
     return min(pool, key=lambda s: (-s[0], s[1]))[3]
+
+
+def _with_even_steps(lattice: Lattice, points: np.ndarray, rows: int, cols: int) -> Lattice:
+    """The lattice renumbered by the lines the marks form (uneven steps between rows or
+    columns), when that holds at least as many marks in one rows x cols window."""
+    evened = even_steps(lattice, points, rows, cols)
+    if evened is None:
+        return lattice
+    _fit_row_offsets(evened, points)  # the rows' offsets along themselves too
+    before = _lattice_score(lattice, points, rows, cols)[0]
+    return evened if _lattice_score(evened, points, rows, cols)[0] >= before else lattice
 
 
 def _same_basis(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> bool:
@@ -242,7 +255,8 @@ def _fit_row_offsets(lattice: Lattice, points: np.ndarray) -> None:
         row = node[close, 1].astype(np.int64)
         total = total[close]
         base = int(row.min())
-        table = np.zeros((int(row.max()) - base + 1, 2))
+        # Rows with too few marks keep the offset they had (none at first).
+        table = lattice.own_offset(np.arange(base, int(row.max()) + 1, dtype=np.float64))
         order = np.argsort(row, kind="stable")
         uniques, starts, counts = np.unique(row[order], return_index=True, return_counts=True)
         for r, start, count in zip(uniques, starts, counts, strict=True):

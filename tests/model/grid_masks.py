@@ -42,6 +42,12 @@ class GridSpec:
     double_offset: float = 0.45
     double_scale: float = 0.8
     row_jitter: float = 0.0  # sd of a whole row's displacement across the rows, fraction of pitch_y
+    # Uneven steps (rows shot one after another, a stage step off): extra space before row /
+    # column k as (k, fraction of the pitch), e.g. ((5, 0.5),) makes the step from row 4 to
+    # row 5 1.5 pitches; step_jitter draws every row step from (1 +- step_jitter) * pitch_y.
+    row_gaps: tuple[tuple[int, float], ...] = ()
+    col_gaps: tuple[tuple[int, float], ...] = ()
+    step_jitter: float = 0.0
 
 
 @dataclass
@@ -77,6 +83,7 @@ def make_grid_mask(spec: GridSpec) -> GridMask:
         down = a_y / np.hypot(*a_y)
         shifts = np.clip(extra.normal(0.0, spec.row_jitter, spec.rows), -0.3, 0.3)
         nodes = nodes + (shifts * spec.pitch_y)[:, None, None] * down
+    nodes = nodes + _uneven_steps(spec, a_x, a_y)
     margin = spec.margin * pitch
     low = nodes.reshape(-1, 2).min(axis=0)
     span = nodes.reshape(-1, 2).max(axis=0) - low
@@ -145,6 +152,22 @@ def make_grid_mask(spec: GridSpec) -> GridMask:
         kinds={k: v for k, v in kind_of.items() if k in visible},
         spec=spec,
     )
+
+
+def _uneven_steps(spec: GridSpec, a_x: np.ndarray, a_y: np.ndarray) -> np.ndarray:
+    """(rows, cols, 2) displacement of each node by the extra space of the steps before it."""
+    row_extra = np.zeros(spec.rows)
+    col_extra = np.zeros(spec.cols)
+    for k, extra in spec.row_gaps:
+        row_extra[k:] += extra
+    for k, extra in spec.col_gaps:
+        col_extra[k:] += extra
+    if spec.step_jitter:
+        steps = np.random.default_rng([spec.seed, 104729]).uniform(
+            -spec.step_jitter, spec.step_jitter, spec.rows - 1
+        )
+        row_extra[1:] += np.cumsum(steps)
+    return row_extra[:, None, None] * a_y + col_extra[None, :, None] * a_x
 
 
 def _kind_probabilities(spec: GridSpec) -> list[float]:
