@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,6 +131,21 @@ def halve(source: np.ndarray, out: np.ndarray) -> None:
         out[strip.start // 2 : strip.start // 2 + total.shape[0]] = total
 
 
+def halve_max(source: np.ndarray, out: np.ndarray) -> None:
+    """Write the 2x2 block maxima of `source` into `out`, strip by strip: for layers of codes
+    (the changes between two masks), where a mean would make up codes and lose small marks."""
+    height, width = source.shape
+    for strip in _strips(height):
+        block = np.asarray(source[strip])
+        if block.shape[0] % 2:
+            block = np.concatenate([block, block[-1:]])
+        if width % 2:
+            block = np.concatenate([block, block[:, -1:]], axis=1)
+        top = np.maximum(block[0::2, 0::2], block[0::2, 1::2])
+        bottom = np.maximum(block[1::2, 0::2], block[1::2, 1::2])
+        out[strip.start // 2 : strip.start // 2 + top.shape[0]] = np.maximum(top, bottom)
+
+
 def level_path(directory: Path, level: int) -> Path:
     return directory / f"level_{level}.npy"
 
@@ -142,12 +157,18 @@ def create_level(directory: Path, level: int, width: int, height: int) -> np.nda
     )
 
 
-def build_levels(directory: Path, shape: PyramidShape, meta: dict) -> None:
-    """Given `level_0.npy` in `directory`, write every smaller level and `meta.json`."""
+def build_levels(
+    directory: Path,
+    shape: PyramidShape,
+    meta: dict,
+    reduce: Callable[[np.ndarray, np.ndarray], None] = halve,
+) -> None:
+    """Given `level_0.npy` in `directory`, write every smaller level (each `reduce`d from the
+    one before: block means by default) and `meta.json`."""
     previous = np.load(level_path(directory, 0), mmap_mode="r")
     for level, (width, height) in enumerate(shape.level_sizes[1:], start=1):
         current = create_level(directory, level, width, height)
-        halve(previous, current)
+        reduce(previous, current)
         current.flush()
         previous = current
     del previous

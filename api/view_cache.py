@@ -35,6 +35,7 @@ from api.pyramid import (
     PyramidShape,
     build_levels,
     create_level,
+    halve_max,
     normalized_gray,
 )
 from model.image.io import read_image
@@ -49,8 +50,8 @@ REMEMBERED_FAILURES = 1024
 VIEW_CACHE_BYTES = 8 * 1024**3  # all tasks' views on this API's disk together
 OPEN_PYRAMIDS = 16  # memory-mapped pyramids kept open per process
 _USED = ".used"  # its mtime says when a task's views were last opened
-IMAGE, MASK, MARKS = "image", "mask", "marks"
-_MARKERS = {IMAGE: "meta.json", MASK: "meta.json", MARKS: "marks.json"}
+IMAGE, MASK, MARKS, DIFF = "image", "mask", "marks", "diff"
+_MARKERS = {IMAGE: "meta.json", MASK: "meta.json", MARKS: "marks.json", DIFF: "meta.json"}
 
 
 class ViewUnavailable(Exception):
@@ -80,6 +81,13 @@ class ViewCache:
         """The mask pyramid of a FINISHED task (the caller checks that)."""
         await self._ensure(task, MASK, self._build_mask)
         return await anyio.to_thread.run_sync(self._opened, task.id, MASK)
+
+    async def diff(self, task: Task) -> Pyramid:
+        """The changes of a FINISHED re-run against its source (the caller checks it has them):
+        model.compare's codes, each smaller level the block maxima, so no code is made up and
+        small changes stay in sight."""
+        await self._ensure(task, DIFF, self._build_diff)
+        return await anyio.to_thread.run_sync(self._opened, task.id, DIFF)
 
     async def marks(self, task: Task) -> bytes:
         """The marks JSON of a FINISHED, registered task (the caller checks that)."""
@@ -178,6 +186,16 @@ class ViewCache:
         level0.flush()
         del mask, level0
         build_levels(directory, PyramidShape(width, height), {"layer": MASK})
+
+    def _build_diff(self, task: Task, directory: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
+            diff = self._download(task.result_keys[TaskBlob.DIFF.value], Path(scratch), "changes")
+        height, width = diff.shape[:2]
+        level0 = create_level(directory, 0, width, height)
+        level0[:] = diff
+        level0.flush()
+        del diff, level0
+        build_levels(directory, PyramidShape(width, height), {"layer": DIFF}, reduce=halve_max)
 
     def _build_marks(self, task: Task, directory: Path) -> None:
         keys = task.result_keys

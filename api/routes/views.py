@@ -10,6 +10,7 @@ from typing import Annotated, TypeVar
 
 import anyio
 from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi.responses import StreamingResponse
 
 from api.deps import Services, ServicesDep, require_api_key
 from api.names import content_disposition, download_name
@@ -17,7 +18,7 @@ from api.problems import Problem
 from api.pyramid import Pyramid, PyramidShape, TileOutOfRange, encode_png
 from api.routes.common import PROBLEM_RESPONSE, finished_task, not_failed_task
 from api.view_cache import ViewUnavailable
-from store.blobs import TaskBlob
+from store.blobs import BlobNotFoundError, TaskBlob
 from store.tasks import Task, TaskStatus
 
 T = TypeVar("T")
@@ -37,6 +38,9 @@ class TileLayer(StrEnum):
     IMAGE = "image"  # the input as the model sees it: gray, percentile-clipped, 8-bit
     MASK = "mask"  # the mask: 255 mark, 0 background; smaller levels: the share covered
     OUTLINE = "outline"  # 255 on the marks' edges at the level's resolution
+    # A re-run's changes against its source (model.compare: 50 pixel lost, 100 gained, 150
+    # removed mark, 200 added mark); smaller levels: the block maxima.
+    DIFF = "diff"
 
 
 @router.get(
@@ -54,6 +58,8 @@ def read_pyramid(svc: ServicesDep, task_id: str) -> dict:
     layers = [TileLayer.IMAGE.value]
     if task.status == TaskStatus.FINISHED:
         layers += [TileLayer.MASK.value, TileLayer.OUTLINE.value]
+    if TaskBlob.DIFF.value in task.result_keys:
+        layers.append(TileLayer.DIFF.value)
     return {
         **described,
         "layers": layers,
@@ -63,7 +69,7 @@ def read_pyramid(svc: ServicesDep, task_id: str) -> dict:
 
 @router.get(
     "/tasks/{task_id}/tiles/{layer}/{level}/{col}_{row}.png",
-    summary="One tile of the image, mask or outlines (8-bit gray PNG)",
+    summary="One tile of the image, mask, outlines or changes (8-bit gray PNG)",
     response_class=Response,
     responses={**_PNG, 404: PROBLEM_RESPONSE, 409: PROBLEM_RESPONSE},
 )
@@ -76,7 +82,8 @@ async def read_tile(
     row: Annotated[int, Path(ge=0)],
 ) -> Response:
     """The first request for a task builds its pyramid (seconds for a 5000² slide); mask and
-    outline tiles need a FINISHED task (409 before), image tiles one that did not FAIL (409)."""
+    outline tiles need a FINISHED task (409 before), image tiles one that did not FAIL (409),
+    diff tiles a re-run (404 `no-changes` otherwise)."""
     pyramid = await _pyramid(svc, task_id, layer)
     read = pyramid.outline_tile if layer == TileLayer.OUTLINE else pyramid.tile
     try:
@@ -92,7 +99,40 @@ async def _pyramid(svc: Services, task_id: str, layer: TileLayer) -> Pyramid:
         task = await anyio.to_thread.run_sync(not_failed_task, svc, task_id)
         return await _view(svc.views.image, task)
     task = await anyio.to_thread.run_sync(finished_task, svc, task_id)
+    if layer == TileLayer.DIFF:
+        _require_changes(task)
+        return await _view(svc.views.diff, task)
     return await _view(svc.views.mask, task)
+
+
+def _require_changes(task: Task) -> None:
+    if TaskBlob.DIFF.value not in task.result_keys:
+        raise Problem(
+            404,
+            f"task {task.id} was not made from another task's image (POST /tasks/{{id}}/rerun), "
+            "so there are no changes to show",
+            kind="no-changes",
+        )
+
+
+@router.get(
+    "/tasks/{task_id}/diff.png",
+    summary="A re-run's changes against the task it was made from (8-bit gray PNG)",
+    response_class=StreamingResponse,
+    responses={**_PNG, 404: PROBLEM_RESPONSE, 409: PROBLEM_RESPONSE},
+)
+def read_diff(svc: ServicesDep, task_id: str) -> StreamingResponse:
+    """The image's size; 0 unchanged, 50 a changed mark's lost pixel, 100 its gained pixel,
+    150 a removed mark, 200 an added mark (the counts are in the task's summary.changes)."""
+    task = finished_task(svc, task_id)
+    _require_changes(task)
+    try:
+        chunks = svc.blobs.iter_chunks(task.result_keys[TaskBlob.DIFF.value])
+    except BlobNotFoundError:
+        raise Problem(404, f"task {task.id}'s changes are missing", kind="result-missing") from None
+    filename = download_name(task.name, task.id, TaskBlob.DIFF.value)
+    headers = {"Content-Disposition": content_disposition(filename)}
+    return StreamingResponse(chunks, media_type="image/png", headers=headers)
 
 
 async def _view(build: Callable[[Task], Awaitable[T]], task: Task) -> T:

@@ -17,6 +17,7 @@ from api.pyramid import (
     create_level,
     encode_png,
     halve,
+    halve_max,
     normalized_gray,
 )
 from model.image.io import to_grayscale
@@ -53,6 +54,23 @@ def test_halving_is_the_rounded_mean_of_2x2_blocks_with_odd_edges_repeated() -> 
     padded = np.pad(source, ((0, 1), (0, 1)), mode="edge").astype(np.uint32)
     blocks = padded.reshape(STRIP_ROWS + 2, 2, 4, 2).sum(axis=(1, 3))
     np.testing.assert_array_equal(out, (blocks + 2) // 4)
+
+
+def test_coded_layers_halve_by_block_maxima_so_small_codes_stay() -> None:
+    rng = np.random.default_rng(1)
+    source = rng.choice(np.array([0, 50, 100, 150, 200], np.uint8), (2 * STRIP_ROWS + 3, 7))
+    out = np.zeros((STRIP_ROWS + 2, 4), dtype=np.uint8)
+    halve_max(source, out)
+    padded = np.pad(source, ((0, 1), (0, 1)), mode="edge")
+    np.testing.assert_array_equal(out, padded.reshape(STRIP_ROWS + 2, 2, 4, 2).max(axis=(1, 3)))
+    lone = np.zeros((600, 600), np.uint8)
+    lone[301, 417] = 200  # one added pixel is still there two levels down
+    directory_levels = [lone]
+    for _ in range(2):
+        smaller = np.zeros(((directory_levels[-1].shape[0] + 1) // 2,) * 2, np.uint8)
+        halve_max(directory_levels[-1], smaller)
+        directory_levels.append(smaller)
+    assert directory_levels[-1].max() == 200 and set(np.unique(directory_levels[-1])) == {0, 200}
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
