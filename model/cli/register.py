@@ -16,7 +16,7 @@ from model.errors import DatasetError
 from model.image.io import read_image, to_grayscale
 
 if TYPE_CHECKING:
-    from model.register.records import Registration
+    from model.register.records import KnownNode, Registration
 
 MASK_NAMES = ("mask.tiff", "mask.tif", "mask.png")
 SOURCE_NAMES = ("source.tiff", "source.tif", "source.png")
@@ -55,6 +55,17 @@ def register_command(
         Path | None,
         typer.Option("--out", "-o", help="With --mask: output directory."),
     ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            metavar="X,Y,ROW,COL",
+            help="A mark whose grid place you know: its pixel position X,Y in the image and "
+            "its ROW,COL (0-based, as in ams.csv; 0,0 = top left), e.g. --at 812,430,0,0. The "
+            "grid is placed so that this mark gets that place, instead of on the window with "
+            "the most marks. With --mask or one GROUP.",
+        ),
+    ] = None,
 ) -> None:
     """Number ablation marks by their place on the ROWS x COLS grid (id = row*cols + col + 1).
 
@@ -62,12 +73,15 @@ def register_command(
     DS_PATH, or for one --mask file. A failing group is reported; exit status 1.
     """
     console = Console(highlight=False)
+    known_node = _parse_at(at)
+    if known_node is not None and mask is None and len(groups or []) != 1:
+        raise typer.BadParameter("--at goes with --mask or with one GROUP", param_hint="--at")
     if mask is not None:
         if ds_path is not None or groups:
             raise typer.BadParameter("give either DS_PATH or --mask, not both", param_hint="--mask")
         if out is None:
             raise typer.BadParameter("--mask needs an output directory", param_hint="--out")
-        registration, written = _register_files(mask, image, out, rows, cols)
+        registration, written = _register_files(mask, image, out, rows, cols, known_node)
         _print_summary(console, mask.name, registration, written["labels"].parent)
         return
     if ds_path is None:
@@ -82,7 +96,7 @@ def register_command(
         for name in names:
             progress.update(task, description=escape(name))
             try:
-                registration, out_dir = _register_group(ds_path, name, rows, cols)
+                registration, out_dir = _register_group(ds_path, name, rows, cols, known_node)
             except Exception as error:  # one bad group must not stop the others
                 failures.append((name, f"{type(error).__name__}: {error}"))
                 progress.console.print(f"[bold red]{escape(name)}: failed[/] {escape(str(error))}")
@@ -106,25 +120,52 @@ def _dataset_groups(ds_path: Path) -> list[str]:
     return names
 
 
-def _register_group(ds_path: Path, group: str, rows: int, cols: int) -> tuple[Registration, Path]:
+def _parse_at(text: str | None) -> KnownNode | None:
+    """--at X,Y,ROW,COL as a KnownNode; None without --at."""
+    if text is None:
+        return None
+    from model.register.records import KnownNode
+
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        if len(parts) != 4:
+            raise ValueError
+        x, y = float(parts[0]), float(parts[1])
+        row, col = int(parts[2]), int(parts[3])
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected X,Y,ROW,COL (pixel position, then 0-based row and column), got {text!r}",
+            param_hint="--at",
+        ) from None
+    return KnownNode(x=x, y=y, row=row, col=col)
+
+
+def _register_group(
+    ds_path: Path, group: str, rows: int, cols: int, known_node: KnownNode | None = None
+) -> tuple[Registration, Path]:
     group_dir = ds_path / "tiles_stitched" / group
     mask_path = _first_existing(group_dir, MASK_NAMES)
     if mask_path is None:
         raise DatasetError(f"{group_dir}: no {' / '.join(MASK_NAMES)}")
     source_path = _first_existing(ds_path / "source_norm" / group, SOURCE_NAMES)
     out_dir = ds_path / "am_coords" / group
-    registration, _ = _register_files(mask_path, source_path, out_dir, rows, cols)
+    registration, _ = _register_files(mask_path, source_path, out_dir, rows, cols, known_node)
     return registration, out_dir
 
 
 def _register_files(
-    mask_path: Path, image_path: Path | None, out_dir: Path, rows: int, cols: int
+    mask_path: Path,
+    image_path: Path | None,
+    out_dir: Path,
+    rows: int,
+    cols: int,
+    known_node: KnownNode | None = None,
 ) -> tuple[Registration, dict[str, Path]]:
     # Imported here: registration needs scipy, which other commands need not load.
     from model.register.registration import register_marks
     from model.register.writers import write_registration
 
-    registration = register_marks(_read_mask(mask_path), rows, cols)
+    registration = register_marks(_read_mask(mask_path), rows, cols, known_node=known_node)
     source = to_grayscale(read_image(image_path)) if image_path is not None else None
     return registration, write_registration(out_dir, registration, source=source)
 

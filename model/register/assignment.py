@@ -10,6 +10,7 @@ from scipy.sparse.csgraph import connected_components
 
 from model.errors import RegistrationError
 from model.register.lattice import MATCH_CUTOFF, Lattice
+from model.register.records import KnownNode
 
 
 def anchor(
@@ -75,6 +76,35 @@ def anchor(
             "ids assume the first occupied row/column is row/column 0 (check the overlay)"
         )
     return i0, j0, note
+
+
+def anchor_at(known: KnownNode, lattice: Lattice, rows: int, cols: int) -> tuple[int, int]:
+    """Top-left lattice index (i0, j0) that puts the lattice node at a known mark on the grid
+    place a person gave it. RegistrationError when that place is off the grid or the point is
+    not near a node of the fitted lattice."""
+    if int(known.row) != known.row or int(known.col) != known.col:
+        raise RegistrationError(
+            f"the known mark's row and column must be whole numbers, got {known.row}, {known.col}"
+        )
+    if not (0 <= known.row < rows and 0 <= known.col < cols):
+        raise RegistrationError(
+            f"the known mark's place (row {known.row}, column {known.col}) is off the "
+            f"{rows}x{cols} grid: rows go from 0 to {rows - 1} and columns from 0 to "
+            f"{cols - 1} (0-based, as in ams.csv)"
+        )
+    point = np.array([[known.x, known.y]], dtype=np.float64)
+    if not np.isfinite(point).all():
+        raise RegistrationError(f"the known mark's position ({known.x}, {known.y}) is not a number")
+    node = np.rint(lattice.fractional(point))
+    gap = float(np.hypot(*(point - lattice.position(node))[0]))
+    if gap >= MATCH_CUTOFF * lattice.pitch:
+        raise RegistrationError(
+            f"the known mark at x={known.x:.0f}, y={known.y:.0f} is {gap:.0f} px from the "
+            f"nearest node of the grid fitted to the marks (pitch {lattice.pitch:.0f} px): "
+            "give the centre of a mark"
+        )
+    j, i = node[0]
+    return int(i) - int(known.row), int(j) - int(known.col)
 
 
 def assign(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from model.register.lattice import TESTED_ANGLE, Lattice
-from model.register.records import MarkRecord
+from model.register.records import KnownNode, MarkRecord
 
 HIGH_RESIDUAL = 0.15
 """Residual RMS above this fraction of the pitch is reported as a distorted lattice."""
@@ -25,6 +25,7 @@ def measure_quality(
     split_components: int,
     anchor_note: str | None,
     outside: int,
+    known_node: KnownNode | None = None,
 ) -> dict:
     """The QC figures that qc.json holds, warnings included (JSON-serialisable as they are)."""
     expected = rows * cols
@@ -86,4 +87,12 @@ def measure_quality(
         "residual_rms_px": round(residual_rms, 3),
         "warnings": warnings,
         "ambiguous_anchor": anchor_note is not None,
+        "known_node": _known(known_node),
     }
+
+
+def _known(node: KnownNode | None) -> dict | None:
+    """The known node as plain JSON numbers (callers may pass numpy scalars)."""
+    if node is None:
+        return None
+    return {"x": float(node.x), "y": float(node.y), "row": int(node.row), "col": int(node.col)}

@@ -23,6 +23,17 @@ class MarkRecord:
     bbox: tuple[int, int, int, int]
 
 
+@dataclass(frozen=True)
+class KnownNode:
+    """A mark whose grid place a person knows: its pixel position (x, y) in the image and its
+    row and column (0-based, as in ams.csv). Registration anchors the grid there."""
+
+    x: float
+    y: float
+    row: int
+    col: int
+
+
 @dataclass
 class Registration:
     """Label image (uint16, 0 = background), the registered marks sorted by id, and QC figures."""

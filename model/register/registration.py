@@ -10,22 +10,27 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.errors import RegistrationError
-from model.register.assignment import anchor, assign
+from model.register.assignment import anchor, anchor_at, assign
 from model.register.fit import choose_lattice
 from model.register.labels import components_with_id, mark_records, paint
 from model.register.lattice import MATCH_CUTOFF, Lattice, refit
 from model.register.leftovers import absorb_leftovers
 from model.register.marks import MARK_LIKE_AREA, Units, find_marks, node_area, well_shaped
 from model.register.quality import measure_quality
-from model.register.records import MAX_ID, MarkRecord, Registration
+from model.register.records import MAX_ID, KnownNode, MarkRecord, Registration
 from model.register.touching import split_touching
 
 
-def register_marks(mask: np.ndarray, rows: int, cols: int) -> Registration:
+def register_marks(
+    mask: np.ndarray, rows: int, cols: int, known_node: KnownNode | None = None
+) -> Registration:
     """Find the marks in a binary mask and number them on a rows x cols acquisition grid.
 
-    `mask` may be bool, 0/1 or 0/255 (float masks are thresholded at 0.5). Raises
-    RegistrationError for an impossible grid, an empty mask or fewer than 4 marks.
+    `mask` may be bool, 0/1 or 0/255 (float masks are thresholded at 0.5). The grid is placed
+    on the window of the lattice that holds the most marks, or, with `known_node`, so that the
+    node at that pixel position gets that row and column. Raises RegistrationError for an
+    impossible grid, an empty mask, fewer than 4 marks, or a known node off the grid or away
+    from every node.
     """
     _check_grid(rows, cols)
     found = find_marks(mask)
@@ -37,7 +42,7 @@ def register_marks(mask: np.ndarray, rows: int, cols: int) -> Registration:
     units, unit_components, split_count = split_touching(
         clusters, found.cluster_of, found.kept, found.components, lattice, mark_area
     )
-    numbering = _number_units(units, lattice, rows, cols, mark_area)
+    numbering = _number_units(units, lattice, rows, cols, mark_area, known_node)
     labels = paint(found.components, found.count, unit_components, units, numbering.unit_id)
     marks = mark_records(units, numbering.unit_id, cols)
     residual_rms = _refit_to_marks(lattice, marks, numbering.r0, numbering.c0)
@@ -56,6 +61,7 @@ def register_marks(mask: np.ndarray, rows: int, cols: int) -> Registration:
         split_components=split_count,
         anchor_note=numbering.anchor_note,
         outside=numbering.outside,
+        known_node=known_node,
     )
     return Registration(labels=labels, marks=marks, qc=qc)
 
@@ -73,10 +79,15 @@ class _Numbering:
 
 
 def _number_units(
-    units: Units, lattice: Lattice, rows: int, cols: int, mark_area: float
+    units: Units,
+    lattice: Lattice,
+    rows: int,
+    cols: int,
+    mark_area: float,
+    known_node: KnownNode | None,
 ) -> _Numbering:
-    """Anchor the grid on the lattice, match units to its nodes one to one, then let the pieces
-    left over join the marks they belong to."""
+    """Anchor the grid on the lattice (at the known node when there is one), match units to its
+    nodes one to one, then let the pieces left over join the marks they belong to."""
     frac = lattice.fractional(units.centroid)
     nearest = np.rint(frac)
     offset = np.hypot(*(units.centroid - lattice.position(nearest)).T)
@@ -84,7 +95,10 @@ def _number_units(
 
     # Anchor: the rows x cols window over the occupied nodes that holds the most marks.
     mark_like = near_node & (units.area >= MARK_LIKE_AREA * mark_area)
-    r0, c0, anchor_note = anchor(nearest[mark_like], nearest[near_node], rows, cols)
+    if known_node is None:
+        r0, c0, anchor_note = anchor(nearest[mark_like], nearest[near_node], rows, cols)
+    else:
+        (r0, c0), anchor_note = anchor_at(known_node, lattice, rows, cols), None
 
     node_of_unit = assign(units.centroid, frac, lattice, r0, c0, rows, cols)
     node_of_unit, absorbed = absorb_leftovers(

@@ -116,3 +116,23 @@ def test_help_mentions_both_forms() -> None:
     result = runner.invoke(app, ["register", "--help"])
     assert result.exit_code == 0
     assert "--mask" in result.output and "DS_PATH" in result.output
+
+
+def test_at_anchors_the_grid_on_a_known_mark(tmp_path: Path) -> None:
+    spec = GridSpec(rows=6, cols=7, missing_rows=(0,), angle_deg=2, seed=67)
+    grid = make_grid_mask(spec)  # first row missing: alone the ids would shift up a row
+    mask_path = write_png(tmp_path / "mask.png", _mask_u8(grid))
+    ys, xs = np.nonzero(grid.labels == 2 * 7 + 3 + 1)  # row 2, column 3
+    at = f"{xs.mean():.1f},{ys.mean():.1f},2,3"
+    base = ["register", "--mask", str(mask_path), "-r", "6", "-c", "7", "-o", str(tmp_path)]
+    result = runner.invoke(app, [*base, "--at", at])
+    assert result.exit_code == 0, result.output
+    labels = read_image(tmp_path / "am_coordinates.png")
+    assert id_accuracy(labels, grid.labels)["wrong_ids"] == []
+    assert json.loads((tmp_path / "qc.json").read_text())["known_node"]["row"] == 2
+
+    assert runner.invoke(app, [*base, "--at", "1,2,3"]).exit_code == 2
+    off = runner.invoke(app, [*base, "--at", at.rsplit(",", 2)[0] + ",6,0"])
+    assert off.exit_code == 2 and "off the 6x7 grid" in off.output
+    dataset = runner.invoke(app, ["register", "ds", "-r", "6", "-c", "7", "--at", at])
+    assert dataset.exit_code == 2 and "--at" in dataset.output
