@@ -8,12 +8,12 @@ import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from model.errors import AmsegError
 from model.image.io import read_image
+from model.register.records import KnownNode
 from store.blobs import BlobNotFoundError, TaskBlob
 from store.tasks import RegisterParameters, Task
 from worker.jobs import WorkerContext, download_image, progress_reporter, store_results
@@ -62,17 +62,16 @@ def register_and_write(
     image: np.ndarray,
     rows: int,
     cols: int,
-    known_node: Any = None,
+    known_node: KnownNode | None = None,
 ) -> tuple[dict[TaskBlob, Path], dict]:
     """Number the mask's marks on a rows x cols grid and write the id image, ams.csv, the QC
     record and the overlay (over `image`) under `scratch_dir`; those paths and the summary a
-    task's JSON shows. `known_node` (model.register.records.KnownNode) pins one mark."""
+    task's JSON shows. `known_node` pins one mark's grid place."""
     # Imported here: only a worker needs the registration stack.
     from model.register.registration import register_marks
     from model.register.writers import write_registration
 
-    pinned = {} if known_node is None else {"known_node": known_node}
-    registration = register_marks(mask, rows, cols, **pinned)
+    registration = register_marks(mask, rows, cols, known_node=known_node)
     written = write_registration(scratch_dir / "registration", registration, image)
     outputs = {
         TaskBlob.LABELS: written["labels"],
@@ -94,11 +93,9 @@ def registration_summary(qc: dict) -> dict:
     }
 
 
-def _known_node(parameters: RegisterParameters) -> Any:
+def _known_node(parameters: RegisterParameters) -> KnownNode | None:
     if not parameters.has_known_mark:
         return None
-    from model.register.records import KnownNode
-
     return KnownNode(
         x=parameters.mark_x, y=parameters.mark_y, row=parameters.mark_row, col=parameters.mark_col
     )
