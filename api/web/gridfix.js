@@ -10,6 +10,7 @@ import { renderTask, selectTool, showResults } from "./viewer.js";
 
 const POLL_MS = 1000;
 const LATTICE_COLOUR = "rgba(255, 255, 255, 0.6)";
+const FADED_COLOUR = "rgba(255, 255, 255, 0.3)";
 const PROPOSED_COLOUR = "#ff9f0a";
 const MIN_LABEL_PITCH = 22; // CSS pixels a cell needs before its row and column are written
 
@@ -113,8 +114,10 @@ export function setUpGridFix(page) {
 function drawGridFix(ctx, viewer, page, state) {
   const shown = page.find("#show-lattice").checked;
   const fit = state.fit;
-  if (fit && shown) drawLattice(ctx, viewer, fit, page.task.parameters.rows, page.task.parameters.cols, LATTICE_COLOUR, false);
   const proposal = proposedGrid(page, state);
+  // With a new grid proposed, the present one steps back so the proposal reads first.
+  const colour = proposal ? FADED_COLOUR : LATTICE_COLOUR;
+  if (fit && shown) drawLattice(ctx, viewer, fit, page.task.parameters.rows, page.task.parameters.cols, colour, false);
   if (fit && proposal && (shown || state.anchor)) {
     const { rows, cols, anchor } = proposal;
     let moved = fit;

@@ -67,13 +67,13 @@ export function renderDownloads(page) {
   ];
   if (task.links.labels) {
     items.push(
-      ["Id image (16-bit PNG)", task.links.labels, `${stem}_ids.png`],
+      ["Id image (16-bit PNG)", task.links.labels, `${stem}_labels.png`],
       ["Mark table (ams.csv)", task.links.ams_csv, `${stem}_ams.csv`],
       ["Marks (JSON)", `/tasks/${task.id}/marks`, `${stem}_marks.json`],
       ["QC (JSON)", task.links.qc, `${stem}_qc.json`],
     );
   }
-  if (page.comparison) items.push(["Changes (PNG)", `/tasks/${task.id}/diff.png`, `${stem}_changes.png`]);
+  if (page.comparison) items.push(["Changes (PNG)", `/tasks/${task.id}/diff.png`, `${stem}_diff.png`]);
   const onClick = (path, filename) => async (event) => {
     event.preventDefault();
     try {

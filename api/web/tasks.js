@@ -260,6 +260,10 @@ function taskRow(task, refresh) {
 // from, and its warnings (the ones that question the grid first).
 function resultNotes(task) {
   const notes = [];
+  if (task.source_task) {
+    const how = task.kind === "register" ? "numbered again (same mask) from" : "segmented again from";
+    notes.push(el("div", { class: "note" }, `${how} `, el("a", { href: `#/tasks/${task.source_task}` }, `task ${shortId(task.source_task)}`)));
+  }
   const changes = task.summary?.changes;
   if (changes) notes.push(el("div", { class: "note" }, `vs. earlier: ${changesText(changes)}`));
   const warnings = task.warnings || [];

@@ -49,11 +49,12 @@ export function taskName(task) {
   return task.name || slideName(task.id) || `task ${shortId(task.id)}`;
 }
 
-// The stem of a task's download file names: "slide7" for slide7.tif, safe on every system.
+// The stem of a task's download file names, as the API names them (api/names.py): "slide7"
+// for slide7.tif, the task id for a task without a name.
 export function downloadStem(task) {
-  const name = task.name || slideName(task.id) || `task_${shortId(task.id)}`;
-  const stem = name.replace(/\.(png|tiff?|jpe?g)$/i, "").replace(/[\\/:*?"<>|\x00-\x1f]+/g, "_").trim();
-  return stem || `task_${shortId(task.id)}`;
+  const name = task.name || slideName(task.id) || "";
+  const stem = name.replace(/\.(png|tiff?|jpe?g)$/i, "").replace(/[\\/:*?"<>|;\x00-\x1f]+/g, "_").trim();
+  return stem || task.id;
 }
 
 export function rememberSlideName(taskId, name) {
