@@ -486,7 +486,8 @@ function showFailed(page) {
   page.find("#task-state").replaceChildren(...statusCell(page.task));
   const { rows, cols } = page.task.parameters;
   page.find("#task-facts").textContent = `${page.task.image.width} × ${page.task.image.height} px · grid ${rows ? `${rows} × ${cols}` : "none"}`;
-  for (const control of page.root.querySelectorAll(".toolbar button, .toolbar input, .panel input, .panel button")) control.disabled = true;
+  for (const control of page.root.querySelectorAll(".toolbar button, .toolbar input")) control.disabled = true;
+  for (const id of ["#display-section", "#correct-section"]) page.find(id).hidden = true;
   page.find(".stage").append(el("p", { class: "stage-note" }, "This task FAILED, so there is nothing to show. Its error is on the right; upload the slide again once it is fixed."));
   showFailure(page);
   return () => {};
