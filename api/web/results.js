@@ -49,11 +49,13 @@ export function renderQc(page, qc, record) {
 
 // Without a grid there is no QC, but the number of marks found still says a lot.
 export function renderUnregistered(page) {
-  const found = page.task.summary?.found;
-  page.find("#qc").replaceChildren(
-    el("dt", {}, "Marks found"),
-    el("dd", { dataset: { found: found ?? "" } }, found === undefined ? "—" : found.toLocaleString()),
-  );
+  const summary = page.task.summary || {};
+  const found = summary.found;
+  const facts = [el("dt", {}, "Marks found"), el("dd", { dataset: { found: found ?? "" } }, found === undefined ? "—" : found.toLocaleString())];
+  if (summary.small_objects !== undefined) {
+    facts.push(el("dt", {}, "Smaller objects (dust)"), el("dd", {}, summary.small_objects.toLocaleString()));
+  }
+  page.find("#qc").replaceChildren(...facts);
   page.find("#qc-note").textContent = "No grid was given, so the marks were not numbered: give rows and columns below to number them.";
   renderWarnings(page, page.task.warnings || []);
 }
