@@ -82,15 +82,14 @@ def register_and_write(
     return outputs, registration_summary(registration.qc)
 
 
+SUMMARY_COUNTS = ("found", "expected", "missing", "extra", "small_objects", "specks")
+"""The QC counts a task's JSON repeats, under qc.json's names and meanings (docs/model.md)."""
+
+
 def registration_summary(qc: dict) -> dict:
-    """What a task's JSON shows of its QC: enough to see a doubtful result at a glance."""
-    return {
-        "found": qc["found"],
-        "expected": qc["expected"],
-        "missing": len(qc["missing_ids"]),
-        "extra_components": qc["extra_components"],
-        "warnings": list(qc["warnings"]),
-    }
+    """What a task's JSON shows of its QC: enough to see a doubtful result at a glance, the
+    same numbers as qc.json."""
+    return {**{key: qc[key] for key in SUMMARY_COUNTS}, "warnings": list(qc["warnings"])}
 
 
 def _known_node(parameters: RegisterParameters) -> KnownNode | None:

@@ -8,7 +8,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from model.image.io import write_png
@@ -74,7 +73,7 @@ def run_segment(
             outputs.update(registered)
         else:
             outputs[TaskBlob.OVERLAY] = _mask_overlay(scratch_dir, image, segmentation.mask)
-            summary = {"found": count_marks(segmentation.mask), "warnings": []}
+            summary = {**count_objects(segmentation.mask), "warnings": []}
         del image
         # A re-run says what changed against the task it was made from (none: nothing).
         diff, changes = compare_with_source(context, task, segmentation.mask, scratch_dir)
@@ -100,8 +99,12 @@ def warm_up_segmenter(segmenter: Segmenter) -> bool:
     return pipeline.warm_up(segmenter.tile_size)
 
 
-def count_marks(mask: np.ndarray) -> int:
-    return int(cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0]) - 1
+def count_objects(mask: np.ndarray) -> dict[str, int]:
+    """Without a grid: mark-sized objects found, smaller ones and specks, counted as the
+    registration counts them (model.register.marks.count_objects)."""
+    from model.register.marks import count_objects as count
+
+    return count(mask)
 
 
 def _mask_overlay(scratch_dir: Path, image: np.ndarray, mask: np.ndarray) -> Path:

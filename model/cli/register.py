@@ -187,7 +187,8 @@ def _print_summary(console: Console, name: str, registration: Registration, out_
     qc = registration.qc
     pitch_y, pitch_x = qc["pitch_px"]
     console.print(
-        f"[bold]{escape(name)}[/]: {qc['found']}/{qc['expected']} marks, "
+        f"[bold]{escape(name)}[/]: {qc['found']}/{qc['expected']} marks "
+        f"({qc['missing']} missing, {qc['extra']} extra), "
         f"angle {qc['angle_deg']:+.2f}°, pitch {pitch_y:.1f} x {pitch_x:.1f} px, "
         f"shear {qc['shear']:+.3f}, residual {qc['residual_rms_px']:.1f} px "
         f"-> {escape(str(out_dir))}"

@@ -60,13 +60,3 @@ def paint(
         if unit_id[unit] > 0:
             labels[ys, xs] = unit_id[unit]
     return labels
-
-
-def components_with_id(
-    unit_components: list[np.ndarray], unit_id: np.ndarray, count: int
-) -> np.ndarray:
-    """For each component label 1..count-1: does any unit built from it carry an id?"""
-    has_id = np.zeros(count, dtype=bool)
-    for unit in np.flatnonzero(unit_id > 0):
-        has_id[unit_components[unit]] = True
-    return has_id[1:]

@@ -96,6 +96,31 @@ def find_marks(mask: np.ndarray) -> FoundMarks:
     return FoundMarks(components, count, areas, kept, cluster_of, clusters, spacing)
 
 
+def count_objects(mask: np.ndarray) -> dict[str, int]:
+    """What a mask holds, counted as a registration counts it but without a grid: `found`
+    mark-sized objects (the fragments of one mark together), `small_objects` below
+    MARK_LIKE_AREA of the typical one, and `specks`, set aside first."""
+    _, _, stats, centroids = cv2.connectedComponentsWithStats(
+        _binary(mask), connectivity=8, ltype=cv2.CV_32S
+    )
+    areas = stats[1:, cv2.CC_STAT_AREA].astype(np.int64)
+    if areas.size == 0:
+        return {"found": 0, "small_objects": 0, "specks": 0}
+    kept = np.flatnonzero(areas >= SPECK_FRACTION * _weighted_median(areas))
+    points = centroids[1:][kept].astype(np.float64)
+    if kept.size >= 2:
+        cluster_of = _merge_fragments(points, FRAGMENT_MERGE * _mark_spacing(points))
+    else:
+        cluster_of = np.zeros(kept.size, dtype=np.int64)
+    cluster_area = np.bincount(cluster_of, weights=areas[kept])
+    mark_like = cluster_area >= MARK_LIKE_AREA * _weighted_median(cluster_area)
+    return {
+        "found": int(mark_like.sum()),
+        "small_objects": int((~mark_like).sum()),
+        "specks": int(areas.size - kept.size),
+    }
+
+
 def well_shaped(clusters: Units) -> np.ndarray:
     """Clusters of about one mark's area, the ones to fit the lattice to: touching pairs and dust
     sit off the nodes. All clusters when fewer than MIN_MARKS are well shaped."""

@@ -1,7 +1,15 @@
-"""The QC figures of a registration: marks found and missing, lattice geometry, residual, and
-the warnings a user should read before trusting the ids."""
+"""The QC figures of a registration: marks found and missing, objects without an id, lattice
+geometry, residual, and the warnings a user should read before trusting the ids.
+
+Every count a person sees comes from here (qc.json, the task summary, the CLI), each with one
+meaning: `found` marks carry an id, `missing` grid positions have no mark, `extra` mark-sized
+objects got no id, `small_objects` smaller ones got none (dust, crumbs), `specks` are the
+tiny components set aside before anything else. Rows and columns are counted from 0, as in
+ams.csv."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -11,6 +19,19 @@ from model.register.records import KnownNode, MarkRecord
 HIGH_RESIDUAL = 0.15
 """Residual RMS above this fraction of the pitch is reported as a distorted lattice."""
 
+LISTED = 4
+"""Empty rows or columns named one by one in a warning; more are counted."""
+
+
+@dataclass(frozen=True)
+class Unnumbered:
+    """The objects of the mask that got no id."""
+
+    extra: int  # mark-sized objects (at least MARK_LIKE_AREA of a mark)
+    near_nodes: int  # of those, the ones at a lattice node (off the grid, or a node taken)
+    small: int  # smaller objects that joined no mark (dust, crumbs); specks not included
+    specks: int  # components below SPECK_FRACTION of the typical one, set aside first
+
 
 def measure_quality(
     *,
@@ -19,28 +40,21 @@ def measure_quality(
     marks: list[MarkRecord],
     lattice: Lattice,
     residual_rms: float,
-    extra_components: int,
-    specks: int,
+    unnumbered: Unnumbered,
     merged_fragments: int,
     split_components: int,
     anchor_note: str | None,
-    outside: int,
     known_node: KnownNode | None = None,
 ) -> dict:
     """The QC figures that qc.json holds, warnings included (JSON-serialisable as they are)."""
     expected = rows * cols
-    found_ids = np.array([m.id for m in marks], dtype=np.int64)
     present = np.zeros(expected + 1, dtype=bool)
-    present[found_ids] = True
+    present[np.array([m.id for m in marks], dtype=np.int64)] = True
     missing = (np.flatnonzero(~present[1:]) + 1).tolist()
-    a_x, a_y = lattice.a_x, lattice.a_y
-    pitch_x, pitch_y = float(np.hypot(*a_x)), float(np.hypot(*a_y))
-    # Angle of the rows in image coordinates (y down): positive turns them clockwise on
-    # screen, the convention of model.synth.
-    angle = float(np.degrees(np.arctan2(a_x[1], a_x[0])))
-    row_shift = float(np.dot(lattice.shift, a_x) / pitch_x)
-    cross = float(a_x[0] * a_y[1] - a_x[1] * a_y[0])
-    shear = float(np.dot(a_x, a_y) / cross) if cross else 0.0
+    per_node = present[1:].reshape(rows, cols)
+    empty_rows = np.flatnonzero(~per_node.any(axis=1)).tolist()
+    empty_cols = np.flatnonzero(~per_node.any(axis=0)).tolist()
+    geometry = _geometry(lattice)
 
     warnings: list[str] = []
     if len(marks) < 0.9 * expected:
@@ -50,6 +64,8 @@ def measure_quality(
         )
     if anchor_note:
         warnings.append(anchor_note)
+    warnings += _empty_inside(empty_rows, rows, cols, "row")
+    warnings += _empty_inside(empty_cols, cols, rows, "column")
     if rows > 1 and cols > 1 and len(marks):
         used_rows = max(m.row for m in marks) - min(m.row for m in marks) + 1
         used_cols = max(m.col for m in marks) - min(m.col for m in marks) + 1
@@ -58,37 +74,94 @@ def measure_quality(
                 f"the marks span only {used_rows} of {rows} rows and {used_cols} of {cols} "
                 "columns: the grid is larger than the marked area"
             )
-    if outside:
-        warnings.append(
-            f"{outside} mark-like objects near lattice nodes got no id (outside the "
-            f"{rows}x{cols} grid, or a second object at an occupied node)"
-        )
+    if unnumbered.extra:
+        warnings.append(_extra_warning(unnumbered, rows, cols))
     if residual_rms > HIGH_RESIDUAL * lattice.pitch:
         warnings.append(
             f"high residual {residual_rms:.1f} px ({100 * residual_rms / lattice.pitch:.0f} % of "
             "the pitch): the grid may be distorted"
         )
-    if abs(angle) > TESTED_ANGLE:
-        warnings.append(f"rotation {angle:.1f}° is beyond the tested ±{TESTED_ANGLE:.0f}°")
+    if abs(geometry["angle_deg"]) > TESTED_ANGLE:
+        warnings.append(
+            f"rotation {geometry['angle_deg']:.1f}° is beyond the tested ±{TESTED_ANGLE:.0f}°"
+        )
     return {
         "rows": rows,
         "cols": cols,
         "expected": expected,
         "found": len(marks),
+        "missing": len(missing),
         "missing_ids": missing,
-        "extra_components": extra_components,
-        "specks": specks,
+        "extra": unnumbered.extra,
+        "small_objects": unnumbered.small,
+        "specks": unnumbered.specks,
         "merged_fragments": merged_fragments,
         "split_components": split_components,
-        "angle_deg": round(angle, 4),
-        "pitch_px": [round(pitch_y, 3), round(pitch_x, 3)],
-        "shear": round(shear, 5),
-        "row_shift_px": round(row_shift, 3),
+        "empty_rows": empty_rows,
+        "empty_cols": empty_cols,
+        **geometry,
         "residual_rms_px": round(residual_rms, 3),
         "warnings": warnings,
         "ambiguous_anchor": anchor_note is not None,
         "known_node": _known(known_node),
     }
+
+
+def _geometry(lattice: Lattice) -> dict:
+    """Rotation, pitches (row, column), shear and serpentine row shift of the lattice."""
+    a_x, a_y = lattice.a_x, lattice.a_y
+    pitch_x, pitch_y = float(np.hypot(*a_x)), float(np.hypot(*a_y))
+    # Angle of the rows in image coordinates (y down): positive turns them clockwise on
+    # screen, the convention of model.synth.
+    angle = float(np.degrees(np.arctan2(a_x[1], a_x[0])))
+    cross = float(a_x[0] * a_y[1] - a_x[1] * a_y[0])
+    return {
+        "angle_deg": round(angle, 4),
+        "pitch_px": [round(pitch_y, 3), round(pitch_x, 3)],
+        "shear": round(float(np.dot(a_x, a_y) / cross) if cross else 0.0, 5),
+        "row_shift_px": round(float(np.dot(lattice.shift, a_x) / pitch_x), 3),
+    }
+
+
+def _empty_inside(empty: list[int], count: int, across: int, what: str) -> list[str]:
+    """A strong warning for rows (or columns) without marks between rows that have some: a
+    wrong grid size or an uneven step seen as a row more often makes one than a row not shot.
+    Empty rows at the edges are the span warning's."""
+    occupied = np.setdiff1d(np.arange(count), empty)
+    if occupied.size == 0:
+        return []
+    inside = [k for k in empty if occupied[0] < k < occupied[-1]]
+    if not inside:
+        return []
+    named = ", ".join(str(k) for k in inside[:LISTED])
+    if len(inside) > LISTED:
+        named += f" and {len(inside) - LISTED} more"
+    first = inside[0]
+    if what == "row":
+        ids = f"ids {first * across + 1} to {(first + 1) * across}"
+    else:
+        ids = f"ids {first + 1}, {first + 1 + count}, …"
+    subject = f"{what} {named} has" if len(inside) == 1 else f"{what}s {named} have"
+    return [
+        f"{subject} no marks, but {what}s on both sides do ({what}s counted from 0, as in "
+        f"ams.csv: {what} {first} = {ids}): are rows/cols right? Check the overlay"
+    ]
+
+
+def _extra_warning(unnumbered: Unnumbered, rows: int, cols: int) -> str:
+    """Why mark-sized objects got no id: at a node (off the grid, or a node already taken) or
+    between the nodes (dust or debris the size of a mark)."""
+    between = unnumbered.extra - unnumbered.near_nodes
+    where = []
+    if unnumbered.near_nodes:
+        where.append(
+            f"{unnumbered.near_nodes} at lattice nodes outside the {rows}x{cols} grid or at a "
+            "node already taken"
+        )
+    if between:
+        where.append(f"{between} between the nodes")
+    objects = "object" if unnumbered.extra == 1 else "objects"
+    return f"{unnumbered.extra} mark-sized {objects} got no id: {', '.join(where)}"
 
 
 def _known(node: KnownNode | None) -> dict | None:

@@ -12,11 +12,18 @@ import numpy as np
 from model.errors import RegistrationError
 from model.register.assignment import anchor, anchor_at, assign
 from model.register.fit import choose_lattice
-from model.register.labels import components_with_id, mark_records, paint
+from model.register.labels import mark_records, paint
 from model.register.lattice import MATCH_CUTOFF, Lattice, refit
 from model.register.leftovers import absorb_leftovers
-from model.register.marks import MARK_LIKE_AREA, Units, find_marks, node_area, well_shaped
-from model.register.quality import measure_quality
+from model.register.marks import (
+    MARK_LIKE_AREA,
+    FoundMarks,
+    Units,
+    find_marks,
+    node_area,
+    well_shaped,
+)
+from model.register.quality import Unnumbered, measure_quality
 from model.register.records import MAX_ID, KnownNode, MarkRecord, Registration
 from model.register.touching import split_touching
 
@@ -47,20 +54,16 @@ def register_marks(
     marks = mark_records(units, numbering.unit_id, cols)
     residual_rms = _refit_to_marks(lattice, marks, numbering.r0, numbering.c0)
 
-    # Components that carry no id at all (specks, dust, marks outside the grid).
-    component_has_id = components_with_id(unit_components, numbering.unit_id, found.count)
     qc = measure_quality(
         rows=rows,
         cols=cols,
         marks=marks,
         lattice=lattice,
         residual_rms=residual_rms,
-        extra_components=int(found.count - 1 - component_has_id.sum()),
-        specks=int(found.areas.size - found.kept.size),
+        unnumbered=_unnumbered(units, numbering, mark_area, found),
         merged_fragments=int(found.kept.size - clusters.area.size + numbering.absorbed),
         split_components=split_count,
         anchor_note=numbering.anchor_note,
-        outside=numbering.outside,
         known_node=known_node,
     )
     return Registration(labels=labels, marks=marks, qc=qc)
@@ -107,6 +110,21 @@ def _number_units(
     unit_id = np.where(node_of_unit >= 0, node_of_unit + 1, 0).astype(np.int64)
     outside = int(np.count_nonzero(mark_like) - np.count_nonzero(unit_id[mark_like] > 0))
     return _Numbering(unit_id, r0, c0, anchor_note, absorbed, outside)
+
+
+def _unnumbered(
+    units: Units, numbering: _Numbering, mark_area: float, found: FoundMarks
+) -> Unnumbered:
+    """Count the objects that got no id: mark-sized ones, smaller ones, and the specks."""
+    live = np.isfinite(units.centroid).all(axis=1)  # split clusters live on as their parts
+    without = live & (numbering.unit_id == 0)
+    mark_like = units.area >= MARK_LIKE_AREA * mark_area
+    return Unnumbered(
+        extra=int(np.count_nonzero(without & mark_like)),
+        near_nodes=numbering.outside,
+        small=int(np.count_nonzero(without & ~mark_like)),
+        specks=int(found.areas.size - found.kept.size),
+    )
 
 
 def _refit_to_marks(lattice: Lattice, marks: list[MarkRecord], r0: int, c0: int) -> float:

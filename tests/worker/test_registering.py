@@ -4,6 +4,7 @@ mask, and follows the same claim rules as every task."""
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from tests.model.grid_masks import GridSpec, make_grid_mask
 from tests.service_stack import png_bytes
 from worker.jobs import WorkerContext
 from worker.processing import process_task
+from worker.registering import SUMMARY_COUNTS
 
 ROWS, COLS = 6, 8
 
@@ -107,6 +109,10 @@ def test_a_register_task_numbers_the_stored_mask_on_another_grid(context: Worker
     assert task.summary["found"] == ROWS * COLS
     assert task.summary["expected"] == ROWS * (COLS + 2)
     assert any("ambiguous anchoring" in w for w in task.summary["warnings"])
+    # The task's counts are qc.json's, under the same names.
+    qc = json.loads(context.blobs.get_bytes(task.result_keys["qc.json"]))
+    assert task.summary == {**{k: qc[k] for k in SUMMARY_COUNTS}, "warnings": qc["warnings"]}
+    assert (qc["missing"], qc["extra"]) == (ROWS * 2, 0)
     # Each mark keeps its grid place; its id counts COLS + 2 columns a row now.
     labels = read_image(context.blobs.path_for(task.result_keys["labels.png"]))
     truth = grid.labels.astype(np.int64)
