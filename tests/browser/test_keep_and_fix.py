@@ -321,3 +321,16 @@ def test_downloads_carry_the_slides_name(browser, service: RunningService, finis
     assert links["QC (JSON)"] == "source_small_qc.json"
     response = httpx.get(f"{service.base_url}/masks/{finished}")
     assert "source_small" in response.headers.get("content-disposition", "")
+
+
+def test_a_task_without_a_grid_says_how_many_marks(browser, service: RunningService) -> None:
+    task_id = upload(service, CROP.read_bytes(), "no_grid.png")
+    task = wait_over(service, task_id)
+    assert task["status"] == "FINISHED" and task["summary"]["found"] > 0
+    browser.get(f"{service.base_url}/#/tasks/{task_id}")
+    found = wait_for(lambda: css(browser, "#qc dd[data-found]"), 30, "the marks found")
+    assert found.get_attribute("data-found") == str(task["summary"]["found"])
+    assert "No grid was given" in css(browser, "#qc-note").text
+    assert css(browser, "#grid-section").is_displayed()  # rows and columns can be given here
+    assert css(browser, "#grid-rows").get_attribute("value") == ""
+    assert not css(browser, "#show-lattice").is_enabled()  # no ids, no lattice to draw
