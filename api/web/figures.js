@@ -17,7 +17,7 @@ export function finetuneFigures(summary) {
   }
   if (known(summary.steps) && known(summary.seconds)) {
     const why = summary.stopped ? ` (stopped: ${summary.stopped})` : "";
-    parts.push(`${summary.steps} steps in ${Math.round(summary.seconds)} s${why}`);
+    parts.push(`${summary.steps} step${summary.steps === 1 ? "" : "s"} in ${Math.round(summary.seconds)} s${why}`);
   }
   return parts.join("; ");
 }
