@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,8 +13,19 @@ from rich.markup import escape
 
 from model.cli.app import app
 from model.cli.console import progress_bar
+from model.cli.grid_options import (
+    FlipXOption,
+    FlipYOption,
+    GeojsonOption,
+    ImzmlOption,
+    TiffOption,
+    TransposeOption,
+    check_grid_given,
+    load_acquisition,
+)
 from model.errors import DatasetError
 from model.image.io import read_image, to_grayscale
+from model.register.request import GridRequest
 
 if TYPE_CHECKING:
     from model.register.records import KnownNode, Registration
@@ -24,10 +36,18 @@ SOURCE_NAMES = ("source.tiff", "source.tif", "source.png")
 
 @app.command("register")
 def register_command(
-    rows: Annotated[int, typer.Option("--rows", "-r", min=1, help="Rows of the acquisition grid.")],
+    rows: Annotated[
+        int | None,
+        typer.Option(
+            "--rows", "-r", min=1, help="Rows of the acquisition grid (default: the imzML's)."
+        ),
+    ] = None,
     cols: Annotated[
-        int, typer.Option("--cols", "-c", min=1, help="Columns of the acquisition grid.")
-    ],
+        int | None,
+        typer.Option(
+            "--cols", "-c", min=1, help="Columns of the acquisition grid (default: the imzML's)."
+        ),
+    ] = None,
     ds_path: Annotated[
         Path | None,
         typer.Argument(
@@ -66,29 +86,57 @@ def register_command(
             "the most marks. With --mask or one GROUP.",
         ),
     ] = None,
+    imzml: ImzmlOption = None,
+    flip_x: FlipXOption = False,
+    flip_y: FlipYOption = False,
+    transpose: TransposeOption = False,
+    tiff: TiffOption = False,
+    geojson: GeojsonOption = False,
 ) -> None:
     """Number ablation marks by their place on the ROWS x COLS grid (id = row*cols + col + 1).
 
-    Writes am_coordinates.png (16-bit ids), ams.csv, qc.json and overlay.png for every group of
-    DS_PATH, or for one --mask file. A failing group is reported; exit status 1.
+    Writes am_coordinates.png (16-bit ids; am_coordinates.tiff, 32-bit, for grids over 65 535
+    nodes), ams.csv, qc.json and overlay.png for every group of DS_PATH, or for one --mask
+    file. With --imzml, each mark is joined to the spectrum shot at its node. A failing group
+    is reported; exit status 1.
     """
     console = Console(highlight=False)
+    check_grid_given(rows, cols, imzml)
     known_node = _parse_at(at)
-    if known_node is not None and mask is None and len(groups or []) != 1:
-        raise typer.BadParameter("--at goes with --mask or with one GROUP", param_hint="--at")
+    for option, value in (("--at", known_node), ("--imzml", imzml)):
+        if value is not None and mask is None and len(groups or []) != 1:
+            raise typer.BadParameter(
+                f"{option} goes with --mask or with one GROUP", param_hint=option
+            )
+    request = GridRequest(rows, cols, known_node=known_node, tiff=tiff, geojson=geojson)
     if mask is not None:
         if ds_path is not None or groups:
             raise typer.BadParameter("give either DS_PATH or --mask, not both", param_hint="--mask")
         if out is None:
             raise typer.BadParameter("--mask needs an output directory", param_hint="--out")
-        registration, written = _register_files(mask, image, out, rows, cols, known_node)
+        request = _with_acquisition(request, imzml, flip_x, flip_y, transpose)
+        registration, written = _register_files(mask, image, out, request)
         _print_summary(console, mask.name, registration, written["labels"].parent)
         return
     if ds_path is None:
         raise typer.BadParameter("give a dataset directory DS_PATH or --mask", param_hint="DS_PATH")
     if image is not None or out is not None:
         raise typer.BadParameter("--image and --out go with --mask", param_hint="--image/--out")
+    request = _with_acquisition(request, imzml, flip_x, flip_y, transpose)
+    _register_groups(console, ds_path, groups, request)
 
+
+def _with_acquisition(
+    request: GridRequest, imzml: Path | None, flip_x: bool, flip_y: bool, transpose: bool
+) -> GridRequest:
+    acquisition = load_acquisition(imzml, flip_x, flip_y, transpose)
+    return dataclasses.replace(request, acquisition=acquisition)
+
+
+def _register_groups(
+    console: Console, ds_path: Path, groups: list[str] | None, request: GridRequest
+) -> None:
+    """Register every group (or the named ones); report failures, then exit 1 if any."""
     names = list(groups) if groups else _dataset_groups(ds_path)
     failures: list[tuple[str, str]] = []
     with progress_bar("registering [bold]{task.description}") as progress:
@@ -96,7 +144,7 @@ def register_command(
         for name in names:
             progress.update(task, description=escape(name))
             try:
-                registration, out_dir = _register_group(ds_path, name, rows, cols, known_node)
+                registration, out_dir = _register_group(ds_path, name, request)
             except Exception as error:  # one bad group must not stop the others
                 failures.append((name, f"{type(error).__name__}: {error}"))
                 progress.console.print(f"[bold red]{escape(name)}: failed[/] {escape(str(error))}")
@@ -140,34 +188,24 @@ def _parse_at(text: str | None) -> KnownNode | None:
     return KnownNode(x=x, y=y, row=row, col=col)
 
 
-def _register_group(
-    ds_path: Path, group: str, rows: int, cols: int, known_node: KnownNode | None = None
-) -> tuple[Registration, Path]:
+def _register_group(ds_path: Path, group: str, request: GridRequest) -> tuple[Registration, Path]:
     group_dir = ds_path / "tiles_stitched" / group
     mask_path = _first_existing(group_dir, MASK_NAMES)
     if mask_path is None:
         raise DatasetError(f"{group_dir}: no {' / '.join(MASK_NAMES)}")
     source_path = _first_existing(ds_path / "source_norm" / group, SOURCE_NAMES)
     out_dir = ds_path / "am_coords" / group
-    registration, _ = _register_files(mask_path, source_path, out_dir, rows, cols, known_node)
+    registration, _ = _register_files(mask_path, source_path, out_dir, request)
     return registration, out_dir
 
 
 def _register_files(
-    mask_path: Path,
-    image_path: Path | None,
-    out_dir: Path,
-    rows: int,
-    cols: int,
-    known_node: KnownNode | None = None,
+    mask_path: Path, image_path: Path | None, out_dir: Path, request: GridRequest
 ) -> tuple[Registration, dict[str, Path]]:
-    # Imported here: registration needs scipy, which other commands need not load.
-    from model.register.registration import register_marks
-    from model.register.writers import write_registration
+    from model.register.request import register_into
 
-    registration = register_marks(_read_mask(mask_path), rows, cols, known_node=known_node)
     source = to_grayscale(read_image(image_path)) if image_path is not None else None
-    return registration, write_registration(out_dir, registration, source=source)
+    return register_into(out_dir, _read_mask(mask_path), request, source)
 
 
 def _read_mask(path: Path) -> np.ndarray:
@@ -193,5 +231,11 @@ def _print_summary(console: Console, name: str, registration: Registration, out_
         f"shear {qc['shear']:+.3f}, residual {qc['residual_rms_px']:.1f} px "
         f"-> {escape(str(out_dir))}"
     )
+    if "acquisition" in qc:
+        joined = qc["acquisition"]
+        console.print(
+            f"  {joined['marks_with_spectrum']} marks joined to spectra of "
+            f"{escape(joined['file'])} ({joined['spectra']} spectra)"
+        )
     for warning in qc["warnings"]:
         console.print(f"  [yellow]warning:[/] {escape(warning)}")

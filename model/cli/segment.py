@@ -9,6 +9,15 @@ import typer
 
 from model.cli.app import app
 from model.cli.console import console, progress_bar
+from model.cli.grid_options import (
+    FlipXOption,
+    FlipYOption,
+    GeojsonOption,
+    ImzmlOption,
+    TiffOption,
+    TransposeOption,
+    load_acquisition,
+)
 from model.cli.predict import ACCURATE_HELP, check_accurate, scale_help
 from model.dataset.group import GridSpec, GroupReport, process_group
 from model.dataset.layout import DatasetLayout
@@ -93,24 +102,41 @@ def segment(
         help=scale_help("from the grid pitch; 1 for classical"),
     ),
     accurate: bool = typer.Option(False, "--accurate", help=ACCURATE_HELP),
+    imzml: ImzmlOption = None,
+    flip_x: FlipXOption = False,
+    flip_y: FlipYOption = False,
+    transpose: TransposeOption = False,
+    tiff: TiffOption = False,
+    geojson: GeojsonOption = False,
 ) -> None:
     """Segment and register every group of a dataset.
 
     Runs source → source_norm → tiles → tiles_stitched → am_coords/<group>/ (am_coordinates.png
-    with the ids, ams.csv, qc.json, overlay.png). A failing group is reported; exit status 1.
+    with the ids, or am_coordinates.tiff past 65 535 grid nodes, ams.csv, qc.json,
+    overlay.png). With --imzml (one group), each mark is joined to the spectrum shot at its
+    node. A failing group is reported; exit status 1.
     """
     check_accurate(accurate, scale)
-    if no_register and (rows or cols):
-        raise AmsegError("--no-register and --rows/--cols contradict each other; give one")
-    if not no_register and (rows is None or cols is None):
-        raise AmsegError("give the acquisition grid with --rows R --cols C, or pass --no-register")
-    grid = None if no_register else GridSpec(rows, cols)  # type: ignore[arg-type]
-    if grid is not None and grid.rows * grid.cols > MAX_ID:
-        # Checked before segmenting so a long run does not fail only at registration.
-        raise AmsegError(f"a {rows}x{cols} grid has more than {MAX_ID} marks, the uint16 id limit")
-
+    if no_register and (rows or cols or imzml):
+        raise AmsegError("--no-register and --rows/--cols/--imzml contradict each other; give one")
+    grid_given = rows is not None and cols is not None
+    from_imzml = rows is None and cols is None and imzml is not None
+    if not no_register and not (grid_given or from_imzml):
+        raise AmsegError(
+            "give the acquisition grid with --rows R --cols C (or --imzml), or pass --no-register"
+        )
     layout = DatasetLayout(ds_path)
     selected = layout.select_groups(groups)
+    if imzml is not None and len(selected) != 1:
+        raise AmsegError("--imzml goes with one group (each acquisition has its own imzML)")
+    acquisition = load_acquisition(imzml, flip_x, flip_y, transpose)
+    grid = None
+    if not no_register:
+        grid = GridSpec(rows, cols, acquisition=acquisition, tiff=tiff, geojson=geojson)
+        if grid.grid()[0] * grid.grid()[1] > MAX_ID:
+            # Checked before segmenting so a long run does not fail only at registration
+            # (process_group checks the grid against the image's size before segmenting).
+            raise AmsegError(f"a {rows}x{cols} grid has more than {MAX_ID} marks, the id limit")
     options = SegmentOptions(
         tile_size=tile_size,
         overlap=overlap,

@@ -16,6 +16,8 @@ import numpy as np
 from model.dataset.layout import DatasetLayout
 from model.image.io import read_image, to_grayscale, write_png, write_tiff
 from model.image.normalize import IntensityWindow, intensity_window, to_uint8
+from model.register.records import check_grid_fits
+from model.register.request import GridRequest, register_into
 from model.segment.predict import options_for, predict_image
 from model.segment.segmenter import Segmenter
 from model.segment.single_pass import Segmentation, SegmentOptions
@@ -43,10 +45,8 @@ class GroupReport:
     scale: float | None = None  # the network saw the image resampled by this factor
 
 
-@dataclass(frozen=True)
-class GridSpec:
-    rows: int
-    cols: int
+# The grid to number a group's marks on (rows, cols), with what to join and export.
+GridSpec = GridRequest
 
 
 def process_group(
@@ -73,6 +73,8 @@ def process_group(
 
     stage("normalize")
     gray, window = _normalize_source(layout, group, options)
+    if grid is not None:  # before segmenting: a grid the image cannot hold fails at once
+        check_grid_fits(*grid.grid(), width=gray.shape[1], height=gray.shape[0])
 
     stage("segment")
     options = options_for(segmenter, options)  # so that meta.json records what ran
@@ -233,13 +235,8 @@ def _register_group(
     report: GroupReport,
 ) -> None:
     """Number the marks of `mask` on `grid`, write am_coords/<group>/ and add it to `report`."""
-    # Imported here, like the overlay: registration needs scipy.spatial/optimize.
-    from model.register.registration import register_marks
-    from model.register.writers import write_registration
-
-    registration = register_marks(mask, grid.rows, grid.cols)
     coords_dir = _fresh_dir(layout.am_coords_dir(group))
-    written = write_registration(coords_dir, registration, source=normalized)
+    registration, written = register_into(coords_dir, mask, grid, source=normalized)
     report.outputs.update({name: str(path) for name, path in written.items()})
     report.marks_found = len(registration.marks)
     report.qc = registration.qc

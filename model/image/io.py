@@ -271,3 +271,36 @@ def write_tiff(path: str | os.PathLike, image: np.ndarray) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+LABEL_TILE = 256  # label TIFFs are tiled: written tile by tile, read by region
+
+
+def write_labels_tiff(path: str | os.PathLike, labels: np.ndarray) -> Path:
+    """Write an id image as a uint32, zlib-compressed, tiled TIFF, atomically; napari opens a
+    32-bit integer image as labels. A uint16 image is widened a tile at a time, never whole."""
+    path = Path(path)
+    height, width = labels.shape
+    step = LABEL_TILE
+
+    def tiles():
+        for top in range(0, height, step):
+            for left in range(0, width, step):
+                yield labels[top : top + step, left : left + step].astype(np.uint32)
+
+    tmp = _atomic_target(path)
+    try:
+        tifffile.imwrite(
+            tmp,
+            tiles(),
+            shape=(height, width),
+            dtype=np.uint32,
+            tile=(step, step),
+            compression="zlib",
+            photometric="minisblack",
+            bigtiff=height * width * 4 > 2**31,
+        )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

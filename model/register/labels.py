@@ -1,4 +1,4 @@
-"""From ids per unit to the outputs: the uint16 label image and one record per registered mark."""
+"""From ids per unit to the outputs: the label image and one record per registered mark."""
 
 from __future__ import annotations
 
@@ -43,9 +43,11 @@ def paint(
     unit_components: list[np.ndarray],
     units: Units,
     unit_id: np.ndarray,
+    dtype: type[np.unsignedinteger] = np.uint16,
 ) -> np.ndarray:
-    """uint16 label image: whole components via a lookup table, split parts pixel by pixel."""
-    lut = np.zeros(count, dtype=np.uint16)
+    """Label image of `dtype` (records.id_dtype: uint16 while the grid's ids fit, else uint32):
+    whole components via a lookup table, split parts pixel by pixel."""
+    lut = np.zeros(count, dtype=dtype)
     split_components: set[int] = set()
     for unit in units.pixels:
         split_components.update(int(c) for c in unit_components[unit])

@@ -45,8 +45,13 @@ def measure_quality(
     split_components: int,
     anchor_note: str | None,
     known_node: KnownNode | None = None,
+    acquired: np.ndarray | None = None,
 ) -> dict:
-    """The QC figures that qc.json holds, warnings included (JSON-serialisable as they are)."""
+    """The QC figures that qc.json holds, warnings included (JSON-serialisable as they are).
+
+    `acquired` (bool per node, id - 1), from an imzML: the nodes a spectrum was shot at. The
+    warnings then judge coverage and empty rows or columns against those nodes only, since
+    nodes outside the region of interest were never shot."""
     expected = rows * cols
     present = np.zeros(expected + 1, dtype=bool)
     present[np.array([m.id for m in marks], dtype=np.int64)] = True
@@ -55,25 +60,16 @@ def measure_quality(
     empty_rows = np.flatnonzero(~per_node.any(axis=1)).tolist()
     empty_cols = np.flatnonzero(~per_node.any(axis=0)).tolist()
     geometry = _geometry(lattice)
+    shot = np.ones((rows, cols), bool) if acquired is None else acquired.reshape(rows, cols)
 
     warnings: list[str] = []
-    if len(marks) < 0.9 * expected:
-        warnings.append(
-            f"only {len(marks)} of {expected} grid positions have a mark "
-            f"({100 * len(marks) / expected:.1f} %)"
-        )
+    warnings += _coverage(len(marks), int(np.count_nonzero(shot)), acquired is not None)
     if anchor_note:
         warnings.append(anchor_note)
-    warnings += _empty_inside(empty_rows, rows, cols, "row")
-    warnings += _empty_inside(empty_cols, cols, rows, "column")
-    if rows > 1 and cols > 1 and len(marks):
-        used_rows = max(m.row for m in marks) - min(m.row for m in marks) + 1
-        used_cols = max(m.col for m in marks) - min(m.col for m in marks) + 1
-        if used_rows < rows or used_cols < cols:
-            warnings.append(
-                f"the marks span only {used_rows} of {rows} rows and {used_cols} of {cols} "
-                "columns: the grid is larger than the marked area"
-            )
+    shot_rows, shot_cols = np.flatnonzero(shot.any(axis=1)), np.flatnonzero(shot.any(axis=0))
+    warnings += _empty_inside(empty_rows, rows, cols, "row", shot_rows)
+    warnings += _empty_inside(empty_cols, cols, rows, "column", shot_cols)
+    warnings += _span(marks, _extent(shot_rows), _extent(shot_cols), acquired is not None)
     if unnumbered.extra:
         warnings.append(_extra_warning(unnumbered, rows, cols))
     if residual_rms > HIGH_RESIDUAL * lattice.pitch:
@@ -107,6 +103,33 @@ def measure_quality(
     }
 
 
+def _coverage(found: int, shot: int, from_acquisition: bool) -> list[str]:
+    """Fewer than 90 % of the positions (shot ones, with an acquisition) carry a mark."""
+    if shot == 0 or found >= 0.9 * shot:
+        return []
+    positions = "positions with a spectrum" if from_acquisition else "grid positions"
+    return [f"only {found} of {shot} {positions} have a mark ({100 * found / shot:.1f} %)"]
+
+
+def _extent(indices: np.ndarray) -> int:
+    return int(indices[-1] - indices[0] + 1) if indices.size else 0
+
+
+def _span(marks: list[MarkRecord], rows: int, cols: int, from_acquisition: bool) -> list[str]:
+    """The marks span fewer rows or columns than the grid (than the acquisition, with one)."""
+    if rows <= 1 or cols <= 1 or not marks:
+        return []
+    used_rows = max(m.row for m in marks) - min(m.row for m in marks) + 1
+    used_cols = max(m.col for m in marks) - min(m.col for m in marks) + 1
+    if used_rows >= rows and used_cols >= cols:
+        return []
+    larger = "the acquisition is" if from_acquisition else "the grid is"
+    return [
+        f"the marks span only {used_rows} of {rows} rows and {used_cols} of {cols} "
+        f"columns: {larger} larger than the marked area"
+    ]
+
+
 def _geometry(lattice: Lattice) -> dict:
     """Rotation, pitches (row, column), shear and serpentine row shift of the lattice."""
     a_x, a_y = lattice.a_x, lattice.a_y
@@ -123,14 +146,17 @@ def _geometry(lattice: Lattice) -> dict:
     }
 
 
-def _empty_inside(empty: list[int], count: int, across: int, what: str) -> list[str]:
+def _empty_inside(
+    empty: list[int], count: int, across: int, what: str, shot: np.ndarray
+) -> list[str]:
     """A strong warning for rows (or columns) without marks between rows that have some: a
     wrong grid size or an uneven step seen as a row more often makes one than a row not shot.
-    Empty rows at the edges are the span warning's."""
+    Empty rows at the edges are the span warning's; rows never shot (`shot` lists the others)
+    are no one's."""
     occupied = np.setdiff1d(np.arange(count), empty)
     if occupied.size == 0:
         return []
-    inside = [k for k in empty if occupied[0] < k < occupied[-1]]
+    inside = [k for k in empty if occupied[0] < k < occupied[-1] and k in shot]
     if not inside:
         return []
     named = ", ".join(str(k) for k in inside[:LISTED])

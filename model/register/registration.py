@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.errors import RegistrationError
+from model.register.acquisition import Acquisition, acquisition_qc, with_spectra
 from model.register.assignment import anchor, anchor_at, assign
 from model.register.fit import choose_lattice
 from model.register.labels import mark_records, paint
@@ -24,22 +25,54 @@ from model.register.marks import (
     well_shaped,
 )
 from model.register.quality import Unnumbered, measure_quality
-from model.register.records import MAX_ID, KnownNode, MarkRecord, Registration
+from model.register.records import (
+    MAX_ID,
+    KnownNode,
+    MarkRecord,
+    Registration,
+    check_grid_fits,
+    id_dtype,
+)
 from model.register.touching import split_touching
 
 
 def register_marks(
-    mask: np.ndarray, rows: int, cols: int, known_node: KnownNode | None = None
+    mask: np.ndarray,
+    rows: int,
+    cols: int,
+    known_node: KnownNode | None = None,
+    acquisition: Acquisition | None = None,
 ) -> Registration:
     """Find the marks in a binary mask and number them on a rows x cols acquisition grid.
 
     `mask` may be bool, 0/1 or 0/255 (float masks are thresholded at 0.5). The grid is placed
     on the window of the lattice that holds the most marks, or, with `known_node`, so that the
-    node at that pixel position gets that row and column. Raises RegistrationError for an
-    impossible grid, an empty mask, fewer than 4 marks, or a known node off the grid or away
-    from every node.
+    node at that pixel position gets that row and column. With `acquisition` (an imzML's
+    positions) every mark gets the spectrum shot at its node and qc.json an `acquisition`
+    record. Raises RegistrationError for an impossible grid or one the image cannot hold, an
+    empty mask, fewer than 4 marks, a known node off the grid or away from every node, or
+    too little memory; AcquisitionError for an acquisition outside the grid.
     """
-    _check_grid(rows, cols)
+    _check_grid(rows, cols, np.shape(mask))
+    node_spectrum = None if acquisition is None else acquisition.node_spectra(rows, cols)
+    try:
+        return _register(mask, rows, cols, known_node, acquisition, node_spectrum)
+    except MemoryError:
+        height, width = np.shape(mask)[:2]
+        raise RegistrationError(
+            f"not enough memory to number a {rows} x {cols} grid on a {width} x {height} px "
+            "mask: free memory, or register the slide in parts"
+        ) from None
+
+
+def _register(
+    mask: np.ndarray,
+    rows: int,
+    cols: int,
+    known_node: KnownNode | None,
+    acquisition: Acquisition | None,
+    node_spectrum: np.ndarray | None,
+) -> Registration:
     found = find_marks(mask)
     clusters = found.clusters
     lattice = choose_lattice(clusters.centroid[well_shaped(clusters)], found.spacing, rows, cols)
@@ -50,9 +83,14 @@ def register_marks(
         clusters, found.cluster_of, found.kept, found.components, lattice, mark_area
     )
     numbering = _number_units(units, lattice, rows, cols, mark_area, known_node)
-    labels = paint(found.components, found.count, unit_components, units, numbering.unit_id)
-    marks = mark_records(units, numbering.unit_id, cols)
+    unit_id = numbering.unit_id
+    labels = paint(
+        found.components, found.count, unit_components, units, unit_id, id_dtype(rows, cols)
+    )
+    marks = mark_records(units, unit_id, cols)
     residual_rms = _refit_to_marks(lattice, marks, numbering.r0, numbering.c0)
+    if node_spectrum is not None:
+        marks = with_spectra(marks, node_spectrum)
 
     qc = measure_quality(
         rows=rows,
@@ -65,7 +103,11 @@ def register_marks(
         split_components=split_count,
         anchor_note=numbering.anchor_note,
         known_node=known_node,
+        acquired=None if node_spectrum is None else node_spectrum >= 0,
     )
+    if acquisition is not None:
+        qc["acquisition"], warnings = acquisition_qc(acquisition, marks, rows, cols)
+        qc["warnings"] += warnings
     return Registration(labels=labels, marks=marks, qc=qc)
 
 
@@ -138,11 +180,13 @@ def _refit_to_marks(lattice: Lattice, marks: list[MarkRecord], r0: int, c0: int)
     return float(np.sqrt(np.mean(np.sum(residual**2, axis=1)))) if len(marks) else 0.0
 
 
-def _check_grid(rows: int, cols: int) -> None:
+def _check_grid(rows: int, cols: int, shape: tuple[int, ...]) -> None:
     if int(rows) != rows or int(cols) != cols or rows < 1 or cols < 1:
         raise RegistrationError(f"the grid needs at least 1 row and 1 column, got {rows}x{cols}")
     if rows * cols > MAX_ID:
         raise RegistrationError(
             f"a {rows}x{cols} grid has {rows * cols} positions, more than the {MAX_ID} that "
-            "16-bit label images can number"
+            "32-bit label images can number"
         )
+    if len(shape) == 2:  # other shapes are find_marks' error
+        check_grid_fits(rows, cols, width=shape[1], height=shape[0])

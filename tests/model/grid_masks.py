@@ -53,7 +53,7 @@ class GridSpec:
 @dataclass
 class GridMask:
     mask: np.ndarray  # (H, W) bool
-    labels: np.ndarray  # (H, W) uint16 ground-truth ids, 0 background
+    labels: np.ndarray  # (H, W) uint16 (uint32 past 65 535 nodes) ground-truth ids, 0 background
     noise: np.ndarray  # (H, W) bool, speck and dust pixels (must get id 0)
     kinds: dict[int, str] = field(default_factory=dict)  # id -> shape kind
     spec: GridSpec = field(default_factory=GridSpec)
@@ -102,7 +102,8 @@ def make_grid_mask(spec: GridSpec) -> GridMask:
 
     canvas_shape = (height + 2 * pad, width + 2 * pad)
     mask = np.zeros(canvas_shape, np.uint8)
-    labels = np.zeros(canvas_shape, np.uint16)
+    id_type = np.uint16 if spec.rows * spec.cols <= 65535 else np.uint32  # as amseg writes ids
+    labels = np.zeros(canvas_shape, id_type)
     noise = np.zeros(canvas_shape, np.uint8)
     kind_of: dict[int, str] = {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -136,3 +137,69 @@ def test_at_anchors_the_grid_on_a_known_mark(tmp_path: Path) -> None:
     assert off.exit_code == 2 and "off the 6x7 grid" in off.output
     dataset = runner.invoke(app, ["register", "ds", "-r", "6", "-c", "7", "--at", at])
     assert dataset.exit_code == 2 and "--at" in dataset.output
+
+
+def test_imzml_gives_the_grid_and_a_spectrum_column(tmp_path: Path, grid) -> None:
+    from tests.model.register.imzml_files import serpentine, write_imzml
+
+    # Node (0, 0) was left out of the acquisition, so it has no mark; x runs right to left.
+    mask_path = write_png(tmp_path / "mask.png", _mask_u8(grid) * (grid.labels != 1))
+    positions = [(8 - x, y) for x, y in serpentine(6, 7, skip={(0, 0)})]
+    imzml = write_imzml(tmp_path / "run.imzML", positions)
+    out = tmp_path / "out"
+    base = ["register", "--mask", str(mask_path), "-o", str(out), "--imzml", str(imzml)]
+    result = runner.invoke(app, [*base, "--flip-x", "--tiff", "--geojson"])
+
+    assert result.exit_code == 0, result.output
+    assert "41/42 marks" in result.output and "41 marks joined to spectra" in result.output
+    with (out / "ams.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    expected = {(y - 1, 7 - x): index for index, (x, y) in enumerate(positions)}
+    assert {(int(r["row"]), int(r["col"])): int(r["spectrum"]) for r in rows} == expected
+    png, tiff = read_image(out / "am_coordinates.png"), read_image(out / "am_coordinates.tiff")
+    assert png.dtype == np.uint16 and tiff.dtype == np.uint32
+    np.testing.assert_array_equal(png, tiff)
+    features = json.loads((out / "marks.geojson").read_text())["features"]
+    assert sorted(f["properties"]["id"] for f in features) == list(range(2, 43))
+
+    unflipped = runner.invoke(app, base)  # the wrong orientation: the QC says which is right
+    assert unflipped.exit_code == 0, unflipped.output
+    assert "Oriented flip_x only 0 would" in " ".join(unflipped.output.split())
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--flip-x", "-r", "6", "-c", "7"], "give --imzml too"),
+        (["-r", "6"], "give both --rows and --cols"),
+        ([], "--rows R --cols C, or --imzml"),
+    ],
+)
+def test_grid_and_orientation_errors(
+    tmp_path: Path, grid, arguments: list[str], message: str
+) -> None:
+    mask_path = write_png(tmp_path / "mask.png", _mask_u8(grid))
+    result = runner.invoke(
+        app, ["register", "--mask", str(mask_path), "-o", str(tmp_path), *arguments]
+    )
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+@pytest.mark.slow
+def test_a_300_x_300_grid_gets_32_bit_ids(tmp_path: Path) -> None:
+    big = make_grid_mask(GridSpec(rows=300, cols=300, pitch_x=6, pitch_y=6, seed=83))
+    mask_path = write_png(tmp_path / "mask.png", _mask_u8(big))
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["register", "--mask", str(mask_path), "-r", "300", "-c", "300", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "90000/90000 marks" in result.output
+    assert not (out / "am_coordinates.png").exists()  # 16 bits cannot hold the ids
+    labels = read_image(out / "am_coordinates.tiff")
+    assert labels.dtype == np.uint32 and int(labels.max()) == 90_000
+    assert id_accuracy(labels, big.labels)["wrong_ids"] == []
+    with (out / "ams.csv").open() as handle:
+        ids = [int(row["id"]) for row in csv.DictReader(handle)]
+    assert ids == list(range(1, 90_001))

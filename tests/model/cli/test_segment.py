@@ -78,7 +78,9 @@ def test_usage_errors_are_one_line(tmp_path):
     ds = _make_dataset(tmp_path / "ds", {"a": image})
     cases = [
         (["segment", str(ds)], "--rows R --cols C"),
-        (["segment", str(ds), "--rows", "300", "--cols", "300"], "65535"),
+        (["segment", str(ds), "--rows", "70000", "--cols", "70000"], "the id limit"),
+        (["segment", str(ds), "--rows", "3"], "--rows R --cols C (or --imzml)"),
+        (["segment", str(ds), "--rows", "3", "--cols", "3", "--flip-x"], "give --imzml too"),
         (["segment", str(tmp_path / "missing"), "--no-register"], "no such dataset"),
         (["segment", str(ds), "zzz", "--no-register"], "unknown group"),
         (["segment", str(ds), "--no-register", "--overlap", "300"], "at most half"),
