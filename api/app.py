@@ -69,7 +69,11 @@ async def _sweep_forever(services: Services) -> None:
         await asyncio.sleep(services.settings.sweep_interval_s)
         try:
             await anyio.to_thread.run_sync(
-                sweep_once, services.sessions, services.publish, services.settings
+                sweep_once,
+                services.sessions,
+                services.publish_first,
+                services.settings,
+                services.waiting_task_ids,
             )
         except DATABASE_UNAVAILABLE as error:  # an outage: one line, not a traceback a pass
             database_outage_log.warn(

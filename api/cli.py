@@ -82,6 +82,7 @@ def up(
     import uvicorn
 
     from api.app import create_app
+    from api.data_dir import DataDirBusy, lock_data_dir
     from api.http_protocol import PROBLEM_HTTP_PROTOCOL
     from model.cli.console import console
     from store.settings import Settings
@@ -89,9 +90,16 @@ def up(
     data_dir = data_dir.resolve()
     env = dict(os.environ, EMBEDDED="1", DATA_DIR=str(data_dir))
     settings = Settings(embedded=True, data_dir=data_dir)
-    app = create_app(settings)  # migrates the SQLite database on start
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = lock_data_dir(data_dir)
+    except DataDirBusy as error:
+        typer.echo(f"amseg up: {error}", err=True)
+        raise typer.Exit(1) from None
+    _recover_previous_run(settings)
+    app = create_app(settings, migrate=False)  # migrated just now
 
-    supervisor = _WorkerSupervisor(env, settings)
+    supervisor = _WorkerSupervisor(env, settings, lock)
     config = uvicorn.Config(
         app,
         host=host,
@@ -115,6 +123,21 @@ def up(
         supervisor.stop()
     if received:
         raise typer.Exit(128 + received[0])  # the shell's code for "stopped by that signal"
+
+
+def _recover_previous_run(settings: Settings) -> None:
+    """Migrate, then hand back what a run that did not stop in order left behind."""
+    from api.data_dir import recover_previous_run
+    from store.database import upgrade_database
+    from store.queue import ensure_broker_dirs
+
+    upgrade_database(settings.database_url)
+    ensure_broker_dirs(settings)
+    handed_back, sent = recover_previous_run(settings)
+    for task_id in handed_back:
+        print(f"amseg: task {task_id} was left running; handed back to the queue", file=sys.stderr)
+    if sent:
+        print(f"amseg: {len(sent)} queued task(s) sent to the worker again", file=sys.stderr)
 
 
 def _stop_together_on_signals(server: uvicorn.Server, supervisor: _WorkerSupervisor) -> list[int]:
@@ -142,9 +165,10 @@ def _stop_together_on_signals(server: uvicorn.Server, supervisor: _WorkerSupervi
 class _WorkerSupervisor:
     """Keeps one `python -m worker` child alive until stopped, and stops it in time."""
 
-    def __init__(self, env: dict[str, str], settings: Settings) -> None:
+    def __init__(self, env: dict[str, str], settings: Settings, lock: int) -> None:
         self.env = env
         self.settings = settings
+        self.lock_fd = lock  # the data dir's lock, held by the worker too (api.data_dir)
         self.process: subprocess.Popen | None = None
         self.stopping = threading.Event()
         self.stop_deadline = 0.0
@@ -160,7 +184,7 @@ class _WorkerSupervisor:
         command += ["--stop-with-parent", str(os.getpid())]  # even if this process is killed
         # Its own process group: a kill reaches its pool child too, and Ctrl-C in a terminal
         # reaches only this process, which then stops the worker in order.
-        return subprocess.Popen(command, env=self.env, process_group=0)
+        return subprocess.Popen(command, env=self.env, process_group=0, pass_fds=(self.lock_fd,))
 
     def _run(self) -> None:
         while True:
@@ -210,9 +234,9 @@ class _WorkerSupervisor:
 
     def _hand_back(self, worker_pid: int, *, count_attempt: bool) -> None:
         """Put the tasks the ended worker was running back in the queue, and send their
-        messages again: the file queue lost the ones its worker had taken."""
+        messages again, first: the file queue lost the ones its worker had taken."""
         from store.database import create_db_engine, create_session_factory
-        from store.queue import create_celery, send_process_task
+        from store.queue import resend_first
         from store.tasks import release_worker_claims
 
         settings = self.settings
@@ -228,11 +252,7 @@ class _WorkerSupervisor:
                     )
             finally:
                 engine.dispose()
-            if task_ids:
-                celery = create_celery(settings)
-                with contextlib.closing(celery):
-                    for task_id in task_ids:
-                        send_process_task(celery, str(task_id), settings.task_queue)
+            resend_first(settings, task_ids)
         except Exception as error:  # the sweep hands them back once their heartbeat is stale
             print(f"amseg: could not hand the worker's task back: {error}", file=sys.stderr)
             return

@@ -6,6 +6,7 @@ A route asks for `svc: ServicesDep` and reads like prose; nothing reaches into `
 from __future__ import annotations
 
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -19,7 +20,7 @@ from api.metrics import Metrics
 from api.problems import Problem
 from api.view_cache import ViewCache
 from store.blobs import BlobStore
-from store.queue import send_process_task
+from store.queue import send_process_task, waiting_task_ids
 from store.settings import Settings
 
 
@@ -37,6 +38,14 @@ class Services:
     def publish(self, task_id: str) -> None:
         """Send the task's message to the broker (blocking; call from a thread)."""
         send_process_task(self.celery, task_id, self.settings.task_queue)
+
+    def publish_first(self, task_id: str) -> None:
+        """Send the message of a task handed back after a fault, at the head of the queue."""
+        send_process_task(self.celery, task_id, self.settings.task_queue, first=True)
+
+    def waiting_task_ids(self) -> Collection[str]:
+        """The tasks with a message waiting in the broker (blocking; call from a thread)."""
+        return waiting_task_ids(self.settings)
 
 
 def get_services(request: Request) -> Services:

@@ -8,20 +8,32 @@ Delivery (see ../shared/reference/service-anchors.md §2 for the measurements be
 - messages carry only the task id; the database row is the truth;
 - late acks + prefetch 1: a message is acknowledged only after its task returned, so a worker
   that dies mid-task leaves it in Redis's unacked set, restored after the visibility timeout;
-- a pool child killed mid-task (OOM, SIGKILL) re-sends its task, at most `max_retries` times;
+- a pool child killed mid-task (OOM, SIGKILL): its worker hands the task back and sends its
+  message again, first in the queue (`worker.tasks.HandBackRequest`);
 - soft < hard time limit < visibility timeout, so a slow task is never handed out twice;
-- the API's sweep re-sends tasks whose heartbeat went stale, which also covers a broker that
-  lost its messages (a Redis restart without persistence, the embedded filesystem broker).
+- the API's sweep hands back tasks whose heartbeat went stale and re-sends a queued task only
+  when the broker holds no message for it (`waiting_task_ids`): a task waiting its turn keeps
+  its one message, however long the queue.
 """
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from collections.abc import Iterable
+
+import redis
 from celery import Celery
 from kombu import Queue
 
+from store.file_queue import waiting_task_ids as waiting_in_folder
+from store.messages import PRIORITY_FIRST, PRIORITY_NORMAL, PROCESS_TASK, message_task_id
 from store.settings import Settings
 
-PROCESS_TASK = "amseg.process_task"
+__all__ = ["PROCESS_TASK", "create_celery", "send_process_task", "waiting_task_ids"]
+# Kombu's Redis transport keeps a list per priority step: `queue`, `queue\x06\x163`, ...
+_REDIS_PRIORITY_STEPS = (0, 3, 6, 9)
+_REDIS_PRIORITY_SEPARATOR = "\x06\x16"
 
 
 def celery_config(settings: Settings) -> dict:
@@ -38,8 +50,11 @@ def celery_config(settings: Settings) -> dict:
         "task_ignore_result": True,
         "result_backend": None,
         "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        "task_retry_on_worker_lost": True,
+        # A lost pool child's message is acknowledged: its worker hands the task back and
+        # sends it again at the head of the queue (worker.tasks.HandBackRequest); Celery's own
+        # requeue or retry would put it behind every queued task.
+        "task_reject_on_worker_lost": False,
+        "task_retry_on_worker_lost": False,
         # How long the thread-based pool (embedded mode) waits for a result from a dead pool
         # child before it reports the child lost and the task is handed back (default 10 s).
         # A result it missed is harmless: the task is FINISHED, and the re-send is a no-op.
@@ -77,9 +92,11 @@ def celery_config(settings: Settings) -> dict:
         # Celery reads the visibility timeout in three places (celery/celery#7651).
         config["visibility_timeout"] = settings.broker_visibility_timeout_s
     else:
-        # Embedded mode: messages are files under data_dir. No broadcast is needed (remote
-        # control and events use fanout exchanges), so turn it off.
+        # Embedded mode: messages are files under data_dir (store.file_queue: kombu's
+        # filesystem transport that names each file after its task). No broadcast is needed
+        # (remote control and events use fanout exchanges), so turn it off.
         folder = str(settings.broker_dir / "messages")
+        config["broker_transport"] = "store.file_queue:Transport"
         config["broker_transport_options"] = {
             "data_folder_in": folder,
             "data_folder_out": folder,
@@ -108,6 +125,45 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
-def send_process_task(app: Celery, task_id: str, queue: str) -> None:
-    """Publish the message that asks a worker to process task `task_id`."""
-    app.send_task(PROCESS_TASK, args=[task_id], queue=queue)
+def send_process_task(app: Celery, task_id: str, queue: str, *, first: bool = False) -> None:
+    """Publish the message that asks a worker to process task `task_id`: behind the queued
+    ones, or `first` (a task handed back after a fault, which keeps its place)."""
+    priority = PRIORITY_FIRST if first else PRIORITY_NORMAL
+    app.send_task(PROCESS_TASK, args=[task_id], queue=queue, priority=priority)
+
+
+def resend_first(settings: Settings, task_ids: Iterable[object]) -> None:
+    """Send the tasks' messages before every message sent normally, in the given order, with
+    a publisher of its own (for callers without a Celery app)."""
+    task_ids = list(task_ids)
+    if not task_ids:
+        return
+    app = create_celery(settings)
+    try:
+        for task_id in task_ids:
+            send_process_task(app, str(task_id), settings.task_queue, first=True)
+    finally:
+        app.close()
+
+
+def waiting_task_ids(settings: Settings) -> Counter[str]:
+    """How many messages wait in TASK_QUEUE for each task (not yet taken by a worker).
+
+    The sweep re-sends a queued task only when it has none. Reads the whole queue: a Redis
+    list a priority step, or the names of the message files."""
+    if not settings.redis_url:
+        return Counter(waiting_in_folder(settings.broker_dir / "messages", settings.task_queue))
+    keys = [settings.task_queue] + [
+        f"{settings.task_queue}{_REDIS_PRIORITY_SEPARATOR}{step}"
+        for step in _REDIS_PRIORITY_STEPS[1:]
+    ]
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    try:
+        with client.pipeline(transaction=False) as pipeline:
+            for key in keys:
+                pipeline.lrange(key, 0, -1)
+            lists = pipeline.execute()
+    finally:
+        client.close()
+    ids = (message_task_id(json.loads(raw)) for messages in lists for raw in messages)
+    return Counter(task_id for task_id in ids if task_id is not None)

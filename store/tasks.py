@@ -252,7 +252,8 @@ class Task(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
-    # When the sweep last re-sent the task's broker message (None: only the first send).
+    # When the task's broker message was last sent again, by the sweep or after its worker
+    # handed it back (None: only the first send).
     dispatched_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
@@ -509,6 +510,26 @@ def mark_running(
     )
 
 
+def is_claimable(
+    session: Session, task_id: UUID | str, *, stale_after_s: float, max_attempts: int
+) -> bool:
+    """Whether `mark_running` would claim the task now: a read, so that a worker can drop a
+    duplicate message without starting anything (the claim itself still decides)."""
+    if (parsed := parse_task_id(task_id)) is None:
+        return False
+    stale_before = utc_now() - timedelta(seconds=stale_after_s)
+    query = select(Task.id).where(
+        Task.id == parsed,
+        or_(
+            Task.status == TaskStatus.QUEUED,
+            and_(Task.status == TaskStatus.RUNNING, Task.heartbeat_at < stale_before),
+        ),
+        Task.attempts < max_attempts,
+        Task.cancel_requested.is_(False),
+    )
+    return session.scalar(query) is not None
+
+
 def release_claim(
     session: Session,
     task_id: UUID | str,
@@ -562,6 +583,7 @@ def _give_back(
         stage=None,
         heartbeat_at=None,
         claimed_by=None,
+        dispatched_at=utc_now(),  # its caller sends the message again
     )
     if requeued:
         return TaskStatus.QUEUED
@@ -707,24 +729,21 @@ def delete_task(session: Session, task_id: UUID | str) -> bool:
 def find_tasks_to_redispatch(
     session: Session, *, stale_after_s: float, max_attempts: int
 ) -> list[UUID]:
-    """Tasks whose broker message was probably lost, oldest first, for a periodic sweep.
+    """QUEUED tasks whose broker message may have been lost, oldest first, for a periodic
+    sweep: created, and last sent, longer than `stale_after_s` ago (the enqueue after the
+    commit never happened, or the broker lost it), while they have runs left.
 
-    RUNNING tasks whose heartbeat is older than `stale_after_s` (their worker died) and
-    QUEUED tasks created longer ago than that (the enqueue after the commit never happened),
-    in both cases only while they have had fewer than `max_attempts` runs.
+    Most of them are only waiting their turn: the sweep re-sends one only when the broker
+    holds no message for it. The age keeps the race with a worker that just took the message
+    (and has not claimed the task yet) to at most one duplicate per stale period.
     """
     cutoff = utc_now() - timedelta(seconds=stale_after_s)
-    # A task re-sent less than `stale_after_s` ago is left alone: its message may simply be
-    # waiting behind others in the queue, and re-sending it every sweep would flood the queue.
-    not_resent_lately = or_(Task.dispatched_at.is_(None), Task.dispatched_at < cutoff)
     query = (
         select(Task.id)
         .where(
-            or_(
-                and_(Task.status == TaskStatus.RUNNING, Task.heartbeat_at < cutoff),
-                and_(Task.status == TaskStatus.QUEUED, Task.created_at < cutoff),
-            ),
-            not_resent_lately,
+            Task.status == TaskStatus.QUEUED,
+            Task.created_at < cutoff,
+            or_(Task.dispatched_at.is_(None), Task.dispatched_at < cutoff),
             Task.attempts < max_attempts,
             Task.cancel_requested.is_(False),
         )
@@ -733,8 +752,58 @@ def find_tasks_to_redispatch(
     return list(session.scalars(query))
 
 
+def queued_task_ids(session: Session) -> list[UUID]:
+    """Every QUEUED task, oldest first."""
+    query = select(Task.id).where(Task.status == TaskStatus.QUEUED)
+    return list(session.scalars(query.order_by(Task.created_at, Task.id)))
+
+
+def release_stale_tasks(session: Session, *, stale_after_s: float, max_attempts: int) -> list[UUID]:
+    """Hand back to the queue the RUNNING tasks whose heartbeat is older than `stale_after_s`
+    (their worker died, or lost the database) while they have runs left; the lost attempt stays
+    counted. Returns their ids, oldest first: their messages are the caller's to send again.
+
+    A worker that was only starved finds the task no longer RUNNING at its next heartbeat and
+    stops it."""
+    cutoff = utc_now() - timedelta(seconds=stale_after_s)
+    stale = and_(
+        Task.status == TaskStatus.RUNNING,
+        Task.heartbeat_at < cutoff,
+        Task.attempts < max_attempts,
+        Task.cancel_requested.is_(False),
+    )
+    query = select(Task.id).where(stale).order_by(Task.created_at, Task.id)
+    return [
+        task_id
+        for task_id in list(session.scalars(query))
+        if _update(
+            session,
+            task_id,
+            stale,
+            status=TaskStatus.QUEUED,
+            stage=None,
+            heartbeat_at=None,
+            claimed_by=None,
+            dispatched_at=utc_now(),
+        )
+    ]
+
+
+def release_all_claims(session: Session, *, max_attempts: int) -> list[UUID]:
+    """Hand every RUNNING task back to the queue, its attempt not counted, oldest first: for
+    `amseg up` when it starts, when no worker of it can be running any task."""
+    held = Task.status == TaskStatus.RUNNING
+    query = select(Task.id).where(held).order_by(Task.created_at, Task.id)
+    return [
+        task_id
+        for task_id in list(session.scalars(query))
+        if _give_back(session, task_id, held, max_attempts, count_attempt=False)
+        == TaskStatus.QUEUED
+    ]
+
+
 def mark_dispatched(session: Session, task_id: UUID | str) -> bool:
-    """Record that the sweep re-sent the task's message now; True if the task exists."""
+    """Record that the task's message was sent again now; True if the task exists."""
     return _update(session, task_id, dispatched_at=utc_now())
 
 

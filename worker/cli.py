@@ -6,10 +6,13 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 
 import typer
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# What the kernel sends the worker when `amseg up` dies: a signal Celery leaves alone.
+PARENT_DEATH_SIGNAL = signal.SIGUSR2
 
 
 def register(app: typer.Typer) -> None:
@@ -43,7 +46,8 @@ def worker(
         None,
         "--stop-with-parent",
         hidden=True,
-        help="Shut down (warm) when process PID ends, even if it was killed (Linux; `amseg up`).",
+        help="Stop at once, handing the running task back, when process PID ends, even if it"
+        " was killed (Linux; `amseg up`).",
     ),
 ) -> None:
     """Process queued tasks (settings from the environment; see docs/service.md).
@@ -74,12 +78,23 @@ def worker(
 
 
 def _stop_with_parent(parent_pid: int) -> None:
-    """Have the kernel send SIGTERM (Celery's warm shutdown) when the parent dies, so that a
-    supervisor killed outright (SIGKILL, OOM) leaves no worker taking tasks behind."""
+    """Have the kernel signal this process when the parent dies, so that a supervisor killed
+    outright (SIGKILL, OOM) leaves no worker behind: the running task stops at once and goes
+    back to the queue, its attempt not counted (`worker.main_process.leave_now`)."""
     if not sys.platform.startswith("linux"):
         return
+    from store.settings import get_settings
+    from worker.main_process import leave_now
+
+    def on_parent_death(signum: int, frame: object) -> None:
+        # From a thread: the main thread may hold locks (logging's, the database's) that work
+        # done inside a signal handler would wait on forever.
+        leave = threading.Thread(target=leave_now, args=(get_settings(),), daemon=True)
+        leave.start()
+
+    signal.signal(PARENT_DEATH_SIGNAL, on_parent_death)
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:  # a sandbox may refuse it
+    if libc.prctl(PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL, 0, 0, 0) != 0:  # a sandbox may refuse
         reason = os.strerror(ctypes.get_errno())
         typer.echo(f"amseg worker: cannot follow its parent's exit ({reason})", err=True)
     if os.getppid() != parent_pid:  # the parent died before the request took effect

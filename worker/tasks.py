@@ -18,6 +18,7 @@ from celery import Task as CeleryTask
 from celery.exceptions import SoftTimeLimitExceeded, Terminated
 from celery.signals import worker_process_init
 from celery.worker.request import Request
+from celery.worker.state import task_ready
 from sqlalchemy.exc import OperationalError
 
 from store.blobs import create_blob_store
@@ -27,10 +28,18 @@ from store.database import (
     create_session_factory,
     describe_database_error,
 )
-from store.queue import PROCESS_TASK, create_celery
+from store.queue import PROCESS_TASK, create_celery, send_process_task
 from store.settings import Settings, get_settings
-from store.tasks import claimant_id, fail_task, get_task, release_claim, release_task
+from store.tasks import (
+    TaskStatus,
+    claimant_id,
+    fail_task,
+    get_task,
+    release_claim,
+    release_task,
+)
 from worker.jobs import WorkerContext
+from worker.main_process import main_process_session, may_start, worker_stopping
 from worker.models import ModelDirectories
 from worker.processing import database_outage_log, fail_with_error, process_task
 from worker.segmenting import warm_up_segmenter
@@ -97,9 +106,35 @@ def _load_after_fork(**_: object) -> None:
 
 
 class HandBackRequest(Request):
-    """A request that hands its task back when the pool process running it dies, before Celery
-    re-sends it (task_retry_on_worker_lost): the re-sent message must find the task claimable,
-    not RUNNING under a dead process until its heartbeat goes stale."""
+    """The worker's main process's view of one message.
+
+    Before the pool starts it: a duplicate (a task nobody could claim now) is acknowledged and
+    dropped without reaching the pool, and once the worker is stopping nothing starts (the
+    message stays unacknowledged: the broker gets it back, first in the queue, when the worker
+    closes). When the pool process running it dies: the task is handed back and its message
+    sent again at the head of the queue, so it keeps its place."""
+
+    def revoked(self) -> bool:
+        if super().revoked():
+            return True
+        if not self.args:
+            return False
+        task_id = str(self.args[0])
+        if worker_stopping():
+            log.info("task %s not started: the worker is stopping", task_id)
+            self._drop(acknowledge=False)
+            return True
+        if not may_start(task_id, get_settings()):
+            log.info("task %s: a duplicate message, dropped", task_id)
+            self._drop(acknowledge=True)
+            return True
+        return False
+
+    def _drop(self, *, acknowledge: bool) -> None:
+        task_ready(self)
+        if acknowledge:
+            self.acknowledge()
+        self._already_revoked = True  # Celery's "skip it" flag: asked again, the answer stays
 
     def on_failure(
         self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False
@@ -108,33 +143,33 @@ class HandBackRequest(Request):
         if isinstance(error, ExceptionWithTraceback):
             error = error.exc
         if isinstance(error, PROCESS_STOPPED) and self.worker_pid is not None and self.args:
-            hand_back(str(self.args[0]), self.worker_pid)
+            queue = (self.delivery_info or {}).get("routing_key") or get_settings().task_queue
+            hand_back(str(self.args[0]), self.worker_pid, queue)
         return super().on_failure(
             exc_info, send_failed_event=send_failed_event, return_ok=return_ok
         )
 
 
-def hand_back(task_id: str, pid: int) -> None:
-    """Release pool process `pid`'s claim of the task, from the worker's main process.
+def hand_back(task_id: str, pid: int, queue: str) -> None:
+    """Release pool process `pid`'s claim of the task, from the worker's main process, and
+    send its message again at the head of `queue`.
 
     The attempt stays counted: a task that kills its process every time runs out of attempts.
-    Rare, so a short-lived engine: no connection may be open here when the pool forks a child.
     """
     settings = get_settings()
-    engine = create_db_engine(settings.database_url)
     try:
-        with create_session_factory(engine)() as session:
+        with main_process_session(settings) as session:
             status = release_claim(
                 session,
                 task_id,
                 claimant=claimant_id(WORKER_PID, pid),
                 max_attempts=settings.task_max_attempts,
             )
-    except Exception:  # the database is away: the sweep re-runs it once the claim goes stale
+        if status == TaskStatus.QUEUED:
+            send_process_task(app, task_id, queue, first=True)
+    except Exception:  # the database or broker is away: the sweep hands it back once stale
         log.exception("could not hand back task %s of the lost process %d", task_id, pid)
         return
-    finally:
-        engine.dispose()
     if status is not None:
         log.warning("process %d running task %s stopped; the task is %s", pid, task_id, status)
 
@@ -143,7 +178,7 @@ def hand_back(task_id: str, pid: int) -> None:
     name=PROCESS_TASK,
     bind=True,
     Request=HandBackRequest,
-    # Also the bound for re-sends after a killed pool child (task_retry_on_worker_lost).
+    # The bound for retries after passing infrastructure errors.
     max_retries=get_settings().task_max_attempts,
     default_retry_delay=2,
 )

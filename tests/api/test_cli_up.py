@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
@@ -153,12 +154,92 @@ def test_a_killed_amseg_up_leaves_no_worker_behind(tmp_path: Path) -> None:
             time.sleep(0.05)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_amseg_up_stops_its_running_task_and_hands_it_back(tmp_path: Path) -> None:
+    """kill -9 leaves nobody to stop the worker in order: the kernel's parent-death signal
+    makes it kill its pool child and hand the task back, its attempt not counted."""
+    data_dir = tmp_path / "data"
+    with running_up(data_dir) as (server, client):
+        task_id = submit_slow_task(client)
+        wait_for(client, task_id, lambda state: state["status"] == "RUNNING")
+        tree = process_tree(server.pid)
+        assert len(tree) >= 3, "expected amseg up, its worker and the worker's pool child"
+
+        server.kill()
+        deadline = time.monotonic() + STOP_BOUND_S
+        while alive := [pid for pid in tree if is_running(pid)]:
+            assert time.monotonic() < deadline, f"left behind: {alive}"
+            time.sleep(0.05)
+    assert stored_state(data_dir, task_id) == ("QUEUED", 0)
+
+    with running_up(data_dir) as (_, client):
+        state = wait_for(client, task_id, lambda state: state["status"] in ("FINISHED", "FAILED"))
+    assert (state["status"], state["attempts"]) == ("FINISHED", 1), state
+
+
+def test_a_second_amseg_up_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    """Two workers on one file queue and one database would run side by side."""
+    data_dir = tmp_path / "data"
+    with running_up(data_dir):
+        second = subprocess.run(
+            [AMSEG, "up", "--port", str(free_port()), "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert second.returncode == 1
+    assert "in use by another `amseg up`" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+
+
+@pytest.mark.parametrize(
+    "stop_signal", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda sig: sig.name
+)
+def test_no_task_starts_after_a_stop_signal(tmp_path: Path, stop_signal: signal.Signals) -> None:
+    """Short tasks one after another: the one running when the signal comes may finish in
+    the grace period, but the worker must not take the next one."""
+    data_dir = tmp_path / "data"
+    with running_up(data_dir) as (server, client):
+        task_ids = [submit_small_task(client, seed) for seed in range(6)]
+        wait_for(client, task_ids[1], lambda state: state["status"] != "QUEUED")
+        signalled_at = datetime.now(UTC)
+        server.send_signal(stop_signal)
+        assert server.wait(timeout=STOP_BOUND_S + 5) == 128 + stop_signal
+
+    starts = {task_id: stored_start(data_dir, task_id) for task_id in task_ids}
+    late = {task_id: at for task_id, at in starts.items() if at is not None and at > signalled_at}
+    assert not late, f"started after the signal at {signalled_at}: {late}"
+    never_started = [task_id for task_id, at in starts.items() if at is None]
+    assert len(never_started) >= 3  # the test means something only with tasks left
+    for task_id in never_started:
+        assert stored_state(data_dir, task_id) == ("QUEUED", 0)
+
+
+def submit_small_task(client: httpx.Client, seed: int) -> str:
+    """A 512² slide: about a second of work."""
+    noise = np.random.default_rng(seed).integers(0, 256, (512, 512), dtype=np.uint8)
+    created = client.post("/tasks", content=png_bytes(noise), headers={"Content-Type": "image/png"})
+    assert created.status_code == 201, created.text
+    return created.json()["id"]
+
+
+def stored_start(data_dir: Path, task_id: str) -> datetime | None:
+    """When the task was last claimed, read from the database file while nothing runs."""
+    with sqlite3.connect(data_dir / "amseg.sqlite3") as database:
+        (started,) = database.execute(
+            "SELECT started_at FROM tasks WHERE id = ?", (UUID(task_id).hex,)
+        ).fetchone()
+    return None if started is None else datetime.fromisoformat(started).replace(tzinfo=UTC)
+
+
 @contextmanager
-def running_up(data_dir: Path) -> Iterator[tuple[subprocess.Popen, httpx.Client]]:
-    """`amseg up` on a free port, healthy; stopped (or killed) on the way out if still up."""
+def running_up(data_dir: Path, **settings: str) -> Iterator[tuple[subprocess.Popen, httpx.Client]]:
+    """`amseg up` on a free port (with `settings` in its environment), healthy; stopped (or
+    killed) on the way out if still up."""
     port = free_port()
     server = subprocess.Popen(
         [AMSEG, "up", "--port", str(port), "--data-dir", str(data_dir)],
+        env={**os.environ, **settings},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

@@ -24,10 +24,14 @@ from store.tasks import (
     find_tasks_to_redispatch,
     finish_task,
     get_task,
+    is_claimable,
     list_tasks,
     mark_dispatched,
     mark_running,
+    queued_task_ids,
+    release_all_claims,
     release_claim,
+    release_stale_tasks,
     release_task,
     release_worker_claims,
     report_progress,
@@ -274,20 +278,54 @@ def test_sweep_finds_only_stale_tasks_within_their_attempts(session: Session) ->
     finish_task(session, finished_long_ago.id, result_keys={})
     set_columns(session, finished_long_ago, created_at=long_ago(), heartbeat_at=long_ago())
 
-    to_redispatch = find_tasks_to_redispatch(
-        session, stale_after_s=STALE_AFTER_S, max_attempts=MAX_ATTEMPTS
-    )
-    abandoned = fail_abandoned_tasks(
-        session, stale_after_s=STALE_AFTER_S, max_attempts=MAX_ATTEMPTS
-    )
+    limits = {"stale_after_s": STALE_AFTER_S, "max_attempts": MAX_ATTEMPTS}
+    to_redispatch = find_tasks_to_redispatch(session, **limits)
+    abandoned = fail_abandoned_tasks(session, **limits)
+    handed_back = release_stale_tasks(session, **limits)
 
-    assert set(to_redispatch) == {stale.id, lost_in_queue.id}
+    assert to_redispatch == [lost_in_queue.id]
     assert abandoned == [exhausted.id]
+    assert handed_back == [stale.id]
     given_up = get_task(session, exhausted.id)
     assert given_up.status == TaskStatus.FAILED
     assert "giving up" in given_up.error
-    assert {get_task(session, task.id).status for task in (live, stale)} == {TaskStatus.RUNNING}
+    assert get_task(session, live.id).status == TaskStatus.RUNNING
+    released = get_task(session, stale.id)
+    assert (released.status, released.attempts, released.claimed_by) == (TaskStatus.QUEUED, 1, None)
+    assert released.dispatched_at is not None  # its message is sent again: not a candidate
+    assert find_tasks_to_redispatch(session, **limits) == [lost_in_queue.id]
     assert get_task(session, just_queued.id).status == TaskStatus.QUEUED
+
+
+def test_a_new_start_hands_back_every_running_task_without_counting_it(session: Session) -> None:
+    running = new_task(session)
+    claim(session, running)
+    finished = new_task(session)
+    claim(session, finished)
+    finish_task(session, finished.id, result_keys={})
+
+    assert release_all_claims(session, max_attempts=MAX_ATTEMPTS) == [running.id]
+    task = get_task(session, running.id)
+    assert (task.status, task.attempts) == (TaskStatus.QUEUED, 0)
+    assert get_task(session, finished.id).status == TaskStatus.FINISHED
+    assert queued_task_ids(session) == [running.id]
+
+
+def test_only_a_task_that_could_be_claimed_now_is_claimable(session: Session) -> None:
+    limits = {"stale_after_s": STALE_AFTER_S, "max_attempts": MAX_ATTEMPTS}
+    queued, running, stale, cancelled = (new_task(session) for _ in range(4))
+    for task in (running, stale):
+        claim(session, task)
+    set_columns(session, stale, heartbeat_at=long_ago())
+    request_cancel(session, cancelled.id)
+
+    claimable = {
+        task.id
+        for task in (queued, running, stale, cancelled)
+        if is_claimable(session, task.id, **limits)
+    }
+    assert claimable == {queued.id, stale.id}
+    assert not is_claimable(session, "not-a-task", **limits)
 
 
 def test_sweep_fails_a_cancelled_task_whose_worker_died(session: Session) -> None:

@@ -1,6 +1,7 @@
 """The Celery task around `process_task`: unexpected errors fail the task at once with a
 message; passing infrastructure errors are retried, then fail (run eagerly here); a task whose
-pool process died is handed back before Celery re-sends it."""
+pool process died is handed back and sent again first; the main process drops a duplicate
+message, and starts nothing once the worker is stopping."""
 
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from store.tasks import (
     TaskStatus,
     claimant_id,
     create_task,
+    finish_task,
     get_task,
     mark_running,
 )
@@ -101,10 +103,14 @@ POOL_CHILD_PID = 4242
 
 def lost_request(task_id: str) -> tasks.HandBackRequest:
     """The main process's request for `task_id`, accepted by pool child POOL_CHILD_PID (built
-    without a broker message: only what on_failure reads)."""
+    without a broker message: only what on_failure and revoked read)."""
     request = object.__new__(tasks.HandBackRequest)
     request._args = (task_id,)
+    request._delivery_info = {"routing_key": "gpu"}
     request.worker_pid = POOL_CHILD_PID
+    request.acknowledged = False
+    request._already_revoked = False
+    request._connection_errors = ()
     return request
 
 
@@ -140,6 +146,8 @@ def test_a_lost_pool_childs_task_is_handed_back_before_celery_resends_it(
             seen_by_celery.append(get_task(session, task_id).status)
 
     monkeypatch.setattr(Request, "on_failure", celery_on_failure)
+    sent = []
+    monkeypatch.setattr(tasks, "send_process_task", lambda *args, **kw: sent.append((args, kw)))
 
     lost_request(task_id).on_failure(failure(error))
 
@@ -147,3 +155,42 @@ def test_a_lost_pool_childs_task_is_handed_back_before_celery_resends_it(
     assert seen_by_celery == [expected]
     with context.sessions() as session:
         assert get_task(session, task_id).attempts == 1  # the lost attempt still counts
+    # Sent again at the head of the queue it came from, so it keeps its place.
+    assert sent == ([((tasks.app, task_id, "gpu"), {"first": True})] if handed_back else [])
+
+
+@pytest.mark.parametrize(
+    ("state", "stopping", "outcome"),
+    [
+        ("queued", False, "run"),
+        ("running", False, "dropped"),  # a duplicate: another process holds the claim
+        ("finished", False, "dropped"),
+        ("queued", True, "held"),  # the worker is stopping: the broker gets it back
+    ],
+)
+def test_the_main_process_starts_only_a_claimable_task_and_nothing_while_stopping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: str, stopping: bool, outcome: str
+) -> None:
+    context = context_whose_model_raises(tmp_path, RuntimeError("unused"))
+    monkeypatch.setattr(tasks, "get_settings", lambda: context.settings)
+    monkeypatch.setattr(tasks, "worker_stopping", lambda: stopping)
+    monkeypatch.setattr(tasks, "task_ready", lambda request: None)
+    monkeypatch.setattr(Request, "revoked", lambda request: request._already_revoked)
+    task_id = queued_task(context)
+    with context.sessions() as session:
+        if state != "queued":
+            assert mark_running(session, task_id, stale_after_s=60, max_attempts=2)
+        if state == "finished":
+            assert finish_task(session, task_id, result_keys={})
+    request = lost_request(task_id)
+    acknowledged = []
+    request._on_ack = lambda *args: acknowledged.append(True)
+
+    skipped = request.revoked()
+
+    assert (skipped, bool(acknowledged)) == {
+        "run": (False, False),
+        "dropped": (True, True),
+        "held": (True, False),
+    }[outcome]
+    assert request.revoked() == skipped  # asked again (Celery does), the answer stays
