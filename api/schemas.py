@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from model.train.finetune_job import DEFAULT_MINUTES
 from store.tasks import (
     MAX_FINETUNE_MINUTES,
     RegisterParameters,
@@ -212,7 +213,10 @@ class ModelQuery(BaseModel):
     )
     cols: int | None = Field(default=None, ge=1, le=10_000, description="Grid columns")
     minutes: float = Field(
-        default=5.0, gt=0.0, le=MAX_FINETUNE_MINUTES, description="Time budget of the fine-tune"
+        default=DEFAULT_MINUTES,
+        gt=0.0,
+        le=MAX_FINETUNE_MINUTES,
+        description="Upper bound of the fine-tune's time (it runs a fixed number of steps)",
     )
     base: str | None = Field(
         default=None, max_length=100, description="Model to start from (default: shipped model)"

@@ -2,8 +2,9 @@
 on the part it was not shown, and tuned on the very pixels it was shown.
 
     PYTHONPATH=. .venv/bin/python benchmarks/finetune_dev.py [--crops notebook_crop,...]
-        [--protocols top,left,one-box,two-box] [--minutes 5] [--max-steps N] [--threads T]
-        [--busy] [--base MODEL_DIR] [--json out.json] [--overlays /tmp/dev]
+        [--protocols top,left,one-box,two-box] [--minutes 5] [--threads T] [--busy]
+        [--set steps=300 --set encoder=frozen ...] [--base MODEL_DIR] [--json out.json]
+        [--overlays /tmp/dev]
 
 Protocols (a user labels part of a crop, tunes, and looks at the whole crop):
 - top / left: the top (left) half labelled, judged on the bottom (right) half it never saw;
@@ -24,6 +25,7 @@ import multiprocessing
 import os
 import tempfile
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 
 import cv2
@@ -69,21 +71,33 @@ def load_crop(name: str) -> tuple[np.ndarray, np.ndarray]:
     return image, labels
 
 
-def shown_part(protocol: str, shape: tuple[int, int]) -> np.ndarray:
+def shown_part(protocol: str, labels: np.ndarray) -> np.ndarray:
     """Which pixels the person labelled under `protocol`."""
-    height, width = shape
-    shown = np.zeros(shape, bool)
+    height, width = labels.shape
+    shown = np.zeros(labels.shape, bool)
     if protocol == "top":
         shown[: height // 2] = True
     elif protocol == "left":
         shown[:, : width // 2] = True
     else:
-        # Boxes where a person would start: near a corner, holding several marks.
-        y, x = height // 8, width // 8
-        shown[y : y + BOX, x : x + BOX] = True
-        if protocol == "two-box":
-            shown[height - y - BOX : height - y, width - x - BOX : width - x] = True
+        # Where a person would start: the box with the most marks in the top half (and, for
+        # two boxes, in the bottom half too).
+        halves = [(0, height // 2)] + ([(height // 2, height)] if protocol == "two-box" else [])
+        for top, bottom in halves:
+            y, x = densest_box(labels == 255, top, bottom)
+            shown[y : y + BOX, x : x + BOX] = True
     return shown
+
+
+def densest_box(marks: np.ndarray, top: int, bottom: int, step: int = 16) -> tuple[int, int]:
+    """Corner of the BOX² window starting between rows top and bottom with the most marks."""
+    best, where = -1, (top, 0)
+    for y in range(top, min(bottom, marks.shape[0] - BOX) + 1, step):
+        for x in range(0, marks.shape[1] - BOX + 1, step):
+            count = int(np.count_nonzero(marks[y : y + BOX, x : x + BOX]))
+            if count > best:
+                best, where = count, (y, x)
+    return where
 
 
 def dice_on(mask: np.ndarray, labels: np.ndarray, where: np.ndarray) -> float:
@@ -98,6 +112,21 @@ def predict(model_dir: Path | None, image: np.ndarray, threads: int | None) -> n
     return predict_image(image, segmenter, options).mask
 
 
+def parse_option(text: str) -> tuple[str, object]:
+    """`name=value` as a FinetuneOptions field and a value of the field's type."""
+    name, _, value = text.partition("=")
+    if name not in {f.name for f in fields(FinetuneOptions)}:
+        raise SystemExit(f"--set: FinetuneOptions has no field {name!r}")
+    if value.lower() in ("true", "false"):
+        return name, value.lower() == "true"
+    for kind in (int, float):
+        try:
+            return name, kind(value)
+        except ValueError:
+            pass
+    return name, value
+
+
 def _spin(stop) -> None:
     while not stop.is_set():
         sum(i * i for i in range(10_000))
@@ -105,11 +134,9 @@ def _spin(stop) -> None:
 
 def run(name: str, protocol: str, args, work: Path, base_mask: np.ndarray) -> dict:
     image, labels = load_crop(name)
-    shown = shown_part(protocol, labels.shape)
+    shown = shown_part(protocol, labels)
     given = np.where(shown, labels, 128).astype(np.uint8)
-    options = FinetuneOptions(threads=args.threads)
-    if args.max_steps:
-        options = FinetuneOptions(threads=args.threads, max_steps=args.max_steps)
+    options = replace(FinetuneOptions(threads=args.threads), **args.options)
     out = work / f"{name}-{protocol}"
     begin = time.perf_counter()
     result = finetune(
@@ -132,6 +159,7 @@ def run(name: str, protocol: str, args, work: Path, base_mask: np.ndarray) -> di
         "best_step": result.best_step,
         "stopped": result.stopped,
         "held_out": [result.held_out_dice_base, result.held_out_dice],
+        "options": args.options,
     }
 
 
@@ -154,13 +182,17 @@ def main() -> None:
     parser.add_argument("--crops", default=",".join(CROPS))
     parser.add_argument("--protocols", default=",".join(PROTOCOLS))
     parser.add_argument("--minutes", type=float, default=5.0)
-    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="OPTION=VALUE",
+        help="a FinetuneOptions field (int, float, true/false or text), e.g. steps=300",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--busy", action="store_true", help="keep one core busy meanwhile")
     parser.add_argument("--base", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--overlays", type=Path, default=None)
     args = parser.parse_args()
+    args.options = dict(parse_option(text) for text in args.set)
     stop = multiprocessing.Event()
     spinner = multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
     if args.busy:

@@ -38,8 +38,10 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from model.errors import AmsegError
 from model.register.records import MAX_ID
 from model.segment.tiles import MAX_TILE_SIZE, MIN_TILE_SIZE
+from model.train.finetune_job import DEFAULT_MINUTES, FinetuneJob
 from store.blobs import TaskBlob, task_blob_key
 from store.database import Base, UtcDateTime
 
@@ -191,18 +193,22 @@ class FinetuneParameters(BaseModel):
     labelled: bool = True
     rows: int | None = Field(default=None, ge=1, le=10_000)
     cols: int | None = Field(default=None, ge=1, le=10_000)
-    minutes: float = Field(default=5.0, gt=0.0, le=MAX_FINETUNE_MINUTES)
+    minutes: float = Field(default=DEFAULT_MINUTES, gt=0.0, le=MAX_FINETUNE_MINUTES)
     base: str | None = Field(
         default=None, max_length=100, description="Model to start from (default: shipped model)"
     )
 
     @model_validator(mode="after")
     def _labels_or_grid(self) -> "FinetuneParameters":
-        if (self.rows is None) != (self.cols is None):
-            raise ValueError("give both rows and cols, or neither")
-        if not self.labelled and self.rows is None:
-            raise ValueError("without labels the grid is needed: give rows and cols")
+        try:
+            self.job.check()
+        except AmsegError as error:
+            raise PydanticCustomError("finetune_job", str(error)) from None
         return self
+
+    @property
+    def job(self) -> FinetuneJob:
+        return FinetuneJob(self.labelled, self.rows, self.cols, minutes=self.minutes)
 
 
 def utc_now() -> datetime:

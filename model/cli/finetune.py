@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from model.cli.app import app
 from model.cli.console import console
 from model.errors import AmsegError
+from model.train.finetune_job import DEFAULT_MINUTES, DEFAULT_ROUNDS, DEFAULT_STEPS
 
 
 @app.command()
@@ -30,10 +31,16 @@ def finetune(
         None, "--model", help="Model to start from (default: the model shipped with amseg)."
     ),
     minutes: float = typer.Option(
-        5.0,
+        DEFAULT_MINUTES,
         "--minutes",
         min=0.1,
-        help="Time budget; training stops sooner when the held-out labels stop improving.",
+        help="Upper bound of the time; how much is learnt is decided by --steps.",
+    ),
+    steps: int = typer.Option(
+        DEFAULT_STEPS,
+        "--steps",
+        min=1,
+        help="Training steps; fewer when the held-out labels stop improving.",
     ),
     rows: int | None = typer.Option(
         None, "--rows", min=1, help="Label-free mode: grid rows of the acquisition."
@@ -42,7 +49,7 @@ def finetune(
         None, "--cols", min=1, help="Label-free mode: grid columns of the acquisition."
     ),
     rounds: int = typer.Option(
-        2, "--rounds", min=1, help="Label-free mode: predict -> select -> tune rounds."
+        DEFAULT_ROUNDS, "--rounds", min=1, help="Label-free mode: predict -> select -> tune rounds."
     ),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu or cuda."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
@@ -56,47 +63,33 @@ def finetune(
 ) -> None:
     """Fine-tune the segmentation model on your own slide and write a model directory.
 
-    With --mask: learns from the labelled pixels, keeping a fifth of them (in blocks) to
-    decide when to stop and which weights to keep. With --rows/--cols instead (label-free):
-    the current model's sure marks at grid nodes and the matrix between nodes become the
-    labels. Use the result everywhere with --model OUT, e.g. `amseg predict --model OUT`.
+    With --mask: learns the labelled pixels for --steps steps; a fifth of them,
+    held back in blocks, decides when to stop early and which weights to keep,
+    then a short last pass learns them all. With --rows/--cols (label-free):
+    the model's sure marks at grid nodes and the matrix between nodes become
+    the labels. Use the result with --model OUT, e.g. `amseg predict --model OUT`.
     """
     from model.train.finetune import FinetuneOptions
-    from model.train.finetune import finetune as finetune_labels
-    from model.train.grid_labels import finetune_from_grid
+    from model.train.finetune_job import FinetuneJob
+    from model.train.run_finetune import run_job
 
     label_free = rows is not None or cols is not None
     if label_free and masks:
         raise AmsegError(
             "give either --mask (labelled mode) or --rows/--cols (label-free), not both"
         )
-    if label_free and (rows is None or cols is None):
-        raise AmsegError("the label-free mode needs both --rows and --cols")
-    if label_free and len(images) != 1:
-        raise AmsegError("the label-free mode tunes on one --image")
     if not label_free and len(masks) != len(images):
         raise AmsegError(
             f"give one --mask per --image (got {len(images)} image(s), {len(masks)} mask(s)), "
             "or --rows and --cols for the label-free mode"
         )
-    options = FinetuneOptions(threads=threads)
+    job = FinetuneJob(not label_free, rows, cols, rounds, minutes)
+    options = FinetuneOptions(threads=threads, steps=steps)
     with FinetuneBar() as bar:
-        if label_free:
-            rounds_done = finetune_from_grid(
-                images[0], rows, cols, out, model_dir, minutes, rounds, device, seed,
-                on_progress=bar.update, on_round=bar.new_round, options=options,
-            )  # fmt: skip
-            results = [r.result for r in rounds_done if r.result is not None]
-            if not results:
-                raise AmsegError(
-                    "label-free mode: no sure marks at grid nodes to learn from; label a few "
-                    "regions by hand and pass --mask"
-                )
-            result = results[-1]
-        else:
-            result = finetune_labels(
-                images, masks, out, model_dir, minutes, device, seed, bar.update, options
-            )
+        result, _ = run_job(
+            job, images, masks, out, model_dir, device, seed, on_progress=bar.update,
+            on_round=bar.new_round, options=options,
+        )  # fmt: skip
     console.print(f"[bold green]done:[/] {summary_line(result)}", soft_wrap=True)
 
 
@@ -110,7 +103,12 @@ def summary_line(result) -> str:
             f"; held-out Dice {result.held_out_dice_base:.3f} (start) -> {result.held_out_dice:.3f}"
         )
         if result.best_step == 0:
-            text += ": no step beat the model it started from, which is what was saved"
+            text += " (no step beat the model it started from; the last pass began there)"
+    if result.labelled_dice is not None:
+        text += (
+            f"; on the labelled pixels {result.labelled_dice_base:.3f} -> "
+            f"{result.labelled_dice:.3f}"
+        )
     return text
 
 

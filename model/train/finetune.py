@@ -2,83 +2,91 @@
 (`amseg finetune`), in minutes on a CPU.
 
 A label mask marks each pixel as mark (255), background (0) or not labelled (128, left out of
-the loss). Training sees the slide exactly as prediction does (the whole image's intensity
-window, the scale `amseg predict` picks), crops around labelled pixels with strong
-augmentation, a masked loss, and a frozen encoder; a held-out part of the labels (spatial
-blocks) decides when to stop and which weights to keep. See `benchmarks/finetune_gain.py`.
+the loss; see `finetune_labels`). Training sees the slide exactly as prediction does (the
+whole image's intensity window, the scale `amseg predict` picks), crops around labelled pixels
+with strong augmentation, and a masked loss. How much is learnt is decided by steps, not by
+the clock: a fixed number of steps, cut short when a held-out part of the labels (spatial
+blocks) stops improving, then a short last pass on all labels, so that what the person said
+comes back. The time budget only caps it all (a busy machine learns as much, more slowly).
+See `benchmarks/finetune_dev.py` and BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
+from segmentation_models_pytorch.losses import DiceLoss, LovaszLoss, SoftBCEWithLogitsLoss
 
 from model.errors import AmsegError
-from model.image.io import read_image, to_grayscale
-from model.image.normalize import IntensityWindow, find_padding, intensity_window
 from model.metrics import dice_counts, dice_from_counts
 from model.segment.card import DEFAULT_MODEL_DIR, ModelCard
 from model.segment.network import load_model, save_model
-from model.segment.pitch import auto_scale, estimate_mark_pitch
-from model.segment.predict import resample
-from model.segment.tiles import reflect_indices
-from model.train.augment import augment_intensity
-from model.train.loop import resolve_device, to_input
-from model.train.losses import bce_dice_loss, bce_lovasz_loss
+from model.train.checkpoint import Learner
+from model.train.finetune_job import DEFAULT_MINUTES, DEFAULT_STEPS
+from model.train.finetune_labels import (
+    CropSampler,
+    HeldOutWindows,
+    LabelledImage,
+    check_labels,
+    held_out_windows,
+    labelled_windows,
+    merge_held_out,
+    read_pair,
+    split_held_out,
+)
+from model.train.loop import to_input
+from model.train.steps import (
+    KeepBest,
+    autocast,
+    autocast_dtype,
+    make_scheduler,
+    optimizer_step,
+    resolve_device,
+)
 
-MARK, BACKGROUND, UNLABELLED = 255, 0, 128
-LABEL_VALUES = (BACKGROUND, UNLABELLED, MARK)
-LOSSES = {"bce-lovasz": bce_lovasz_loss, "bce-dice": bce_dice_loss}
 ENCODER_MODES = ("frozen", "low-lr")
+LOSS_NAMES = ("bce-lovasz", "bce-dice")
+IGNORED = -1  # target value of pixels the loss leaves out (smp's ignore_index)
 
 
 @dataclass(frozen=True)
 class FinetuneOptions:
-    """The knobs of a fine-tune; the defaults are the ones benchmarks/finetune_gain.py chose."""
+    """The knobs of a fine-tune; the defaults are the ones benchmarks/finetune_dev.py chose."""
 
     crop_size: int = 256
     batch_size: int = 4
-    lr: float = 1e-3  # peak learning rate of the decoder (AdamW), cosine over the time budget
-    encoder: str = "frozen"  # or "low-lr": the encoder learns at lr * encoder_lr_factor
+    lr: float = 1e-3  # peak learning rate of the decoder (AdamW), cosine over `steps`
+    encoder: str = "low-lr"  # or "frozen"; "low-lr": the encoder learns at lr * factor
     encoder_lr_factor: float = 0.1
+    freeze_batchnorm: bool = True  # running statistics kept: batches of 4 crops are too few
     loss: str = "bce-lovasz"
     scale_range: tuple[float, float] = (0.8, 1.25)  # log-uniform zoom of the training crops
     held_out_fraction: float = 0.2  # of the labelled pixels, in spatial blocks
     max_held_out_px: int = 1 << 20  # caps the cost of an evaluation on large labelled areas
-    eval_every_s: float = 15.0  # evaluation of the held-out labels about this often
-    eval_every_steps: int | None = None  # ... or every so many steps (load-independent runs)
-    min_eval_steps: int = 5
+    steps: int = DEFAULT_STEPS  # training steps: what decides how much is learnt
+    eval_every: int = 20  # steps between evaluations of the held-out labels
     patience: int = 6  # evaluations without a better held-out Dice before stopping
     min_delta: float = 0.001
-    max_steps: int | None = None  # a step limit besides the time budget (tests, benchmarks)
+    final_fraction: float = 0.25  # the last pass on all labels: this share of the chosen steps
+    min_final_steps: int = 20
+    precision: str = "auto"  # bf16 autocast where the CPU has it natively (fp16 on a GPU)
     # CPU threads for torch (None: every core). Fewer when other jobs share the cores: torch's
     # threads spin on each other, and on a busy 2-core machine 1 thread ran 2-5x faster.
     threads: int | None = None
 
-
-@dataclass
-class LabelledImage:
-    """One slide at the scale prediction runs it at, with its labels split for training."""
-
-    name: str
-    gray: np.ndarray  # raw intensities (native dtype), as prediction reads them
-    window: IntensityWindow  # the whole image's, as prediction normalizes it
-    target: np.ndarray  # uint8 0/1: mark
-    train: np.ndarray  # bool: labelled pixels the loss sees
-    held_out: np.ndarray  # bool: labelled pixels kept back to judge the training
-    scale: float = 1.0
-
-    @property
-    def labelled_px(self) -> int:
-        return int(np.count_nonzero(self.train) + np.count_nonzero(self.held_out))
+    def check(self) -> None:
+        if self.encoder not in ENCODER_MODES:
+            raise AmsegError(f"unknown encoder mode {self.encoder!r}; use frozen or low-lr")
+        if self.loss not in LOSS_NAMES:
+            raise AmsegError(f"unknown loss {self.loss!r}; use {' or '.join(LOSS_NAMES)}")
+        if self.steps < 1 or self.eval_every < 1:
+            raise AmsegError("a fine-tune needs at least one step and one evaluation")
 
 
 @dataclass(frozen=True)
@@ -86,9 +94,9 @@ class FinetuneProgress:
     """What `on_progress` gets after every training step."""
 
     step: int
-    total: int  # estimated from the time per step so far and the time left
+    total: int  # the steps planned (known beforehand; fewer when stopping early)
     elapsed_s: float
-    remaining_s: float
+    remaining_s: float  # from the pace so far, within the time budget
     held_out_dice: float | None  # of the latest evaluation
     best_dice: float | None
 
@@ -99,281 +107,88 @@ class FinetuneResult:
     card: ModelCard
     steps: int
     seconds: float
-    stopped: str  # why training ended: "time budget", "no better held-out Dice", ...
+    stopped: str  # why training ended: "step count", "no better held-out Dice", "time budget"
     held_out_dice_base: float | None
     held_out_dice: float | None
     best_step: int
+    labelled_dice: float | None = None  # on every labelled pixel, after the last pass
+    labelled_dice_base: float | None = None
     history: list[dict] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
-# Labels in
-
-
-def check_label_mask(mask: np.ndarray, image_shape: tuple[int, ...], name: str) -> np.ndarray:
-    """A user's label mask as uint8 0/128/255 (H, W), or a clear error about what is wrong."""
-    if mask.dtype == bool:
-        mask = np.where(mask, MARK, BACKGROUND).astype(np.uint8)
-    if mask.ndim == 3:
-        channels = mask[..., :3]
-        if not (channels == channels[..., :1]).all():
-            raise AmsegError(
-                f"{name}: the label mask is in colour; save it as a gray image with 0 = "
-                "background, 255 = mark, 128 = not labelled"
-            )
-        mask = channels[..., 0]
-    if mask.shape != tuple(image_shape[:2]):
-        raise AmsegError(
-            f"{name}: the mask is {mask.shape[1]}x{mask.shape[0]} px but its image is "
-            f"{image_shape[1]}x{image_shape[0]}; a label mask must have the image's size"
-        )
-    values, counts = np.unique(mask, return_counts=True)
-    wrong = [(int(v), int(c)) for v, c in zip(values, counts, strict=True) if v not in LABEL_VALUES]
-    if wrong:
-        shown = ", ".join(f"{v} ({c} px)" for v, c in wrong[:5])
-        hint = " (a 0/1 mask? marks must be 255)" if {v for v, _ in wrong} == {1} else ""
-        raise AmsegError(
-            f"{name}: the mask holds values other than 0 (background), 128 (not labelled) and "
-            f"255 (mark): {shown}{hint}; paint with hard edges, without anti-aliasing"
-        )
-    return mask.astype(np.uint8, copy=False)
-
-
-def prepare_image(
-    image: np.ndarray, labels: np.ndarray, name: str, mask_name: str | None = None
-) -> LabelledImage:
-    """The image resampled to the scale `amseg predict` runs it at (1 unless its marks are
-    very large), its intensity window, and its checked labels (padding left out)."""
-    gray = to_grayscale(image)
-    labels = check_label_mask(labels, gray.shape, mask_name or f"{name}'s mask")
-    padding = find_padding(gray)
-    if padding is not None:
-        labels = np.where(padding, UNLABELLED, labels).astype(np.uint8)
-    scale = auto_scale(estimate_mark_pitch(gray))
-    if scale != 1.0:
-        gray = resample(gray, scale)
-        height, width = gray.shape
-        labels = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
-    labelled = labels != UNLABELLED
-    return LabelledImage(
-        name=name,
-        gray=gray,
-        window=intensity_window(gray),
-        target=(labels == MARK).astype(np.uint8),
-        train=labelled,
-        held_out=np.zeros_like(labelled),
-        scale=scale,
-    )
-
-
-def check_labels(items: Sequence[LabelledImage]) -> None:
-    """Enough labels to learn from: some marks and some background, somewhere."""
-    marks = sum(int(np.count_nonzero(i.target.astype(bool) & i.train)) for i in items)
-    labelled = sum(i.labelled_px for i in items)
-    if labelled == 0:
-        raise AmsegError(
-            "nothing is labelled: every mask pixel is 128; paint marks 255 and background 0 "
-            "in at least one region"
-        )
-    if marks == 0:
-        raise AmsegError(
-            "no mark is labelled (255) in any mask; label a few marks, not only background"
-        )
-    if marks == labelled:
-        raise AmsegError(
-            "no background is labelled (0) in any mask; label the matrix around the marks too"
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# Held-out blocks
-
-
-def held_out_block_size(labelled_px: int) -> int:
-    """Edge of the held-out blocks: about 16 blocks over the labels, 48-128 px."""
-    return int(np.clip(round(math.sqrt(labelled_px / 16) / 16) * 16, 48, 128))
-
-
-def split_held_out(
-    items: Sequence[LabelledImage], options: FinetuneOptions, rng: np.random.Generator
-) -> bool:
-    """Move about `held_out_fraction` of the labelled pixels, in square blocks, from `train`
-    to `held_out` (in place). The held-out part must hold marks and background, and training
-    must keep marks; False (nothing held out) when no draw of blocks gives that."""
-    total = sum(i.labelled_px for i in items)
-    block = held_out_block_size(total)
-    goal = min(options.held_out_fraction * total, options.max_held_out_px)
-    blocks = []  # (item, y, x, labelled, marks)
-    for k, item in enumerate(items):
-        height, width = item.train.shape
-        for y in range(0, height, block):
-            for x in range(0, width, block):
-                cell = (slice(y, y + block), slice(x, x + block))
-                labelled = int(np.count_nonzero(item.train[cell]))
-                if labelled:
-                    marks = int(np.count_nonzero(item.target[cell].astype(bool) & item.train[cell]))
-                    blocks.append((k, y, x, labelled, marks))
-    all_marks = sum(b[4] for b in blocks)
-    for _ in range(50):
-        chosen, taken = [], 0
-        for index in rng.permutation(len(blocks)):
-            if taken >= goal:
-                break
-            chosen.append(blocks[index])
-            taken += blocks[index][3]
-        marks = sum(b[4] for b in chosen)
-        if len(chosen) < len(blocks) and 0 < marks < taken and marks < all_marks:
-            for k, y, x, _, _ in chosen:
-                cell = (slice(y, y + block), slice(x, x + block))
-                items[k].held_out[cell] = items[k].train[cell]
-                items[k].train[cell] = False
-            return True
-    return False
-
-
-# --------------------------------------------------------------------------------------------
-# Training crops
-
-
-def _window_pixels(gray: np.ndarray, y0: int, x0: int, size: int) -> tuple[np.ndarray, ...]:
-    """Row and column indices of a size x size window at (y0, x0), mirrored outside the image,
-    and whether each index is inside."""
-    height, width = gray.shape[:2]
-    ys, xs = np.arange(y0, y0 + size), np.arange(x0, x0 + size)
-    inside_y, inside_x = (ys >= 0) & (ys < height), (xs >= 0) & (xs < width)
-    return (
-        reflect_indices(y0, y0 + size, height),
-        reflect_indices(x0, x0 + size, width),
-        inside_y[:, None] & inside_x[None, :],
-    )
-
-
-def training_crop(
-    item: LabelledImage,
-    rng: np.random.Generator,
-    size: int,
-    scale_range: tuple[float, float],
-    centres: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """An augmented (size, size) crop around one of `centres` (training pixels): float32 image
-    in [0, 1], uint8 target and uint8 loss weight (1 on training labels only)."""
-    scale = float(np.exp(rng.uniform(*np.log(scale_range))))
-    region = max(8, round(size / scale))
-    cy, cx = centres[rng.integers(len(centres))]
-    y0 = int(cy) - region // 2 + int(rng.integers(-region // 4, region // 4 + 1))
-    x0 = int(cx) - region // 2 + int(rng.integers(-region // 4, region // 4 + 1))
-    rows, cols, inside = _window_pixels(item.gray, y0, x0, region)
-    crop = item.window.apply(item.gray[np.ix_(rows, cols)])
-    target = item.target[np.ix_(rows, cols)].astype(np.float32)
-    weight = (item.train[np.ix_(rows, cols)] & inside).astype(np.float32)
-    if region != size:
-        shrink = region > size
-        method = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        crop = cv2.resize(crop, (size, size), interpolation=method)
-        target = cv2.resize(target, (size, size), interpolation=method)
-        weight = cv2.resize(weight, (size, size), interpolation=method)
-    turns = int(rng.integers(4))
-    crop, target, weight = (np.rot90(a, turns) for a in (crop, target, weight))
-    if rng.random() < 0.5:
-        crop, target, weight = crop[:, ::-1], target[:, ::-1], weight[:, ::-1]
-    crop = augment_intensity(np.ascontiguousarray(crop, np.float32), rng)
-    return (
-        crop,
-        np.ascontiguousarray(target >= 0.5, np.uint8),
-        np.ascontiguousarray(weight >= 0.5, np.uint8),
-    )
-
-
-class CropSampler:
-    """Batches of training crops, each from an image picked by its share of training labels."""
-
-    MAX_CENTRES = 200_000  # training pixels remembered per image as crop centres
-    SEARCH_PX = 1 << 22  # larger label masks are searched on a sparser grid of pixels
-
-    def __init__(self, items: Sequence[LabelledImage], options: FinetuneOptions, seed: int):
-        self.items, self.options = items, options
-        self.rng = np.random.default_rng([seed, 1])
-        self.centres = []
-        for item in items:
-            step = max(1, math.ceil(math.sqrt(item.train.size / self.SEARCH_PX)))
-            ys, xs = np.nonzero(item.train[::step, ::step])
-            if step > 1 and len(ys) < 1000:  # a few small labels on a huge image: all of them
-                step = 1
-                ys, xs = np.nonzero(item.train)
-            keep = self.rng.permutation(len(ys))[: self.MAX_CENTRES]
-            self.centres.append(np.column_stack([ys[keep], xs[keep]]) * step)
-        counts = np.array([np.count_nonzero(i.train) for i in items], np.float64)
-        self.share = counts / counts.sum()
-
-    def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        crops, targets, weights = [], [], []
-        for _ in range(self.options.batch_size):
-            k = int(self.rng.choice(len(self.items), p=self.share))
-            crop, target, weight = training_crop(
-                self.items[k],
-                self.rng,
-                self.options.crop_size,
-                self.options.scale_range,
-                self.centres[k],
-            )
-            crops.append(crop)
-            targets.append(target)
-            weights.append(weight)
-        return tuple(torch.from_numpy(np.stack(a)) for a in (crops, targets, weights))
+# Loss and trainable part
 
 
 def masked_loss(
     logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, loss: str = "bce-lovasz"
 ) -> torch.Tensor:
-    """The loss over the pixels whose weight is set; the others get no gradient."""
+    """The loss over the pixels whose weight is set; the others get no gradient. BCE is the
+    mean over the labelled pixels (smp's own mean counts the ignored ones too)."""
+    logits = logits.float().reshape(-1, 1, *logits.shape[-2:])
+    target = target.reshape(logits.shape).float()
     keep = weight.reshape(logits.shape) > 0
     if not keep.any():
         return logits.sum() * 0.0
-    return LOSSES[loss](logits[keep], target.reshape(logits.shape)[keep].float())
+    labels = torch.where(keep, target, torch.full_like(target, IGNORED))
+    bce = SoftBCEWithLogitsLoss(ignore_index=IGNORED, reduction="sum")(logits, labels)
+    bce = bce / keep.sum()
+    if loss == "bce-dice":
+        region = DiceLoss("binary", from_logits=True, smooth=1.0, ignore_index=IGNORED)
+    else:
+        region = LovaszLoss("binary", per_image=False, ignore_index=IGNORED)
+    return bce + region(logits, labels)
+
+
+def make_learner(
+    network: torch.nn.Module, options: FinetuneOptions, device: torch.device, steps: int
+) -> Learner:
+    """AdamW over decoder and head at `lr`, the encoder frozen (smp's freeze_encoder: no
+    gradient, BatchNorm statistics kept) or at lr * encoder_lr_factor; one schedule."""
+    network.unfreeze_encoder()
+    if options.encoder == "frozen":
+        network.freeze_encoder()
+    encoder_ids = {id(p) for p in network.encoder.parameters()}
+    rest = [p for p in network.parameters() if id(p) not in encoder_ids]
+    groups = [{"params": rest, "lr": options.lr}]
+    if options.encoder == "low-lr":
+        groups.append(
+            {"params": list(network.encoder.parameters()),
+             "lr": options.lr * options.encoder_lr_factor}
+        )  # fmt: skip
+    optimizer = torch.optim.AdamW(groups, weight_decay=1e-4)
+    scheduler = make_scheduler(optimizer, steps, warmup_fraction=0.03, floor=0.05)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    return Learner(network, optimizer, scheduler, scaler)
+
+
+def set_train_mode(network: torch.nn.Module, options: FinetuneOptions) -> None:
+    network.train()
+    if options.freeze_batchnorm:
+        for module in network.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def training_step(
+    learner: Learner,
+    card: ModelCard,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    options: FinetuneOptions,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> float:
+    """One optimizer step on a batch of (crops, targets, weights); returns the loss."""
+    set_train_mode(learner.network, options)
+    crops, target, weight = batch
+    with autocast(device, dtype):
+        logits = learner.network(to_input(crops, card, device))[:, 0]
+    loss = masked_loss(logits, target.to(device), weight.to(device), options.loss)
+    return optimizer_step(learner, loss)
 
 
 # --------------------------------------------------------------------------------------------
-# Held-out evaluation
-
-
-@dataclass
-class HeldOutWindows:
-    """Windows around the held-out blocks, normalized, with their labels."""
-
-    images: np.ndarray  # (N, S, S) float32 in [0, 1]
-    targets: np.ndarray  # (N, S, S) bool
-    scored: np.ndarray  # (N, S, S) bool: held-out pixels, each scored once
-
-    @property
-    def pixels(self) -> int:
-        return int(np.count_nonzero(self.scored))
-
-
-def held_out_windows(items: Sequence[LabelledImage], margin: int = 48) -> HeldOutWindows | None:
-    """A window of block + 2 * margin px (a multiple of 32) around every held-out block, so
-    the network sees the blocks with context; None when nothing is held out."""
-    total = sum(i.labelled_px for i in items)
-    block = held_out_block_size(total)
-    size = math.ceil((block + 2 * margin) / 32) * 32
-    images, targets, scored = [], [], []
-    for item in items:
-        height, width = item.held_out.shape
-        for y in range(0, height, block):
-            for x in range(0, width, block):
-                cell = item.held_out[y : y + block, x : x + block]
-                if not cell.any():
-                    continue
-                y0, x0 = y - (size - block) // 2, x - (size - block) // 2
-                rows, cols, inside = _window_pixels(item.gray, y0, x0, size)
-                keep = np.zeros((size, size), bool)
-                inner = (slice(y - y0, y - y0 + block), slice(x - x0, x - x0 + block))
-                keep[inner] = True
-                images.append(item.window.apply(item.gray[np.ix_(rows, cols)]))
-                targets.append(item.target[np.ix_(rows, cols)].astype(bool))
-                scored.append(keep & inside & item.held_out[np.ix_(rows, cols)])
-    if not images:
-        return None
-    return HeldOutWindows(np.stack(images), np.stack(targets), np.stack(scored))
+# Judging
 
 
 def held_out_dice(
@@ -383,7 +198,7 @@ def held_out_dice(
     device: torch.device,
     batch_size: int = 8,
 ) -> float:
-    """Pixel Dice of (probability > card.threshold) over the held-out pixels."""
+    """Pixel Dice of (probability > card.threshold) over the windows' scored pixels."""
     network.eval()
     counts = np.zeros(3, np.int64)
     with torch.inference_mode():
@@ -397,178 +212,159 @@ def held_out_dice(
 
 
 # --------------------------------------------------------------------------------------------
-# The network's trainable part
-
-
-def configure_training(network: torch.nn.Module, options: FinetuneOptions) -> torch.optim.Optimizer:
-    """AdamW over the decoder and head at `lr`; the encoder frozen (no gradient, BatchNorm
-    statistics kept) or learning at lr * encoder_lr_factor."""
-    if options.encoder not in ENCODER_MODES:
-        raise AmsegError(f"unknown encoder mode {options.encoder!r}; use frozen or low-lr")
-    encoder = list(network.encoder.parameters())
-    encoder_ids = {id(p) for p in encoder}
-    rest = [p for p in network.parameters() if id(p) not in encoder_ids]
-    groups = [{"params": rest, "lr": options.lr, "peak_lr": options.lr}]
-    frozen = options.encoder == "frozen"
-    for parameter in encoder:
-        parameter.requires_grad_(not frozen)
-    if not frozen:
-        encoder_lr = options.lr * options.encoder_lr_factor
-        groups.append({"params": encoder, "lr": encoder_lr, "peak_lr": encoder_lr})
-    return torch.optim.AdamW(groups, weight_decay=1e-4)
-
-
-def set_train_mode(network: torch.nn.Module, options: FinetuneOptions) -> None:
-    network.train()
-    if options.encoder == "frozen":
-        network.encoder.eval()  # its BatchNorm keeps the base model's statistics
-
-
-def forward(network: torch.nn.Module, x: torch.Tensor, options: FinetuneOptions) -> torch.Tensor:
-    """Logits (B, S, S); a frozen encoder runs without building a graph (half the time)."""
-    if options.encoder == "frozen":
-        with torch.no_grad():
-            features = network.encoder(x)
-        return network.segmentation_head(network.decoder(features))[:, 0]
-    return network(x)[:, 0]
-
-
-def learning_rate_factor(step: int, time_fraction: float, warmup_steps: int = 10) -> float:
-    """Linear warm-up over the first steps, then cosine decay to 5 % over the time budget."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, time_fraction)))
-
-
-# --------------------------------------------------------------------------------------------
 # The loop
 
 
 @dataclass
 class _Run:
-    """What the loop leaves: the weights to keep and how it went."""
+    """What the loop leaves: how it went (the network holds the weights to keep)."""
 
-    best_state: dict
-    best_dice: float | None
-    best_step: int
+    keeper: KeepBest
     base_dice: float | None
     steps: int = 0
     seconds: float = 0.0
-    stopped: str = "time budget"
+    stopped: str = "step count"
     history: list[dict] = field(default_factory=list)
-    misses: int = 0  # evaluations in a row without a better held-out Dice
-
-    def record(self, network: torch.nn.Module, dice: float, entry: dict, options) -> bool:
-        """Note an evaluation (keeping the weights when they are the best so far); True when
-        the held-out Dice has stopped improving."""
-        self.history.append(entry)
-        if dice > self.best_dice + options.min_delta:
-            self.best_state, self.best_dice, self.best_step = _state_copy(network), dice, self.steps
-            self.misses = 0
-        else:
-            self.misses += 1
-        if self.misses >= options.patience:
-            self.stopped = "no better held-out Dice"
-            return True
-        return False
 
 
-def _state_copy(network: torch.nn.Module) -> dict:
-    return {k: v.detach().clone() for k, v in network.state_dict().items()}
+@dataclass
+class _Clock:
+    """The time budget: the main pass may use its share, the last pass the rest."""
+
+    start: float
+    seconds: float
+    main_share: float
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def main_over(self) -> bool:
+        return self.elapsed() >= self.seconds * self.main_share
+
+    def all_over(self) -> bool:
+        return self.elapsed() >= self.seconds
 
 
-def training_step(
-    network: torch.nn.Module,
-    card: ModelCard,
-    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    options: FinetuneOptions,
-    device: torch.device,
-    lr_factor: float,
-) -> float:
-    """One optimizer step on a batch of (crops, targets, weights); returns the loss."""
-    for group in optimizer.param_groups:
-        group["lr"] = group["peak_lr"] * lr_factor
-    set_train_mode(network, options)
-    crops, target, weight = batch
-    logits = forward(network, to_input(crops, card, device), options)
-    loss = masked_loss(logits, target.to(device), weight.to(device), options.loss)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())
+@dataclass
+class _Tuner:
+    """What every step needs: the network and how it is trained."""
+
+    network: torch.nn.Module
+    card: ModelCard
+    options: FinetuneOptions
+    device: torch.device
+    dtype: torch.dtype | None
+
+    def sampler(self, items: Sequence[LabelledImage], seed: int) -> CropSampler:
+        o = self.options
+        return CropSampler(items, o.crop_size, o.batch_size, o.scale_range, seed)
+
+    def step(self, learner: Learner, sampler: CropSampler, options: FinetuneOptions) -> float:
+        batch = sampler.batch()
+        return training_step(learner, self.card, batch, options, self.device, self.dtype)
+
+    def dice(self, windows: HeldOutWindows) -> float:
+        return held_out_dice(self.network, self.card, windows, self.device)
 
 
 def train_on_labels(
     network: torch.nn.Module,
     card: ModelCard,
-    sampler: CropSampler,
-    windows: HeldOutWindows | None,
+    items: Sequence[LabelledImage],
     options: FinetuneOptions,
     device: torch.device,
     seconds: float,
+    seed: int = 0,
     on_progress: Callable[[FinetuneProgress], None] | None = None,
 ) -> _Run:
-    """Train until `seconds` have passed (or `options.max_steps`) or the held-out Dice stopped
-    improving; the run keeps the weights with the best held-out Dice (the base's when nothing
-    beat it), or the last ones when nothing is held out."""
-    start = time.perf_counter()
-    optimizer = configure_training(network, options)
-    base = held_out_dice(network, card, windows, device) if windows is not None else None
-    run = _Run(_state_copy(network), base, 0, base, history=[{"step": 0, "held_out_dice": base}])
-    last_eval, latest, limit = start, base, options.max_steps
-    while (elapsed := time.perf_counter() - start) < seconds:
-        if limit is not None and run.steps >= limit:
-            run.stopped = "step limit"
+    """Train `options.steps` steps (fewer when the held-out Dice stops improving, keeping the
+    best weights), then a last pass on all labels, within `seconds`."""
+    tuner = _Tuner(network, card, options, device, autocast_dtype(device, options.precision))
+    windows = held_out_windows(items)
+    base = tuner.dice(windows) if windows is not None else None
+    keeper = KeepBest(options.patience, options.min_delta)
+    if base is not None:
+        keeper.offer(base, 0, network)
+    run = _Run(keeper, base, history=[{"step": 0, "held_out_dice": base}])
+    final = _final_steps(options, options.steps) if windows is not None else 0
+    clock = _Clock(time.perf_counter(), seconds, options.steps / (options.steps + final))
+    report = _Reporter(on_progress, clock, options.steps + final, run)
+    sampler = tuner.sampler(items, seed)
+    learner = make_learner(network, options, device, options.steps)
+    latest = base
+    for step in range(1, options.steps + 1):
+        if clock.main_over():
+            run.stopped = "time budget"
             break
-        progress = elapsed / seconds if limit is None else max(elapsed / seconds, run.steps / limit)
-        factor = learning_rate_factor(run.steps, progress)
-        loss = training_step(network, card, sampler.batch(), optimizer, options, device, factor)
-        run.steps += 1
-        now = time.perf_counter()
-        last = now - start >= seconds or run.steps == limit
-        if options.eval_every_steps is None:
-            due = now - last_eval >= options.eval_every_s or last
-        else:
-            due = run.steps % options.eval_every_steps == 0 or last
-        if windows is not None and run.steps >= options.min_eval_steps and due:
-            latest = held_out_dice(network, card, windows, device)
-            last_eval = time.perf_counter()
-            entry = {"step": run.steps, "seconds": round(last_eval - start, 1),
-                     "loss": round(loss, 4), "held_out_dice": round(latest, 4)}  # fmt: skip
-            if run.record(network, latest, entry, options):
+        loss = tuner.step(learner, sampler, options)
+        run.steps = step
+        if windows is not None and (step % options.eval_every == 0 or step == options.steps):
+            latest = tuner.dice(windows)
+            keeper.offer(latest, step, network)
+            run.history.append(
+                {"step": step, "seconds": round(clock.elapsed(), 1), "loss": round(loss, 4),
+                 "held_out_dice": round(latest, 4)}
+            )  # fmt: skip
+            if keeper.exhausted:
+                run.stopped = "no better held-out Dice"
                 break
-        if on_progress is not None:
-            on_progress(
-                _progress(run.steps, limit, time.perf_counter() - start, seconds, latest, run)
-            )
-    run.seconds = time.perf_counter() - start
+        report(step, latest)
     if windows is None:
-        run.best_state, run.best_step = _state_copy(network), run.steps
+        keeper.at = run.steps
+    else:
+        network.load_state_dict(keeper.state)
+        _last_pass(tuner, items, clock, run, seed + 1, report)
+    run.seconds = clock.elapsed()
     return run
 
 
-def _progress(
-    step: int, limit: int | None, elapsed: float, seconds: float, latest: float | None, run: _Run
-) -> FinetuneProgress:
-    """The event after `step`: total steps and time left estimated from the pace so far."""
-    remaining = max(0.0, seconds - elapsed)
-    total = step + int(remaining / (elapsed / step))
-    if limit is not None and total > limit:
-        total = limit
-        remaining = min(remaining, (limit - step) * elapsed / step)
-    return FinetuneProgress(step, total, elapsed, remaining, latest, run.best_dice)
+def _final_steps(options: FinetuneOptions, chosen: int) -> int:
+    return max(options.min_final_steps, round(options.final_fraction * chosen))
 
 
-def read_pair(
-    image: np.ndarray | str | Path, mask: np.ndarray | str | Path, index: int
-) -> LabelledImage:
-    """One image and its label mask (arrays or files), prepared as `prepare_image` does."""
-    name = str(image) if isinstance(image, str | Path) else f"image {index + 1}"
-    mask_name = str(mask) if isinstance(mask, str | Path) else f"mask {index + 1}"
-    image = read_image(image) if isinstance(image, str | Path) else np.asarray(image)
-    mask = read_image(mask) if isinstance(mask, str | Path) else np.asarray(mask)
-    return prepare_image(image, mask, name, mask_name)
+def _last_pass(
+    tuner: _Tuner, items: Sequence[LabelledImage], clock: _Clock, run: _Run, seed: int, report
+) -> None:
+    """Learn the held-out labels too: a short pass from the chosen weights over all labels at
+    a quarter of the learning rate, as long as the budget allows."""
+    merge_held_out(items)
+    steps = _final_steps(tuner.options, run.keeper.at)
+    low = replace(tuner.options, lr=tuner.options.lr / 4)
+    learner = make_learner(tuner.network, low, tuner.device, steps)
+    sampler = tuner.sampler(items, seed)
+    done = 0
+    while done < steps:
+        if clock.all_over():
+            run.stopped += ", last pass cut short by the time budget"
+            break
+        tuner.step(learner, sampler, low)
+        done += 1
+        report(run.steps + done, run.keeper.score)
+    run.history.append({"last_pass_steps": done, "seconds": round(clock.elapsed(), 1)})
+    run.steps += done
+
+
+@dataclass
+class _Reporter:
+    """Progress after each step: steps planned, time left from the pace so far."""
+
+    on_progress: Callable[[FinetuneProgress], None] | None
+    clock: _Clock
+    total: int
+    run: _Run
+
+    def __call__(self, step: int, latest: float | None) -> None:
+        if self.on_progress is None:
+            return
+        elapsed = self.clock.elapsed()
+        remaining = min(max(0.0, self.clock.seconds - elapsed),
+                        (self.total - step) * elapsed / max(step, 1))  # fmt: skip
+        self.on_progress(FinetuneProgress(step, self.total, elapsed, remaining, latest,
+                                          self.run.keeper.score))  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# The entry point
 
 
 def finetune(
@@ -576,7 +372,7 @@ def finetune(
     masks: Sequence[np.ndarray | str | Path],
     out_dir: str | Path,
     base: str | Path | None = None,
-    minutes: float = 5.0,
+    minutes: float = DEFAULT_MINUTES,
     device: str = "auto",
     seed: int = 0,
     on_progress: Callable[[FinetuneProgress], None] | None = None,
@@ -584,44 +380,36 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune the model in `base` (default: the shipped one) on labelled images and write
     the model directory `out_dir`. `images` and `masks` pair up: arrays or image files; mask
-    pixels 0 = background, 255 = mark, 128 = not labelled. Trains for at most `minutes`."""
+    pixels 0 = background, 255 = mark, 128 = not labelled. `minutes` caps the training."""
     if not images or len(images) != len(masks):
         raise AmsegError(
             f"give one label mask per image (got {len(images)} image(s), {len(masks)} mask(s))"
         )
     if not minutes > 0:
         raise AmsegError(f"the time budget must be positive, got {minutes} minutes")
-    if options.loss not in LOSSES:
-        raise AmsegError(f"unknown loss {options.loss!r}; use {' or '.join(LOSSES)}")
+    options.check()
     items = [read_pair(i, m, k) for k, (i, m) in enumerate(zip(images, masks, strict=True))]
     check_labels(items)
-    split_held_out(items, options, np.random.default_rng([seed, 0]))
-    windows = held_out_windows(items)
+    rng = np.random.default_rng([seed, 0])
+    judged = labelled_windows(items, options.max_held_out_px, rng)
+    split_held_out(items, options.held_out_fraction, options.max_held_out_px, rng)
     torch.manual_seed(seed)
     target = resolve_device(device)
     network, card = load_model(base, device=target)
     network = network.to(memory_format=torch.channels_last)
-    sampler = CropSampler(items, options, seed)
     saved_threads = torch.get_num_threads()
     if options.threads is not None:
         torch.set_num_threads(options.threads)
     try:
+        before = held_out_dice(network, card, judged, target)
         run = train_on_labels(
-            network, card, sampler, windows, options, target, minutes * 60.0, on_progress
+            network, card, items, options, target, minutes * 60.0, seed, on_progress
         )
+        after = held_out_dice(network, card, judged, target)
     finally:
         torch.set_num_threads(saved_threads)
-    network.load_state_dict(run.best_state)
-    card = finetuned_card(
-        card,
-        Path(base) if base else DEFAULT_MODEL_DIR,
-        items,
-        windows,
-        options,
-        run,
-        target,
-        minutes,
-    )
+    base_dir = Path(base) if base else DEFAULT_MODEL_DIR
+    card = finetuned_card(card, base_dir, items, options, run, target, minutes, (before, after))
     out_dir = save_model(out_dir, network, card)
     return FinetuneResult(
         out_dir=out_dir,
@@ -630,8 +418,10 @@ def finetune(
         seconds=run.seconds,
         stopped=run.stopped,
         held_out_dice_base=run.base_dice,
-        held_out_dice=run.best_dice,
-        best_step=run.best_step,
+        held_out_dice=run.keeper.score if run.base_dice is not None else None,
+        best_step=run.keeper.at,
+        labelled_dice=after,
+        labelled_dice_base=before,
         history=run.history,
     )
 
@@ -640,14 +430,14 @@ def finetuned_card(
     base: ModelCard,
     base_dir: Path,
     items: Sequence[LabelledImage],
-    windows: HeldOutWindows | None,
     options: FinetuneOptions,
     run: _Run,
     device: torch.device,
     minutes: float,
+    labelled: tuple[float, float],
 ) -> ModelCard:
     """The base's card (architecture, normalization, threshold) with what this fine-tune was
-    trained on, how, and how it scored on the held-out labels."""
+    trained on, how, and how it scored on the held-out labels and on all labels."""
     data = {
         "finetuned_on": [
             {
@@ -655,22 +445,21 @@ def finetuned_card(
                 "size": [int(item.gray.shape[1]), int(item.gray.shape[0])],
                 "scale": item.scale,
                 "labelled_px": item.labelled_px,
-                "mark_px": int(
-                    np.count_nonzero(item.target.astype(bool) & (item.train | item.held_out))
-                ),
-                "held_out_px": int(np.count_nonzero(item.held_out)),
+                "mark_px": int(np.count_nonzero(item.target.astype(bool) & item.train)),
             }
             for item in items
         ],
         "base_model": {"path": str(base_dir), "created": base.created, "data": base.data},
     }
     metrics = {
-        "held_out_dice": None if run.best_dice is None else round(run.best_dice, 4),
+        "held_out_dice": None if run.base_dice is None else round(run.keeper.score, 4),
         "held_out_dice_base": None if run.base_dice is None else round(run.base_dice, 4),
-        "held_out_px": windows.pixels if windows is not None else 0,
-        "dice_definition": "pixel Dice of sigmoid > threshold over the held-out labelled pixels "
-        "(spatial blocks no training crop was scored on); the weights were chosen on them, so "
-        "the figure is optimistic",
+        "labelled_dice": round(labelled[1], 4),
+        "labelled_dice_base": round(labelled[0], 4),
+        "dice_definition": "pixel Dice of sigmoid > threshold; held_out: over the labelled "
+        "pixels held back in spatial blocks while the step count was chosen (optimistic: the "
+        "weights were chosen on them); labelled: over every labelled pixel, after the last pass "
+        "that learnt them all (what the person said, coming back)",
         "base_model": base.metrics,
     }
     training = {
@@ -679,12 +468,12 @@ def finetuned_card(
         "minutes": minutes,
         "seconds": round(run.seconds, 1),
         "steps": run.steps,
-        "best_step": run.best_step,
+        "planned_steps": options.steps,
+        "best_step": run.keeper.at,
         "stopped": run.stopped,
         "device": str(device),
-        "encoder": options.encoder
-        if options.encoder == "frozen"
-        else f"lr x{options.encoder_lr_factor}",
+        "encoder": "frozen" if options.encoder == "frozen" else f"lr x{options.encoder_lr_factor}",
+        "batchnorm": "statistics kept" if options.freeze_batchnorm else "train mode",
         "lr": options.lr,
         "batch_size": options.batch_size,
         "crop_size": options.crop_size,
@@ -694,7 +483,8 @@ def finetuned_card(
             "flip_rot90": "all 8 symmetries",
             "intensity": "train.augment.augment_intensity (blur, CLAHE, contrast, gamma, noise)",
         },
-        "held_out": f"{options.held_out_fraction:.0%} of the labelled pixels in square blocks",
+        "held_out": f"{options.held_out_fraction:.0%} of the labelled pixels in square blocks, "
+        f"then a last pass on all labels ({options.final_fraction:.0%} of the chosen steps)",
         "history": run.history,
         "base_training": base.training,
     }

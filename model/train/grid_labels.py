@@ -18,14 +18,12 @@ from model.errors import AmsegError
 from model.image.io import read_image
 from model.segment.card import DEFAULT_MODEL_DIR
 from model.train.finetune import (
-    BACKGROUND,
-    MARK,
-    UNLABELLED,
     FinetuneOptions,
     FinetuneProgress,
     FinetuneResult,
     finetune,
 )
+from model.train.finetune_labels import BACKGROUND, MARK, UNLABELLED
 
 CONFIDENT_PROBABILITY = 0.75  # mean probability over a mark for it to count as a sure mark
 OFF_GRID_DISTANCE = 0.45  # x pitch: a blob this far from every node of the grid is not a mark

@@ -40,6 +40,13 @@ from model.train.data import (
     zoom_ranges,
 )
 from model.train.losses import LOSSES, bce_dice_loss
+from model.train.steps import (
+    KeepBest,
+    autocast,
+    make_scheduler,
+    optimizer_step,
+    resolve_device,
+)
 from model.train.summary import data_summary, metrics_summary, training_summary
 
 
@@ -71,31 +78,6 @@ class TrainResult:
     device: str
     card: ModelCard
     base_model: str
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise AmsegError("--device cuda was asked for but torch sees no CUDA device")
-    if name not in ("cpu", "cuda"):
-        raise AmsegError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up, then cosine decay to 1 % of the peak learning rate, per step."""
-    warmup = max(1, round(warmup_fraction * total_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def to_input(crops: torch.Tensor, card: ModelCard, device: torch.device) -> torch.Tensor:
@@ -179,6 +161,7 @@ class _Run:
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"dice": -1.0, "f1": 0.0, "epoch": 0})
     first_epoch: int = 1
+    keeper: KeepBest = field(default_factory=lambda: KeepBest(keep_weights=False))
 
     @property
     def out(self) -> Path:
@@ -290,6 +273,7 @@ def _loader_workers(config: TrainConfig, device: torch.device) -> int:
 def _resume(run: _Run, checkpoint_path: Path) -> None:
     state = restore_checkpoint(checkpoint_path, run.learner, run.config, run.base)
     run.history, run.best = state["history"], state["best"]
+    run.keeper.score, run.keeper.at = run.best["dice"], run.best["epoch"]
     run.first_epoch = state["epoch"] + 1
     run.emit(TrainEvent("note", message=f"resuming after epoch {state['epoch']}"))
     if run.first_epoch > run.config.epochs:
@@ -430,22 +414,14 @@ def _train_step(
     """One optimizer step on a batch; returns the batch's loss."""
     learner, device = run.learner, run.device
     target = masks.to(device, non_blocking=True).float()
-    with torch.autocast(device.type, dtype=torch.float16, enabled=run.use_amp):
+    with autocast(device, torch.float16 if run.use_amp else None):
         logits = learner.network(to_input(crops, run.card, device))[:, 0]
-    loss = loss_fn(logits, target)
-    learner.optimizer.zero_grad(set_to_none=True)
-    learner.scaler.scale(loss).backward()
-    learner.scaler.step(learner.optimizer)
-    learner.scaler.update()
-    learner.scheduler.step()
-    if learner.average is not None:
-        learner.average.update(learner.network)
-    return float(loss.detach())
+    return optimizer_step(learner, loss_fn(logits, target))
 
 
 def _keep_if_best(run: _Run, record: dict) -> bool:
     """Write the model directory when this epoch has the best validation Dice so far."""
-    improved = record["val_dice"] > run.best["dice"]
+    improved = run.keeper.offer(record["val_dice"], record["epoch"])
     if improved:
         run.best = {"dice": record["val_dice"], "f1": record["val_f1"], "epoch": record["epoch"]}
         run.card.metrics = metrics_summary(run.best, record)

@@ -24,25 +24,25 @@ from model.segment.neural import TorchSegmenter
 from model.segment.predict import predict_image
 from model.segment.runtime import RuntimeChoice
 from model.segment.single_pass import SegmentOptions
-from model.train.finetune import (
+from model.train.finetune import FinetuneOptions, finetune, make_learner, masked_loss
+from model.train.finetune_job import FinetuneJob
+from model.train.finetune_labels import (
     BACKGROUND,
     MARK,
     UNLABELLED,
-    FinetuneOptions,
-    configure_training,
-    finetune,
-    masked_loss,
     prepare_image,
     split_held_out,
 )
 from model.train.grid_labels import finetune_from_grid, labels_from_grid
+from model.train.run_finetune import run_job
 from tests.model.scenes import disc_grid_scene
 
 TINY = {"encoder": "resnet18", "decoder_channels": (16, 8, 8, 8, 8), "tile_size": 128}
-# A step limit, not the clock, bounds the tests' fine-tunes: the same work on a busy machine.
+# Steps, not the clock, decide how much a fine-tune learns: the same work on a busy machine.
 FAST = FinetuneOptions(
-    crop_size=64, batch_size=4, lr=3e-3, eval_every_s=3.0, patience=1000, max_steps=30, threads=1
-)
+    crop_size=64, batch_size=4, lr=3e-3, steps=30, eval_every=5, patience=1000, min_final_steps=6,
+    threads=1,
+)  # fmt: skip
 TORCH = RuntimeChoice(backend="torch", precision="fp32", device="cpu", threads=1)
 runner = CliRunner()
 
@@ -160,7 +160,7 @@ def test_held_out_blocks_take_a_fifth_of_the_labels_with_marks_and_background(sc
     image, truth = scene
     items = [prepare_image(image, top_half_labels(truth), "scene")]
     labelled = items[0].train.copy()
-    assert split_held_out(items, FinetuneOptions(), np.random.default_rng(0))
+    assert split_held_out(items, 0.2, 1 << 20, np.random.default_rng(0))
     train, held = items[0].train, items[0].held_out
     assert not (train & held).any() and ((train | held) == labelled).all()
     assert 0.1 <= held.sum() / labelled.sum() <= 0.35
@@ -174,7 +174,7 @@ def test_nothing_is_held_out_when_the_only_mark_cannot_be_split(scene):
     labels[:40, :40] = BACKGROUND
     labels[20:24, 20:24] = MARK
     items = [prepare_image(image, labels, "scene")]
-    assert not split_held_out(items, FinetuneOptions(), np.random.default_rng(0))
+    assert not split_held_out(items, 0.2, 1 << 20, np.random.default_rng(0))
     assert not items[0].held_out.any()
 
 
@@ -183,7 +183,7 @@ def test_nothing_is_held_out_when_the_only_mark_cannot_be_split(scene):
 
 
 def test_finetune_beats_its_base_on_held_out_and_unseen_pixels(tuned, base_dir, scene):
-    result, events = tuned
+    result, _ = tuned
     image, truth = scene
     assert result.held_out_dice > result.held_out_dice_base + 0.2
     unseen = np.zeros(truth.shape, bool)
@@ -191,10 +191,44 @@ def test_finetune_beats_its_base_on_held_out_and_unseen_pixels(tuned, base_dir, 
     before = dice_from_counts(dice_counts(predicted_mask(base_dir, image), truth, unseen))
     after = dice_from_counts(dice_counts(predicted_mask(result.out_dir, image), truth, unseen))
     assert after > before + 0.2 and after > 0.6, (before, after)
-    # Progress: every step reported, the time left falling to nothing.
-    assert [e.step for e in events] == list(range(1, 31)) and result.steps == 30
+
+
+def test_finetune_learns_what_it_was_shown_held_out_blocks_included(tuned, base_dir, scene):
+    result, _ = tuned
+    image, truth = scene
+    labelled = top_half_labels(truth) != UNLABELLED
+    shown = dice_from_counts(dice_counts(predicted_mask(result.out_dir, image), truth, labelled))
+    assert result.labelled_dice > result.labelled_dice_base + 0.2
+    assert shown > 0.8 and result.labelled_dice > 0.8, (shown, result.labelled_dice)
+
+
+def test_steps_then_a_last_pass_on_all_labels_with_progress(tuned):
+    result, events = tuned
+    # 30 steps (none stops early: patience 1000), then a last pass of max(6, 30 / 4) steps.
+    assert result.steps == 30 + 8 and result.stopped == "step count"
+    assert [e.step for e in events] == list(range(1, 39))
+    assert all(e.total == 38 for e in events)
     assert events[-1].remaining_s == 0.0 and events[0].remaining_s > 0.0
-    assert all(e.total == 30 for e in events)
+    assert result.history[-1]["last_pass_steps"] == 8
+
+
+def test_the_same_labels_give_the_same_model_however_busy_the_machine(base_dir, scene, tmp_path):
+    image, truth = scene
+    options = replace(FAST, steps=8, eval_every=4, min_final_steps=2)
+    states = []
+    for name in ("a", "b"):
+        finetune([image], [top_half_labels(truth)], tmp_path / name, base=base_dir, minutes=10,
+                 device="cpu", options=options)  # fmt: skip
+        states.append(load_model(tmp_path / name)[0].state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_the_time_budget_caps_the_steps(base_dir, scene, tmp_path):
+    image, truth = scene
+    result = finetune([image], [top_half_labels(truth)], tmp_path / "m", base=base_dir,
+                      minutes=1e-6, device="cpu", options=FAST)  # fmt: skip
+    assert result.steps < 30 and result.stopped.startswith("time budget")
+    assert load_model(tmp_path / "m")[1].training["stopped"] == result.stopped
 
 
 def test_finetuned_directory_is_a_model_with_a_card_that_says_how(tuned, base_dir):
@@ -204,31 +238,34 @@ def test_finetuned_directory_is_a_model_with_a_card_that_says_how(tuned, base_di
     assert (card.encoder, card.tile_size, card.threshold) == ("resnet18", 128, base_card.threshold)
     assert card.training["kind"] == "finetune" and card.training["base"] == str(base_dir)
     assert card.training["steps"] == result.steps > 0
-    assert card.training["stopped"] == "step limit" and card.training["minutes"] == 10
+    assert card.training["stopped"] == "step count" and card.training["minutes"] == 10
+    assert card.training["planned_steps"] == 30
     assert card.data["finetuned_on"][0]["image"] == "image 1"
-    assert card.data["finetuned_on"][0]["held_out_px"] == card.metrics["held_out_px"] > 0
     assert card.metrics["held_out_dice"] == round(result.held_out_dice, 4)
+    assert card.metrics["labelled_dice"] == round(result.labelled_dice, 4)
     json.dumps(card.training)  # the card stays plain JSON
-    # The encoder was frozen: its weights and BatchNorm statistics are the base's.
+    # The encoder learnt at a tenth of the rate, with its BatchNorm statistics kept.
     tuned_state, base_state = network.state_dict(), base_network.state_dict()
-    encoder = [k for k in base_state if k.startswith("encoder.")]
-    assert all(torch.equal(tuned_state[k], base_state[k]) for k in encoder)
-    assert not all(torch.equal(tuned_state[k], base_state[k]) for k in base_state)
+    running = [k for k in base_state if "running_" in k]
+    assert running and all(torch.equal(tuned_state[k], base_state[k]) for k in running)
+    weights = [k for k in base_state if k.startswith("encoder.") and k.endswith("weight")]
+    assert not all(torch.equal(tuned_state[k], base_state[k]) for k in weights)
 
 
 def test_encoder_frozen_or_at_a_tenth_of_the_learning_rate(base_dir):
     network = load_model(base_dir)[0]
+    cpu = torch.device("cpu")
     encoder = {id(p) for p in network.encoder.parameters()}
-    frozen = configure_training(network, FinetuneOptions(encoder="frozen", lr=1e-3))
-    assert [g["lr"] for g in frozen.param_groups] == [1e-3]
+    frozen = make_learner(network, FinetuneOptions(encoder="frozen", lr=1e-3), cpu, 10).optimizer
+    assert [g["initial_lr"] for g in frozen.param_groups] == [1e-3]
     assert not any(id(p) in encoder for p in frozen.param_groups[0]["params"])
     assert not any(p.requires_grad for p in network.encoder.parameters())
-    low = configure_training(network, FinetuneOptions(encoder="low-lr", lr=1e-3))
-    assert [g["lr"] for g in low.param_groups] == [1e-3, pytest.approx(1e-4)]
+    low = make_learner(network, FinetuneOptions(encoder="low-lr", lr=1e-3), cpu, 10).optimizer
+    assert [g["initial_lr"] for g in low.param_groups] == [1e-3, pytest.approx(1e-4)]
     assert {id(p) for p in low.param_groups[1]["params"]} == encoder
     assert all(p.requires_grad for p in network.encoder.parameters())
     with pytest.raises(AmsegError, match="unknown encoder mode"):
-        configure_training(network, FinetuneOptions(encoder="thawed"))
+        FinetuneOptions(encoder="thawed").check()
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,7 +330,7 @@ def test_label_free_rounds_tune_from_the_grid(tuned, scene, tmp_path, monkeypatc
     image, _ = scene
     rounds = finetune_from_grid(
         image, 6, 8, tmp_path / "free", base=result.out_dir, minutes=10, rounds=2,
-        device="cpu", options=replace(FAST, max_steps=10),
+        device="cpu", options=replace(FAST, steps=10),
     )  # fmt: skip
     assert len(rounds) == 2 and all(r.result is not None for r in rounds)
     assert rounds[0].grid.sure_marks >= 30
@@ -327,7 +364,7 @@ def test_cli_finetunes_and_reports(base_dir, scene, tmp_path):
     ("extra", "message"),
     [
         (["--mask", "{small}"], "a label mask must have the image's size"),
-        (["--rows", "6"], "needs both --rows and --cols"),
+        (["--rows", "6"], "give both the grid's rows and columns"),
         (["--mask", "{small}", "--rows", "6", "--cols", "8"], "not both"),
         ([], "give one --mask per --image"),
     ],
@@ -341,3 +378,40 @@ def test_cli_explains_bad_input(scene, tmp_path, extra, message):
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
+
+
+# --------------------------------------------------------------------------------------------
+# One job, asked for the same way by the command, POST /models and the worker
+
+
+@pytest.mark.parametrize(
+    ("job", "message"),
+    [
+        (FinetuneJob(rows=6), "give both the grid's rows and columns"),
+        (FinetuneJob(labelled=False), "learns from the grid: give its rows and columns"),
+        (FinetuneJob(minutes=0), "the time budget must be positive"),
+        (FinetuneJob(labelled=False, rows=2, cols=2, rounds=0), "rounds must be at least 1"),
+    ],
+)
+def test_a_job_no_fine_tune_can_run_is_refused_in_words(job, message):
+    with pytest.raises(AmsegError, match=message):
+        job.check()
+
+
+def test_a_grid_without_sure_marks_is_refused_in_words(base_dir, tmp_path):
+    flat = np.full((256, 256), 90, np.uint8)  # no mark anywhere
+    job = FinetuneJob(labelled=False, rows=3, cols=3, minutes=10)
+    with pytest.raises(AmsegError, match="the grid gave no labels to learn from") as caught:
+        run_job(job, [flat], [], tmp_path / "m", base_dir, "cpu", options=FAST)
+    assert "label a few boxes by hand" in str(caught.value)
+
+
+def test_a_labelled_job_summarises_what_it_learnt(base_dir, scene, tmp_path):
+    image, truth = scene
+    job = FinetuneJob(minutes=10)
+    options = replace(FAST, steps=6, eval_every=3, min_final_steps=2)
+    result, summary = run_job(job, [image], [top_half_labels(truth)], tmp_path / "m", base_dir,
+                              "cpu", options=options)  # fmt: skip
+    assert summary["mode"] == "labelled" and summary["steps"] == result.steps == 8
+    assert summary["labelled_dice"] == round(result.labelled_dice, 4)
+    assert summary["held_out_dice_base"] == round(result.held_out_dice_base, 4)

@@ -1,0 +1,102 @@
+"""What `amseg train` and `amseg finetune` share: the device, the mixed precision, the learning
+rate schedule, one optimizer step, and keeping the best weights with a patience to stop."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from model.errors import AmsegError
+from model.segment.runtime import cpu_supports_bf16
+from model.train.checkpoint import Learner
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AmsegError("--device cuda was asked for but torch sees no CUDA device")
+    if name not in ("cpu", "cuda"):
+        raise AmsegError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The reduced precision forward passes run in: fp16 on a GPU; bf16 on a CPU that computes
+    it natively (emulated bf16 is slower than fp32); None = fp32. `precision` fp32 forces it."""
+    if precision not in ("auto", "fp32"):
+        raise AmsegError(f"unknown training precision {precision!r}; use auto or fp32")
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if cpu_supports_bf16() else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_fraction: float,
+    floor: float = 0.01,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to `floor` of the peak learning rate, per step."""
+    warmup = max(1, round(warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def optimizer_step(learner: Learner, loss: torch.Tensor) -> float:
+    """Backward, step, schedule and average; returns the loss."""
+    learner.optimizer.zero_grad(set_to_none=True)
+    learner.scaler.scale(loss).backward()
+    learner.scaler.step(learner.optimizer)
+    learner.scaler.update()
+    learner.scheduler.step()
+    if learner.average is not None:
+        learner.average.update(learner.network)
+    return float(loss.detach())
+
+
+@dataclass
+class KeepBest:
+    """The best score so far, where it was reached and (with `keep_weights`) a copy of the
+    weights then; `exhausted` once `patience` scores in a row brought nothing better."""
+
+    patience: int | None = None  # None: never exhausted
+    min_delta: float = 0.0
+    keep_weights: bool = True
+    score: float | None = None
+    at: int = 0  # step or epoch of the best score
+    state: dict | None = None
+    misses: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def offer(self, score: float, at: int, network: torch.nn.Module | None = None) -> bool:
+        """Note a score; True (and the weights copied) when it beats the best by min_delta."""
+        improved = self.score is None or score > self.score + self.min_delta
+        if improved:
+            self.score, self.at, self.misses = score, at, 0
+            if self.keep_weights and network is not None:
+                self.state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        else:
+            self.misses += 1
+        return improved
+
+    @property
+    def exhausted(self) -> bool:
+        return self.patience is not None and self.misses >= self.patience
