@@ -21,6 +21,7 @@ from api.metrics import Metrics, MetricsMiddleware
 from api.problems import database_outage_log, install_problem_handlers
 from api.routes import (
     corrections,
+    exports,
     models,
     operations,
     registrations,
@@ -125,7 +126,17 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = Metrics()
     install_problem_handlers(app)
-    for routes in (tasks, reruns, registrations, results, views, corrections, models, operations):
+    for routes in (
+        tasks,
+        reruns,
+        registrations,
+        results,
+        exports,
+        views,
+        corrections,
+        models,
+        operations,
+    ):
         app.include_router(routes.router)
     install_web(app)
     # Before anything reads a body: refuses bodies too big, too slow, broken off or too many.

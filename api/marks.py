@@ -11,6 +11,8 @@ import math
 import cv2
 import numpy as np
 
+from model.register.records import MarkRecord
+
 # Extra objects are looked for on a copy of at most this many pixels (larger masks are reduced
 # by an integer factor first, any mark pixel in a block counting), so a 20000² mask needs no
 # 32-bit component labels at full size.
@@ -22,21 +24,40 @@ MAX_EXTRA = 5000
 
 
 def read_ams_csv(text: str) -> list[dict]:
-    """ams.csv's rows as records: id, row, col, x, y, area and bbox [x0, y0, x1, y1)."""
+    """ams.csv's rows as records: id, row, col, x, y, area and bbox [x0, y0, x1, y1); and
+    `spectrum` (an int, or None where the node has none) when an imzML was joined."""
     marks = []
     for row in csv.DictReader(io.StringIO(text)):
-        marks.append(
-            {
-                "id": int(row["id"]),
-                "row": int(row["row"]),
-                "col": int(row["col"]),
-                "x": float(row["x"]),
-                "y": float(row["y"]),
-                "area": int(row["area"]),
-                "bbox": [int(row[f"bbox_{corner}"]) for corner in ("x0", "y0", "x1", "y1")],
-            }
-        )
+        mark = {
+            "id": int(row["id"]),
+            "row": int(row["row"]),
+            "col": int(row["col"]),
+            "x": float(row["x"]),
+            "y": float(row["y"]),
+            "area": int(row["area"]),
+            "bbox": [int(row[f"bbox_{corner}"]) for corner in ("x0", "y0", "x1", "y1")],
+        }
+        if "spectrum" in row:
+            mark["spectrum"] = int(row["spectrum"]) if row["spectrum"] else None
+        marks.append(mark)
     return marks
+
+
+def mark_records(marks: list[dict]) -> list[MarkRecord]:
+    """read_ams_csv's records as the library's MarkRecords (for the GeoJSON export)."""
+    return [
+        MarkRecord(
+            id=m["id"],
+            row=m["row"],
+            col=m["col"],
+            x=m["x"],
+            y=m["y"],
+            area=m["area"],
+            bbox=tuple(m["bbox"]),
+            spectrum=m.get("spectrum"),
+        )
+        for m in marks
+    ]
 
 
 def missing_nodes(marks: list[dict], missing_ids: list[int], cols: int) -> list[dict]:

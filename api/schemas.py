@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model.train.finetune_job import DEFAULT_MINUTES
 from store.tasks import (
@@ -33,9 +33,20 @@ class TaskQuery(TaskParameters):
         "used when this is not given); downloads are named after it",
     )
 
-    def task_parameters(self, default_accurate: bool) -> TaskParameters:
+    # Not a query parameter (so `?imzml=` is refused as unknown): the upload says whether an
+    # imzML came, as the multipart part `imzml`.
+    imzml: ClassVar[bool] = False
+
+    @model_validator(mode="after")
+    def _orientation_needs_imzml(self) -> TaskQuery:
+        return self  # the body says whether an imzML came: task_parameters checks it
+
+    def task_parameters(self, default_accurate: bool, imzml: bool = False) -> TaskParameters:
+        """The task's parameters; `imzml`: an acquisition came with the image. Raises
+        ValidationError for orientation flags without one."""
         accurate = default_accurate if self.accurate is None else self.accurate
-        return TaskParameters(**self.model_dump(exclude={"accurate", "name"}), accurate=accurate)
+        given = self.model_dump(exclude={"accurate", "name"})
+        return TaskParameters(**given, accurate=accurate, imzml=imzml)
 
 
 class RegisterQuery(BaseModel):
@@ -61,14 +72,27 @@ class RegisterQuery(BaseModel):
     mark_col: int | None = Field(
         default=None, ge=0, le=9_999, description="Its grid column, from 0"
     )
+    flip_x: bool | None = Field(
+        default=None, description="The imzML's x runs right to left (default: the task's)"
+    )
+    flip_y: bool | None = Field(
+        default=None, description="The imzML's y runs bottom to top (default: the task's)"
+    )
+    transpose: bool | None = Field(
+        default=None, description="The imzML's x runs down the rows (default: the task's)"
+    )
 
-    def parameters(self, source: Task) -> RegisterParameters:
+    def parameters(self, source: Task, new_imzml: bool = False) -> RegisterParameters:
         """The register task's parameters: the source's segmentation settings (how its mask
-        was made), this grid or else the source's, the known mark. Raises ValidationError."""
+        was made), this grid or else the source's, the known mark, and the imzML (a new one,
+        or the source's) oriented as given or as the source's was. Raises ValidationError."""
         settings = source.task_parameters.segmentation().model_dump()
-        given = self.model_dump()
+        given = self.model_dump(exclude={"flip_x", "flip_y", "transpose"})
         if self.rows is None and self.cols is None:  # the same grid, e.g. with a known mark
             given |= {"rows": settings["rows"], "cols": settings["cols"]}
+        orientation = self.model_dump(include={"flip_x", "flip_y", "transpose"})
+        given |= {flag: value for flag, value in orientation.items() if value is not None}
+        given["imzml"] = new_imzml or settings["imzml"]
         return RegisterParameters(**(settings | given))
 
 
@@ -79,6 +103,8 @@ class TaskLinks(BaseModel):
     labels: str | None = None
     ams_csv: str | None = None
     qc: str | None = None
+    marks_geojson: str | None = None
+    labels_tiff: str | None = None
     source_task: str | None = None
 
 
@@ -173,7 +199,7 @@ class Health(BaseModel):
 
 def task_links(task: Task) -> TaskLinks:
     base = f"/tasks/{task.id}"
-    registered = task.parameters.get("rows") is not None
+    registered = task.parameters.get("rows") is not None or task.parameters.get("imzml", False)
     return TaskLinks(
         self=base,
         mask=f"/masks/{task.id}",
@@ -181,6 +207,8 @@ def task_links(task: Task) -> TaskLinks:
         labels=f"{base}/labels" if registered else None,
         ams_csv=f"{base}/ams.csv" if registered else None,
         qc=f"{base}/qc" if registered else None,
+        marks_geojson=f"{base}/marks.geojson" if registered else None,
+        labels_tiff=f"{base}/labels.tiff" if registered else None,
         source_task=f"/tasks/{task.source_task}" if task.source_task else None,
     )
 

@@ -23,6 +23,7 @@ import tifffile
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
+from api.acquisitions import IMZML_PART, save_imzml_part
 from api.problems import Problem
 from model.image.io import sniff_format
 
@@ -59,6 +60,7 @@ class ReceivedImage:
     width: int
     height: int
     filename: str | None = None  # the multipart part's file name, as the client sent it
+    imzml: Path | None = None  # the acquisition's imzML, the multipart part `imzml` if sent
 
 
 @dataclass(frozen=True)
@@ -72,9 +74,13 @@ class _HeaderError(Exception):
     """The image's header cannot be read or describes no usable image."""
 
 
-async def receive_upload(request: Request, scratch_dir: Path) -> ReceivedImage:
+async def receive_upload(
+    request: Request, scratch_dir: Path, *, with_imzml: bool = False
+) -> ReceivedImage:
     """Store the request's image (raw body or multipart field `file`) as `scratch_dir/upload`
     and check its header; raises Problem (413/415/422) for anything that is not a usable image.
+    `with_imzml`: a multipart body may also carry the acquisition's imzML as the part `imzml`,
+    stored as `scratch_dir/acquisition.imzML` (api.acquisitions checks its first bytes).
     """
     media = media_type(request.headers.get("content-type"))
     if media not in UPLOAD_MEDIA_TYPES:
@@ -86,12 +92,14 @@ async def receive_upload(request: Request, scratch_dir: Path) -> ReceivedImage:
             kind="unsupported-media-type",
         )
     path = scratch_dir / "upload"
-    filename = None
+    filename = imzml = None
     try:
         with path.open("wb") as handle:
             upload = _HashedFile(handle)
             if media == MULTIPART:
-                filename = await _copy_multipart(request, upload)
+                filename, imzml = await _copy_multipart(
+                    request, upload, scratch_dir if with_imzml else None
+                )
             else:
                 await _copy_stream(request, upload)
             await upload.flush()
@@ -107,6 +115,7 @@ async def receive_upload(request: Request, scratch_dir: Path) -> ReceivedImage:
             width=header.width,
             height=header.height,
             filename=filename,
+            imzml=imzml,
         )
     except BaseException:
         path.unlink(missing_ok=True)
@@ -142,11 +151,14 @@ async def _copy_stream(request: Request, upload: _HashedFile) -> None:
             await upload.write(chunk)
 
 
-async def _copy_multipart(request: Request, upload: _HashedFile) -> str | None:
-    """Copy the `file` part; its file name as sent."""
+async def _copy_multipart(
+    request: Request, upload: _HashedFile, imzml_dir: Path | None
+) -> tuple[str | None, Path | None]:
+    """Copy the `file` part, and with `imzml_dir` the `imzml` part when sent; the file's name
+    as sent and where the imzML went."""
     try:
-        # Starlette spools the file part to an unnamed temporary file past 1 MB.
-        form = await request.form(max_files=1, max_fields=16)
+        # Starlette spools a file part to an unnamed temporary file past 1 MB.
+        form = await request.form(max_files=1 if imzml_dir is None else 2, max_fields=16)
     except Problem:  # the body guard's 408, 413 or client-closed, raised while reading
         raise
     except Exception as error:  # malformed multipart framing
@@ -159,7 +171,10 @@ async def _copy_multipart(request: Request, upload: _HashedFile) -> str | None:
             )
         while chunk := await field.read(WRITE_CHUNK):
             await upload.write(chunk)
-        return field.filename
+        imzml = form.get(IMZML_PART) if imzml_dir is not None else None
+        if imzml is not None:
+            imzml = await save_imzml_part(imzml, imzml_dir / "acquisition.imzML")
+        return field.filename, imzml
     finally:
         await form.close()
 

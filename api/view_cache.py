@@ -1,5 +1,6 @@
 """What the viewer reads, built once per task on first request and kept on the API's disk
-(`DATA_DIR/views/<task id>/`): the image pyramid, the mask pyramid and the marks JSON.
+(`DATA_DIR/views/<task id>/`): the image pyramid, the mask pyramid and the marks JSON; and the
+exports made from the ids on request: marks.geojson and the 32-bit labels TIFF.
 
 A build decodes the slide once, in a worker thread, one build at a time per process (memory
 stays that of one decode); a file lock makes concurrent processes wait for each other instead
@@ -28,7 +29,7 @@ from uuid import UUID
 import anyio
 import numpy as np
 
-from api.marks import marks_record
+from api.marks import mark_records, marks_record, read_ams_csv
 from api.pyramid import (
     STRIP_ROWS,
     Pyramid,
@@ -38,7 +39,8 @@ from api.pyramid import (
     halve_max,
     normalized_gray,
 )
-from model.image.io import read_image
+from model.image.io import read_image, write_labels_tiff
+from model.register.geojson import write_geojson
 from store.blobs import BlobNotFoundError, BlobStore, TaskBlob
 from store.tasks import Task
 
@@ -51,7 +53,15 @@ VIEW_CACHE_BYTES = 8 * 1024**3  # all tasks' views on this API's disk together
 OPEN_PYRAMIDS = 16  # memory-mapped pyramids kept open per process
 _USED = ".used"  # its mtime says when a task's views were last opened
 IMAGE, MASK, MARKS, DIFF = "image", "mask", "marks", "diff"
-_MARKERS = {IMAGE: "meta.json", MASK: "meta.json", MARKS: "marks.json", DIFF: "meta.json"}
+GEOJSON, LABELS_TIFF = "geojson", "labels_tiff"
+_MARKERS = {
+    IMAGE: "meta.json",
+    MASK: "meta.json",
+    MARKS: "marks.json",
+    DIFF: "meta.json",
+    GEOJSON: "marks.geojson",
+    LABELS_TIFF: "labels.tiff",
+}
 
 
 class ViewUnavailable(Exception):
@@ -93,6 +103,16 @@ class ViewCache:
         """The marks JSON of a FINISHED, registered task (the caller checks that)."""
         directory = await self._ensure(task, MARKS, self._build_marks)
         return await anyio.to_thread.run_sync((directory / _MARKERS[MARKS]).read_bytes)
+
+    async def geojson(self, task: Task) -> Path:
+        """marks.geojson of a FINISHED, registered task (the caller checks that)."""
+        directory = await self._ensure(task, GEOJSON, self._build_geojson)
+        return directory / _MARKERS[GEOJSON]
+
+    async def labels_tiff(self, task: Task) -> Path:
+        """The ids of a FINISHED task with labels.png as a 32-bit TIFF (the caller checks)."""
+        directory = await self._ensure(task, LABELS_TIFF, self._build_labels_tiff)
+        return directory / _MARKERS[LABELS_TIFF]
 
     def drop(self, task_id: UUID | str) -> None:
         """Forget a task's views (it was deleted)."""
@@ -203,11 +223,24 @@ class ViewCache:
         qc = json.loads(self.blobs.get_bytes(keys[TaskBlob.QC.value]))
         with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
             mask = self._download(keys[TaskBlob.MASK.value], Path(scratch))
-            labels = self._download(keys[TaskBlob.LABELS.value], Path(scratch))
+            labels = self._download(_labels_key(task), Path(scratch), "ids")
         record = marks_record(ams, qc, mask, labels)
         del mask, labels
         text = json.dumps(record, separators=(",", ":"))
         (directory / _MARKERS[MARKS]).write_text(text)
+
+    def _build_geojson(self, task: Task, directory: Path) -> None:
+        ams = self.blobs.get_bytes(task.result_keys[TaskBlob.AMS.value]).decode()
+        marks = read_ams_csv(ams)
+        with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
+            labels = self._download(_labels_key(task), Path(scratch), "ids")
+        joined = bool(marks) and "spectrum" in marks[0]
+        write_geojson(directory / _MARKERS[GEOJSON], labels, mark_records(marks), joined)
+
+    def _build_labels_tiff(self, task: Task, directory: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
+            labels = self._download(task.result_keys[TaskBlob.LABELS.value], Path(scratch), "ids")
+        write_labels_tiff(directory / _MARKERS[LABELS_TIFF], labels)
 
     def _opened(self, task_id: UUID, part: str) -> Pyramid:
         key = (str(task_id), part)
@@ -243,3 +276,9 @@ class ViewCache:
             log.info("view cache over %d bytes: dropping %s", self.limit_bytes, task_dir.name)
             self.drop(task_dir.name)
             total -= size
+
+
+def _labels_key(task: Task) -> str:
+    """The task's id image: labels.png, or labels.tiff for a grid beyond 65 535 nodes."""
+    keys = task.result_keys
+    return keys.get(TaskBlob.LABELS_TIFF.value) or keys[TaskBlob.LABELS.value]

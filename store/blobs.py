@@ -36,8 +36,12 @@ class TaskBlob(StrEnum):
     """The files a task owns, named as they appear under `tasks/<id>/`."""
 
     INPUT = "input"
+    # An acquisition's imzML sent with the image (its spectrum positions; no .ibd).
+    IMZML = "acquisition.imzML"
     MASK = "mask.png"
     LABELS = "labels.png"
+    # The ids of a grid beyond 65 535 nodes (uint32), instead of labels.png.
+    LABELS_TIFF = "labels.tiff"
     AMS = "ams.csv"
     OVERLAY = "overlay.png"
     QC = "qc.json"
@@ -52,11 +56,17 @@ class TaskBlob(StrEnum):
     def content_type(self) -> str | None:
         """The media type to serve a result with; None for the input, whose type is recorded."""
         suffix = self.value.rpartition(".")[2]
-        return {"png": "image/png", "csv": "text/csv", "json": "application/json"}.get(suffix)
+        return {
+            "png": "image/png",
+            "tiff": "image/tiff",
+            "csv": "text/csv",
+            "json": "application/json",
+            "imzML": "application/xml",
+        }.get(suffix)
 
 
 # What a task was given, what a segment task makes, what a fine-tune task makes.
-TASK_INPUTS = (TaskBlob.INPUT, TaskBlob.TRAIN_MASK)
+TASK_INPUTS = (TaskBlob.INPUT, TaskBlob.IMZML, TaskBlob.TRAIN_MASK)
 SEGMENT_RESULTS = (TaskBlob.MASK, TaskBlob.LABELS, TaskBlob.AMS, TaskBlob.OVERLAY, TaskBlob.QC)
 MODEL_RESULTS = (TaskBlob.MODEL_WEIGHTS, TaskBlob.MODEL_CARD)
 

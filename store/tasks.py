@@ -39,7 +39,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from model.errors import AmsegError
-from model.register.records import MAX_ID
 from model.segment.tiles import MAX_TILE_SIZE, MIN_TILE_SIZE
 from model.train.finetune_job import DEFAULT_MINUTES, FinetuneJob
 from store.blobs import TaskBlob, task_blob_key
@@ -103,11 +102,34 @@ class TaskParameters(BaseModel):
     # Enlarge grids of small marks before the network (amseg predict --accurate); the API
     # fills in Settings.default_accurate when the upload does not say.
     accurate: bool = False
+    # An acquisition's imzML came with the image (blob acquisition.imzML, set by the API from
+    # the upload, never by a query): its marks are joined to spectra, the grid defaults to it.
+    imzml: bool = False
+    flip_x: bool = Field(default=False, description="With an imzML: its x runs right to left")
+    flip_y: bool = Field(default=False, description="With an imzML: its y runs bottom to top")
+    transpose: bool = Field(
+        default=False, description="With an imzML: its x runs down the rows (applied first)"
+    )
 
     @model_validator(mode="after")
     def _grid_complete(self) -> "TaskParameters":
         check_grid(self.rows, self.cols)
         return self
+
+    @model_validator(mode="after")
+    def _orientation_needs_imzml(self) -> "TaskParameters":
+        if (self.flip_x or self.flip_y or self.transpose) and not self.imzml:
+            raise PydanticCustomError(
+                "orientation_without_imzml",
+                "flip_x, flip_y and transpose orient an imzML: send one as the multipart "
+                "part 'imzml' (the image in the part 'file')",
+            )
+        return self
+
+    @property
+    def registers(self) -> bool:
+        """Whether the marks are numbered: a grid was given, or an imzML to take it from."""
+        return self.rows is not None or self.imzml
 
     def segmentation(self) -> "TaskParameters":
         """Only the settings of a segmentation (what a re-run of any task's image takes)."""
@@ -117,18 +139,12 @@ class TaskParameters(BaseModel):
 
 
 def check_grid(rows: int | None, cols: int | None) -> None:
-    """Both or neither, and ids that fit a uint16 label image; the errors say what to type."""
+    """Both or neither; the error says what to type. (Whether the image can hold the grid is
+    the API's check, which knows the image's size: model.register.records.check_grid_fits.)"""
     if (rows is None) != (cols is None):
         raise PydanticCustomError(
             "grid_incomplete",
             "give both rows and columns (number of grid rows and columns, e.g. rows=30&cols=30)",
-        )
-    if rows is not None and cols is not None and rows * cols > MAX_ID:
-        raise PydanticCustomError(
-            "grid_too_large",
-            "the grid has {rows} x {cols} = {positions} positions; amseg numbers at most "
-            "65 535 marks per slide: check rows and columns",
-            {"rows": rows, "cols": cols, "positions": f"{rows * cols:,}".replace(",", " ")},
         )
 
 
@@ -149,10 +165,11 @@ class RegisterParameters(TaskParameters):
 
     @model_validator(mode="after")
     def _grid_and_mark(self) -> "RegisterParameters":
-        if self.rows is None or self.cols is None:
+        if (self.rows is None or self.cols is None) and not self.imzml:
             raise PydanticCustomError(
                 "grid_missing",
-                "a registration needs the grid: give rows and cols (e.g. rows=30&cols=30)",
+                "a registration needs the grid: give rows and cols (e.g. rows=30&cols=30), "
+                "or an imzML to take it from",
             )
         known = (self.mark_x, self.mark_y, self.mark_row, self.mark_col)
         if any(v is not None for v in known) and any(v is None for v in known):
@@ -160,6 +177,11 @@ class RegisterParameters(TaskParameters):
                 "mark_incomplete",
                 "give all four of mark_x, mark_y (the mark's centre in pixels), mark_row and "
                 "mark_col (its grid row and column, from 0), or none of them",
+            )
+        if self.has_known_mark and self.rows is None:
+            raise PydanticCustomError(
+                "mark_without_grid",
+                "with a known mark give rows and cols too (the grid the mark's place is on)",
             )
         if self.has_known_mark and (self.mark_row >= self.rows or self.mark_col >= self.cols):
             raise PydanticCustomError(

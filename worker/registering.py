@@ -1,6 +1,7 @@
 """Numbering marks on the acquisition grid, for both kinds of task that do it: a segment task
 registers the mask it just made, a register task the mask an earlier task stored (other rows
-and cols, or one mark's known place), without segmenting again. Both write the same outputs."""
+and cols, or one mark's known place), without segmenting again. Both write the same outputs,
+and both join the marks to the spectra of an imzML sent with the task."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import numpy as np
 
 from model.errors import AmsegError
 from model.image.io import read_image
+from model.register.acquisition import Acquisition, Orientation, read_imzml
 from model.register.records import KnownNode
-from store.blobs import BlobNotFoundError, TaskBlob
-from store.tasks import RegisterParameters, Task
+from model.register.request import GridRequest
+from store.blobs import BlobNotFoundError, TaskBlob, task_blob_key
+from store.tasks import RegisterParameters, Task, TaskParameters
 from worker.jobs import WorkerContext, download_image, progress_reporter, store_results
 
 log = logging.getLogger(__name__)
@@ -39,42 +42,44 @@ def run_register(
         scratch_dir = Path(scratch)
         mask = _download_mask(context, mask_key, scratch_dir / "mask.png")
         image = download_image(context, task.input_key, scratch_dir / "input", "the image")
+        request = grid_request(context, task, scratch_dir)
         progress(PROGRESS_LOADED, "registering")
         log.info(
-            "task %s: registering the stored mask of task %s on a %d x %d grid, no segmentation",
+            "task %s: registering the stored mask of task %s on a %s x %s grid, no segmentation",
             task.id,
             task.source_task,
-            parameters.rows,
-            parameters.cols,
+            parameters.rows or "imzML",
+            parameters.cols or "imzML",
         )
-        outputs, summary = register_and_write(
-            scratch_dir, mask, image, parameters.rows, parameters.cols, _known_node(parameters)
-        )
+        outputs, summary = register_and_write(scratch_dir, mask, image, request)
         del mask, image
         progress(PROGRESS_REGISTERED, "storing")
         result_keys = store_results(context, task.id, outputs)
     return {TaskBlob.MASK.value: mask_key, **result_keys}, summary
 
 
-def register_and_write(
-    scratch_dir: Path,
-    mask: np.ndarray,
-    image: np.ndarray,
-    rows: int,
-    cols: int,
-    known_node: KnownNode | None = None,
-) -> tuple[dict[TaskBlob, Path], dict]:
-    """Number the mask's marks on a rows x cols grid and write the id image, ams.csv, the QC
-    record and the overlay (over `image`) under `scratch_dir`; those paths and the summary a
-    task's JSON shows. `known_node` pins one mark's grid place."""
-    # Imported here: only a worker needs the registration stack.
-    from model.register.registration import register_marks
-    from model.register.writers import write_registration
+def grid_request(context: WorkerContext, task: Task, scratch_dir: Path) -> GridRequest:
+    """What a task asks to number its marks on: its grid (or its imzML's), a known mark, its
+    imzML's positions oriented as it says."""
+    parameters = task.task_parameters
+    known = _known_node(parameters) if isinstance(parameters, RegisterParameters) else None
+    acquisition = _acquisition(context, task, parameters, scratch_dir)
+    return GridRequest(parameters.rows, parameters.cols, known_node=known, acquisition=acquisition)
 
-    registration = register_marks(mask, rows, cols, known_node=known_node)
-    written = write_registration(scratch_dir / "registration", registration, image)
+
+def register_and_write(
+    scratch_dir: Path, mask: np.ndarray, image: np.ndarray, request: GridRequest
+) -> tuple[dict[TaskBlob, Path], dict]:
+    """Number the mask's marks as `request` says and write the id image (labels.png, or
+    labels.tiff for a grid beyond 65 535 nodes), ams.csv, the QC record and the overlay (over
+    `image`) under `scratch_dir`; those paths and the summary a task's JSON shows."""
+    # Imported here: only a worker needs the registration stack.
+    from model.register.request import register_into
+
+    registration, written = register_into(scratch_dir / "registration", mask, request, image)
+    labels = TaskBlob.LABELS if written["labels"].suffix == ".png" else TaskBlob.LABELS_TIFF
     outputs = {
-        TaskBlob.LABELS: written["labels"],
+        labels: written["labels"],
         TaskBlob.AMS: written["csv"],
         TaskBlob.QC: written["qc"],
         TaskBlob.OVERLAY: written["overlay"],
@@ -86,10 +91,22 @@ SUMMARY_COUNTS = ("found", "expected", "missing", "extra", "small_objects", "spe
 """The QC counts a task's JSON repeats, under qc.json's names and meanings (docs/model.md)."""
 
 
+ACQUISITION_COUNTS = ("spectra", "marks_with_spectrum", "marks_without_spectrum")
+"""What the summary repeats of qc.json's acquisition record, when an imzML was joined."""
+
+
 def registration_summary(qc: dict) -> dict:
     """What a task's JSON shows of its QC: enough to see a doubtful result at a glance, the
     same numbers as qc.json."""
-    return {**{key: qc[key] for key in SUMMARY_COUNTS}, "warnings": list(qc["warnings"])}
+    summary = {**{key: qc[key] for key in SUMMARY_COUNTS}, "warnings": list(qc["warnings"])}
+    if "acquisition" in qc:
+        joined = qc["acquisition"]
+        summary["acquisition"] = {
+            "rows": qc["rows"],
+            "cols": qc["cols"],
+            **{key: joined[key] for key in ACQUISITION_COUNTS},
+        }
+    return summary
 
 
 def _known_node(parameters: RegisterParameters) -> KnownNode | None:
@@ -98,6 +115,24 @@ def _known_node(parameters: RegisterParameters) -> KnownNode | None:
     return KnownNode(
         x=parameters.mark_x, y=parameters.mark_y, row=parameters.mark_row, col=parameters.mark_col
     )
+
+
+def _acquisition(
+    context: WorkerContext, task: Task, parameters: TaskParameters, scratch_dir: Path
+) -> Acquisition | None:
+    """The task's imzML positions, oriented as it says; None when it has none. An imzML that
+    is missing or unreadable fails the task in words (AmsegError)."""
+    if not parameters.imzml:
+        return None
+    path = scratch_dir / TaskBlob.IMZML.value
+    try:
+        with path.open("wb") as handle:
+            for chunk in context.blobs.iter_chunks(task_blob_key(task.id, TaskBlob.IMZML)):
+                handle.write(chunk)
+    except BlobNotFoundError:
+        raise AmsegError("the imzML sent with this task is missing from storage") from None
+    orientation = Orientation(parameters.flip_x, parameters.flip_y, parameters.transpose)
+    return read_imzml(path, orientation)
 
 
 def _download_mask(context: WorkerContext, key: str, path: Path) -> np.ndarray:

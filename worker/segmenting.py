@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from model.image.io import write_png
+from model.register.records import check_grid_fits
+from model.register.request import GridRequest
 from model.segment.segmenter import Segmenter
 from model.segment.single_pass import SegmentOptions
 from store.blobs import TaskBlob
 from store.tasks import Task
 from worker.comparing import compare_with_source
 from worker.jobs import TaskStopped, WorkerContext, download_image, progress_reporter, store_results
-from worker.registering import register_and_write
+from worker.registering import grid_request, register_and_write
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ def run_segment(
     with tempfile.TemporaryDirectory(prefix="amseg-task-") as scratch:
         scratch_dir = Path(scratch)
         image = download_image(context, task.input_key, scratch_dir / "input", "the uploaded image")
+        grid = _grid_before_segmenting(context, task, scratch_dir, image.shape)
         progress(PROGRESS_LOADED, "segmenting")
         log.info("task %s: segmenting a %d x %d px image", task.id, image.shape[1], image.shape[0])
 
@@ -65,11 +68,9 @@ def run_segment(
         outputs: dict[TaskBlob, Path] = {
             TaskBlob.MASK: write_png(scratch_dir / TaskBlob.MASK.value, segmentation.mask)
         }
-        if parameters.rows is not None and parameters.cols is not None:
+        if grid is not None:
             progress(PROGRESS_SEGMENTED, "registering")
-            registered, summary = register_and_write(
-                scratch_dir, segmentation.mask, image, parameters.rows, parameters.cols
-            )
+            registered, summary = register_and_write(scratch_dir, segmentation.mask, image, grid)
             outputs.update(registered)
         else:
             outputs[TaskBlob.OVERLAY] = _mask_overlay(scratch_dir, image, segmentation.mask)
@@ -84,6 +85,18 @@ def run_segment(
 
         progress(PROGRESS_REGISTERED, "storing")
         return store_results(context, task.id, outputs), summary
+
+
+def _grid_before_segmenting(
+    context: WorkerContext, task: Task, scratch_dir: Path, shape: tuple[int, ...]
+) -> GridRequest | None:
+    """The task's grid request (None: no grid, no imzML), read and checked against the image
+    before the network runs, so a bad imzML or a grid too large fails the task at once."""
+    if not task.task_parameters.registers:
+        return None
+    grid = grid_request(context, task, scratch_dir)
+    check_grid_fits(*grid.grid(), width=shape[1], height=shape[0])
+    return grid
 
 
 def warm_up_segmenter(segmenter: Segmenter) -> bool:

@@ -11,7 +11,9 @@ import anyio
 
 from api.deps import Services
 from api.problems import Problem
-from store.blobs import BlobStore, TaskBlob, task_blob_key, task_prefix
+from model.errors import RegistrationError
+from model.register.records import check_grid_fits
+from store.blobs import BlobNotFoundError, BlobStore, TaskBlob, task_blob_key, task_prefix
 from store.model_refs import UnknownModelError, check_model_usable
 from store.tasks import (
     FinetuneParameters,
@@ -119,6 +121,14 @@ def delete_blobs(blobs: BlobStore, task: Task, *, shared_in_use: bool) -> None:
             blobs.delete_prefix(key)
 
 
+def check_grid_inside(rows: int, cols: int, width: int, height: int) -> None:
+    """A 422 problem in words when an image of width x height px cannot hold the grid."""
+    try:
+        check_grid_fits(rows, cols, width=width, height=height)
+    except RegistrationError as error:
+        raise Problem(422, str(error), kind="grid-too-large") from None
+
+
 def check_model_name(svc: Services, name: str) -> None:
     """A 422 problem unless `name` is a model a task can use now: "default", a directory of
     MODELS_DIR, or the id of a FINISHED fine-tune (store.model_refs decides)."""
@@ -149,6 +159,8 @@ def create_from_task(
     task_id = uuid4()
     try:
         svc.blobs.copy(source.input_key, task_blob_key(task_id, TaskBlob.INPUT))
+        if getattr(parameters, "imzml", False):  # a re-run joins the same acquisition
+            copy_imzml(svc, source, task_id)
         if labels is not None:
             with labels.open("rb") as handle:
                 key = task_blob_key(task_id, TaskBlob.TRAIN_MASK)
@@ -173,11 +185,30 @@ def create_from_task(
     return task
 
 
-def create_registration(svc: Services, source: Task, parameters: TaskParameters) -> Task:
+def create_registration(
+    svc: Services, source: Task, parameters: TaskParameters, imzml: Path | None = None
+) -> Task:
     """A register task that reads `source`'s image and mask where they are (nothing is copied;
-    deleting keeps shared blobs while a task reads them). A 409 problem when the source was
-    deleted meanwhile."""
+    deleting keeps shared blobs while a task reads them). Its imzML is `imzml` when sent, else
+    a copy of the source's when it has one. A 409 problem when the source was deleted
+    meanwhile."""
     mask_key = source.result_keys[TaskBlob.MASK.value]
+    task_id = uuid4()
+    try:
+        if imzml is not None:
+            key = task_blob_key(task_id, TaskBlob.IMZML)
+            svc.blobs.put_file(key, imzml, content_type="application/xml")
+        elif getattr(parameters, "imzml", False):
+            copy_imzml(svc, source, task_id)
+        return _register_task_row(svc, source, parameters, task_id, mask_key)
+    except BaseException:
+        svc.blobs.delete_prefix(task_prefix(task_id))
+        raise
+
+
+def _register_task_row(
+    svc: Services, source: Task, parameters: TaskParameters, task_id: UUID, mask_key: str
+) -> Task:
     with svc.sessions() as session:
         task, _ = create_task(
             session,
@@ -191,6 +222,7 @@ def create_registration(svc: Services, source: Task, parameters: TaskParameters)
             source_task=source.id,
             input_key=source.input_key,
             result_keys={TaskBlob.MASK.value: mask_key},
+            task_id=task_id,
         )
         # Committed first, checked after: a delete of the source that counted its sharers
         # before this commit has taken (or is taking) the blobs; refuse rather than queue a
@@ -200,3 +232,15 @@ def create_registration(svc: Services, source: Task, parameters: TaskParameters)
             raise Problem(409, f"task {source.id} was deleted meanwhile", kind="source-deleted")
         session.expunge(task)
     return task
+
+
+def copy_imzml(svc: Services, source: Task, task_id: UUID) -> None:
+    """The source task's imzML, copied to the new task (a 409 problem when it is gone)."""
+    try:
+        svc.blobs.copy(
+            task_blob_key(source.id, TaskBlob.IMZML), task_blob_key(task_id, TaskBlob.IMZML)
+        )
+    except BlobNotFoundError:
+        raise Problem(
+            409, f"task {source.id}'s imzML is missing from storage", kind="imzml-missing"
+        ) from None

@@ -23,7 +23,7 @@ router = APIRouter(tags=["results"], dependencies=[Depends(require_api_key)])
 def _stream_result(svc: Services, task: Task, blob: TaskBlob) -> StreamingResponse:
     key = task.result_keys.get(blob.value)
     if key is None:
-        if blob in (TaskBlob.LABELS, TaskBlob.AMS, TaskBlob.QC):
+        if blob in (TaskBlob.LABELS, TaskBlob.LABELS_TIFF, TaskBlob.AMS, TaskBlob.QC):
             raise Problem(
                 404,
                 f"task {task.id} was submitted without rows and cols, so its marks were not "
@@ -70,13 +70,22 @@ def read_mask(
 
 @router.get(
     "/tasks/{task_id}/labels",
-    summary="Registered ids (uint16 PNG, 0 = background)",
+    summary="Registered ids (uint16 PNG; uint32 TIFF beyond 65 535 grid nodes; 0 = background)",
     response_class=StreamingResponse,
-    responses={200: {"content": {"image/png": {}}}, **_RESULT_RESPONSES},
+    responses={200: {"content": {"image/png": {}, "image/tiff": {}}}, **_RESULT_RESPONSES},
 )
 def read_labels(svc: ServicesDep, task_id: str):
-    """Each mark painted with its grid id row * cols + col + 1 (tasks given rows and cols)."""
-    return _stream_result(svc, finished_task(svc, task_id), TaskBlob.LABELS)
+    """Each mark painted with its grid id row * cols + col + 1 (tasks given rows and cols, or
+    an imzML): a 16-bit PNG while the grid's ids fit, else a 32-bit TIFF (the media type and
+    the download name say which)."""
+    task = finished_task(svc, task_id)
+    return _stream_result(svc, task, labels_blob(task))
+
+
+def labels_blob(task: Task) -> TaskBlob:
+    """Which id image the task has: labels.png, or labels.tiff for a grid beyond 65 535 nodes."""
+    tiff = TaskBlob.LABELS_TIFF.value in task.result_keys
+    return TaskBlob.LABELS_TIFF if tiff else TaskBlob.LABELS
 
 
 @router.get(

@@ -10,14 +10,16 @@ from uuid import uuid4
 
 import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from pydantic import ValidationError
 
 from api.deps import MetricsDep, Services, ServicesDep, require_api_key
 from api.names import clean_name
-from api.problems import Problem
+from api.problems import Problem, invalid_parameters
 from api.routes.common import (
     POLL_AFTER_S,
     PROBLEM_RESPONSE,
     cancel_and_delete,
+    check_grid_inside,
     check_model_name,
     load_task,
     publish_or_leave_to_sweep,
@@ -51,7 +53,15 @@ _UPLOAD_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "imzml": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The acquisition's .imzML (no .ibd needed): marks "
+                            "are joined to its spectra, rows and cols default to its grid",
+                        },
+                    },
                 }
             },
         },
@@ -92,16 +102,18 @@ async def create_task_route(
     ] = None,
 ) -> TaskCreated:
     """Upload an image (raw body or multipart field `file`) and queue it for segmentation.
-    The task keeps `name`, or else the multipart file name, as the slide's name.
+    The task keeps `name`, or else the multipart file name, as the slide's name. A multipart
+    body may add the acquisition's imzML as the part `imzml`: the marks are then joined to its
+    spectra (`flip_x`, `flip_y`, `transpose` orient it), and `rows`, `cols` default to its grid.
 
-    The API checks the image's header (format, size); the worker decodes it, so damaged pixel
-    data fails the task with a message in its `error`."""
-    parameters = query.task_parameters(svc.settings.default_accurate)
-    if parameters.model is not None:
-        await anyio.to_thread.run_sync(check_model_name, svc, parameters.model)
+    The API checks the image's header (format, size) and the imzML's first bytes; the worker
+    decodes them, so damaged data fails the task with a message in its `error`."""
+    if query.model is not None:
+        await anyio.to_thread.run_sync(check_model_name, svc, query.model)
 
     with tempfile.TemporaryDirectory(prefix="amseg-upload-") as scratch:
-        received = await receive_upload(request, Path(scratch))
+        received = await receive_upload(request, Path(scratch), with_imzml=True)
+        parameters = checked_parameters(query, svc, received)
         name = clean_name(query.name or received.filename)
         task, created = await anyio.to_thread.run_sync(
             _store_and_create, svc, received, parameters, idempotency_key, name
@@ -119,6 +131,20 @@ async def create_task_route(
         await publish_or_leave_to_sweep(svc, task.id)
     response.headers["Location"] = f"/tasks/{task.id}"
     return TaskCreated(id=str(task.id), status=task.status, links=task_links(task))
+
+
+def checked_parameters(query: TaskQuery, svc: Services, received: ReceivedImage) -> TaskParameters:
+    """The task's parameters once the body says whether an imzML came; a 422 problem in
+    words for orientation flags without one, or a grid the image cannot hold."""
+    try:
+        parameters = query.task_parameters(
+            svc.settings.default_accurate, imzml=received.imzml is not None
+        )
+    except ValidationError as error:
+        raise invalid_parameters(error) from None
+    if parameters.rows is not None:
+        check_grid_inside(parameters.rows, parameters.cols, received.width, received.height)
+    return parameters
 
 
 def _store_and_create(
@@ -139,6 +165,9 @@ def _store_and_create(
     input_key = task_blob_key(task_id, TaskBlob.INPUT)
     svc.blobs.put_file(input_key, received.path, content_type=received.content_type)
     try:
+        if received.imzml is not None:
+            imzml_key = task_blob_key(task_id, TaskBlob.IMZML)
+            svc.blobs.put_file(imzml_key, received.imzml, content_type="application/xml")
         with svc.sessions() as session:
             task, created = create_task(
                 session,

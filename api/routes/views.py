@@ -97,12 +97,12 @@ async def read_tile(
 async def _pyramid(svc: Services, task_id: str, layer: TileLayer) -> Pyramid:
     if layer == TileLayer.IMAGE:
         task = await anyio.to_thread.run_sync(not_failed_task, svc, task_id)
-        return await _view(svc.views.image, task)
+        return await view_or_409(svc.views.image, task)
     task = await anyio.to_thread.run_sync(finished_task, svc, task_id)
     if layer == TileLayer.DIFF:
         _require_changes(task)
-        return await _view(svc.views.diff, task)
-    return await _view(svc.views.mask, task)
+        return await view_or_409(svc.views.diff, task)
+    return await view_or_409(svc.views.mask, task)
 
 
 def _require_changes(task: Task) -> None:
@@ -135,7 +135,7 @@ def read_diff(svc: ServicesDep, task_id: str) -> StreamingResponse:
     return StreamingResponse(chunks, media_type="image/png", headers=headers)
 
 
-async def _view(build: Callable[[Task], Awaitable[T]], task: Task) -> T:
+async def view_or_409(build: Callable[[Task], Awaitable[T]], task: Task) -> T:
     """A view of the task, or a 409 problem in words when its stored image cannot be read
     (logged once per task, not a traceback per tile)."""
     try:
@@ -165,7 +165,7 @@ async def read_preview(
     """The image as the model sees it, its longer side `max_side` px (never enlarged); for
     thumbnails and quick looks. Any task status but FAILED (409)."""
     task = await anyio.to_thread.run_sync(not_failed_task, svc, task_id)
-    pyramid = await _view(svc.views.image, task)
+    pyramid = await view_or_409(svc.views.image, task)
     pixels = await anyio.to_thread.run_sync(pyramid.preview, max_side)
     png = await anyio.to_thread.run_sync(encode_png, pixels)
     return Response(png, media_type="image/png", headers=_download(task, "preview.png"))
@@ -188,7 +188,7 @@ async def read_marks(svc: ServicesDep, task_id: str) -> Response:
     `extra_total`). Tasks submitted with rows and cols."""
     task = await anyio.to_thread.run_sync(finished_task, svc, task_id)
     _require_registration(task)
-    body = await _view(svc.views.marks, task)
+    body = await view_or_409(svc.views.marks, task)
     return Response(body, media_type="application/json", headers=_download(task, "marks.json"))
 
 

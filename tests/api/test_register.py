@@ -164,7 +164,7 @@ def test_what_cannot_be_registered_is_a_problem_in_words(
         one = problem(register(client, finished, rows=5), 422)
         assert "give both rows and columns (number of grid rows and columns" in one["detail"]
         big = problem(register(client, finished, rows=300, cols=300), 422)
-        assert "300 x 300 = 90 000 positions; amseg numbers at most 65 535" in big["detail"]
+        assert "300 x 300 = 90 000 positions, more than a 440 x 360 px image" in big["detail"]
         typed = problem(register(client, finished, rows="thirty", cols=8), 422)
         assert typed["detail"] == "rows must be a whole number of grid rows, e.g. 30"
         half = problem(register(client, finished, mark_x=10, mark_y=10), 422)

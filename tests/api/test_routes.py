@@ -163,6 +163,8 @@ def test_openapi_documents_every_route(idle_stack: ServiceStack) -> None:
         "/tasks/{task_id}/ams.csv",
         "/tasks/{task_id}/overlay.png",
         "/tasks/{task_id}/qc",
+        "/tasks/{task_id}/marks.geojson",
+        "/tasks/{task_id}/labels.tiff",
         "/health",
         "/metrics",
     }

@@ -169,7 +169,7 @@ def test_multipart_without_a_file_field(client: httpx.Client) -> None:
         {"rows": 0, "cols": 5},
         {"rows": "abc", "cols": 5},
         {"rows": 5},
-        {"rows": 300, "cols": 300},  # over the uint16 id range
+        {"rows": 300, "cols": 300},  # more nodes than the 80 x 64 px image can hold
         {"threshold": 2},
         {"tile_size": 10},
         {"accurate": "maybe"},
@@ -311,7 +311,7 @@ def test_unknown_query_parameters_are_refused(
         ({"tile_size": "32"}, "tile_size"),
         ({"tile_size": "5000"}, "tile_size"),
         ({"rows": "4"}, "give both rows and columns (number of grid rows and columns, e.g."),
-        ({"rows": "300", "cols": "300"}, "300 x 300 = 90 000 positions; amseg numbers at most"),
+        ({"rows": "300", "cols": "300"}, "300 x 300 = 90 000 positions, more than a 80 x 64 px"),
         ({"rows": "3.5", "cols": "4"}, "rows must be a whole number of grid rows, e.g. 30"),
         ({"rows": "4", "cols": "many"}, "cols must be a whole number of grid columns, e.g. 30"),
     ],

@@ -47,10 +47,12 @@ def test_task_blob_keys_are_deterministic() -> None:
     assert task_blob_key(task_id, TaskBlob.INPUT) == f"tasks/{task_id}/input"
     assert task_blob_key(str(task_id), TaskBlob.MASK) == f"tasks/{task_id}/mask.png"
     assert [blob.value for blob in TaskBlob] == [
-        "input", "mask.png", "labels.png", "ams.csv", "overlay.png", "qc.json",
-        "train_mask.png", "model.safetensors", "model_card.json",
+        "input", "acquisition.imzML", "mask.png", "labels.png", "labels.tiff", "ams.csv",
+        "overlay.png", "qc.json", "diff.png", "train_mask.png", "model.safetensors",
+        "model_card.json",
     ]  # fmt: skip
     assert TaskBlob.QC.content_type == "application/json"
+    assert TaskBlob.LABELS_TIFF.content_type == "image/tiff"
     assert TaskBlob.INPUT.content_type is None
     with pytest.raises(ValueError):
         task_prefix("../../etc")

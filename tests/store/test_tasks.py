@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from store.blobs import TaskBlob, task_blob_key
 from store.tasks import (
     CANCELLED_ERROR,
+    RegisterParameters,
     Task,
     TaskParameters,
     TaskStatus,
@@ -408,9 +409,15 @@ def test_task_parameters_refuse_nonsense() -> None:
         TaskParameters(rows=5, cols=5, colour="blue")
     with pytest.raises(ValueError):
         TaskParameters(rows=5)
-    with pytest.raises(ValueError):
-        TaskParameters(rows=300, cols=300)
+    with pytest.raises(ValueError, match="orient an imzML"):
+        TaskParameters(flip_x=True)  # no imzML to orient
+    with pytest.raises(ValueError, match="give rows and cols"):
+        RegisterParameters()
     assert TaskParameters().rows is None  # segmentation only
+    # 90 000 nodes number in 32 bits; whether the image holds them is the API's check.
+    assert TaskParameters(rows=300, cols=300).registers
+    assert TaskParameters(imzml=True, transpose=True).registers  # the grid from the imzML
+    assert RegisterParameters(imzml=True).rows is None
 
 
 def test_a_resent_task_is_not_resent_again_within_the_stale_period(session: Session) -> None:

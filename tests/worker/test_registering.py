@@ -149,3 +149,43 @@ def test_a_grid_that_does_not_fit_fails_the_task_in_words(context: WorkerContext
     with context.sessions() as session:
         task = get_task(session, task_id)
     assert task.status == TaskStatus.FAILED and task.error
+
+
+def test_a_register_task_joins_its_imzml_and_takes_the_grid_from_it(
+    context: WorkerContext, tmp_path: Path
+) -> None:
+    from tests.model.register.imzml_files import serpentine, write_imzml
+
+    grid = make_grid_mask(GridSpec(rows=ROWS, cols=COLS, pitch_x=40, pitch_y=40, seed=3))
+    source_id = finished_source(context, grid.mask.astype(np.uint8) * 255)
+    positions = [(x, ROWS + 1 - y) for x, y in serpentine(ROWS, COLS)]  # y bottom to top
+    imzml = write_imzml(tmp_path / "run.imzML", positions)
+    task_id = queue_register(context, source_id, imzml=True, flip_y=True)
+    context.blobs.put_bytes(task_blob_key(task_id, TaskBlob.IMZML), imzml.read_bytes())
+
+    assert process_task(context, task_id).action == "finished"
+    with context.sessions() as session:
+        task = get_task(session, task_id)
+    assert task.summary["expected"] == ROWS * COLS  # the imzML's extent
+    assert task.summary["acquisition"] == {
+        "rows": ROWS,
+        "cols": COLS,
+        "spectra": ROWS * COLS,
+        "marks_with_spectrum": ROWS * COLS,
+        "marks_without_spectrum": 0,
+    }
+    marks = marks_of(context, task.result_keys["ams.csv"])
+    expected = {(ROWS - y, x - 1): index for index, (x, y) in enumerate(positions)}
+    assert {(int(m["row"]), int(m["col"])): int(m["spectrum"]) for m in marks} == expected
+
+
+def test_an_unreadable_imzml_fails_the_task_in_words(context: WorkerContext) -> None:
+    grid = make_grid_mask(GridSpec(rows=ROWS, cols=COLS, pitch_x=40, pitch_y=40, seed=4))
+    source_id = finished_source(context, grid.mask.astype(np.uint8) * 255)
+    task_id = queue_register(context, source_id, rows=ROWS, cols=COLS, imzml=True)
+    context.blobs.put_bytes(task_blob_key(task_id, TaskBlob.IMZML), b"<html></html>")
+
+    assert process_task(context, task_id).action == "failed"
+    with context.sessions() as session:
+        error = get_task(session, task_id).error
+    assert "acquisition.imzML: not an imzML file (its root element is <html>" in error
