@@ -114,3 +114,29 @@ def test_accurate_reaches_the_pipeline_options(tmp_path, monkeypatch):
         result = runner.invoke(app, ["segment", str(ds), "--no-register", *flags])
         assert result.exit_code == 0, result.output
         assert seen[-1].accurate is expected and seen[-1].scale is None
+
+
+def test_imzml_gives_one_group_its_grid_spectra_and_exports(tmp_path):
+    import csv
+    import json
+
+    from tests.model.register.imzml_files import serpentine, write_imzml
+
+    image, labels = disc_grid_scene(rows=4, cols=5, seed=6)
+    ds = _make_dataset(tmp_path / "ds", {"well1": image, "well2": image})
+    imzml = write_imzml(tmp_path / "well1.imzML", serpentine(4, 5))
+    base = ["segment", str(ds), "--tile-size", "128", "--segmenter", "classical"]
+
+    both = runner.invoke(app, [*base, "--imzml", str(imzml)])
+    assert both.exit_code == 2 and "--imzml goes with one group" in both.output
+
+    result = runner.invoke(app, [*base, "well1", "--imzml", str(imzml), "--geojson", "--tiff"])
+    assert result.exit_code == 0, result.output
+    out = ds / "am_coords" / "well1"
+    assert mark_id_accuracy(read_image(out / "am_coordinates.tiff"), labels) == 1.0
+    with (out / "ams.csv").open() as handle:
+        spectra = {
+            (int(r["row"]), int(r["col"])): int(r["spectrum"]) for r in csv.DictReader(handle)
+        }
+    assert spectra == {(y - 1, x - 1): k for k, (x, y) in enumerate(serpentine(4, 5))}
+    assert len(json.loads((out / "marks.geojson").read_text())["features"]) == 20
