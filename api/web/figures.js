@@ -1,4 +1,4 @@
-// What a fine-tune's summary (GET /models/{id}: worker/finetuning.py's figures) means, in words.
+// What a fine-tune's summary (GET /models/{id}: model/train/run_finetune.job_summary) means, in words.
 
 const dice = (value) => Number(value).toFixed(2);
 const known = (value) => value !== null && value !== undefined;
@@ -10,7 +10,11 @@ export function finetuneFigures(summary) {
     const held = summary.mode === "grid" ? "on the grid's marks it held back" : "on the labels it held back";
     parts.push(`${held}: ${dice(summary.held_out_dice_base)} → ${dice(summary.held_out_dice)} Dice`);
   }
-  if (known(summary.labelled_dice)) parts.push(`on the pixels you labelled: ${dice(summary.labelled_dice)}`);
+  if (known(summary.labelled_dice)) {
+    const where = summary.mode === "grid" ? "on the grid's labels" : "on the pixels you labelled";
+    const before = known(summary.labelled_dice_base) ? `${dice(summary.labelled_dice_base)} → ` : "";
+    parts.push(`${where}: ${before}${dice(summary.labelled_dice)}`);
+  }
   if (summary.mode === "grid" && Array.isArray(summary.rounds) && summary.rounds.length) {
     const sure = summary.rounds.at(-1).sure_marks;
     parts.push(`learned from ${Number(sure).toLocaleString()} sure marks of the grid`);

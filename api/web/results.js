@@ -33,12 +33,19 @@ export function renderWarnings(page, warnings) {
   banner.replaceChildren(...(strong.length ? [el("strong", {}, "Check the grid: "), strong[0], more] : []));
 }
 
+// The counts are qc.json's, the same the task's summary and its warnings give (one meaning
+// each: found = marks with an id, missing = grid nodes without one, extra = mark-sized objects
+// without an id, small objects = dust). A qc.json from before those keys falls back to the
+// marks record, whose extra objects are whatever the mask holds without an id.
 export function renderQc(page, qc, record) {
   const share = qc.expected ? Math.round((100 * qc.found) / qc.expected) : 0;
+  const missing = qc.missing ?? qc.missing_ids.length;
+  const extra = qc.extra ?? record.extra_total;
   const facts = [
     ["Marks found", `${qc.found} of ${qc.expected} (${share} %)`],
-    ["Missing nodes", `${qc.missing_ids.length}`],
-    ["Objects without an id", `${record.extra_total}`],
+    ["Missing nodes", `${missing}`],
+    ["Extra marks (no id)", `${extra}`],
+    ...(qc.small_objects !== undefined ? [["Smaller objects (dust)", `${qc.small_objects}`]] : []),
     ["Pitch", `${qc.pitch_px.map((p) => p.toFixed(1)).join(" × ")} px`],
     ["Rotation", `${qc.angle_deg.toFixed(2)}°`],
     ["Residual", `${qc.residual_rms_px.toFixed(2)} px`],
