@@ -314,3 +314,16 @@ def test_double_marks_join_their_own_node_not_the_neighbour(offset: float) -> No
     assert_ids_right(registration, grid)
     for mark_id in doubled:
         assert np.all(registration.labels[grid.labels == mark_id] == mark_id), mark_id
+
+
+def test_running_out_of_memory_is_a_registration_error_in_words(monkeypatch) -> None:
+    import model.register.registration as registration
+
+    def no_memory(mask):
+        raise MemoryError
+
+    monkeypatch.setattr(registration, "find_marks", no_memory)
+    grid = make_grid_mask(GridSpec(rows=4, cols=4, seed=47))
+    height, width = grid.mask.shape
+    with pytest.raises(RegistrationError, match=f"not enough memory .* {width} x {height} px"):
+        register_marks(grid.mask, 4, 4)
