@@ -165,3 +165,15 @@ def test_imzml_errors_are_problems_in_words(
         failed = stack.wait_until_over(client, created.json()["id"])
         assert failed["status"] == "FAILED"
         assert "no spectra, so no positions to join marks to" in failed["error"]
+
+
+def test_a_rerun_joins_the_same_imzml(stack: ServiceStack, joined: str) -> None:
+    with stack.client() as client:
+        rerun = client.post(f"/tasks/{joined}/rerun")
+        assert rerun.status_code == 201, rerun.text
+        state = stack.wait_until_over(client, rerun.json()["id"])
+        assert state["status"] == "FINISHED", state
+        assert state["parameters"]["imzml"] is True
+        spectra = spectra_by_node(client, state["id"])
+        assert spectra == serpentine_at(spectra)
+        assert f"tasks/{state['id']}/acquisition.imzML" in stack.s3_keys(f"tasks/{state['id']}/")
