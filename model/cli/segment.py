@@ -117,14 +117,7 @@ def segment(
     node. A failing group is reported; exit status 1.
     """
     check_accurate(accurate, scale)
-    if no_register and (rows or cols or imzml):
-        raise AmsegError("--no-register and --rows/--cols/--imzml contradict each other; give one")
-    grid_given = rows is not None and cols is not None
-    from_imzml = rows is None and cols is None and imzml is not None
-    if not no_register and not (grid_given or from_imzml):
-        raise AmsegError(
-            "give the acquisition grid with --rows R --cols C (or --imzml), or pass --no-register"
-        )
+    _check_grid_options(no_register, rows, cols, imzml)
     layout = DatasetLayout(ds_path)
     selected = layout.select_groups(groups)
     if imzml is not None and len(selected) != 1:
@@ -133,10 +126,7 @@ def segment(
     grid = None
     if not no_register:
         grid = GridSpec(rows, cols, acquisition=acquisition, tiff=tiff, geojson=geojson)
-        if grid.grid()[0] * grid.grid()[1] > MAX_ID:
-            # Checked before segmenting so a long run does not fail only at registration
-            # (process_group checks the grid against the image's size before segmenting).
-            raise AmsegError(f"a {rows}x{cols} grid has more than {MAX_ID} marks, the id limit")
+        _check_id_range(*grid.grid())
     options = SegmentOptions(
         tile_size=tile_size,
         overlap=overlap,
@@ -159,6 +149,27 @@ def segment(
     if failed:
         console.print(f"[bold red]{len(failed)} of {len(reports)} group(s) failed[/]")
         raise typer.Exit(1)
+
+
+def _check_grid_options(
+    no_register: bool, rows: int | None, cols: int | None, imzml: Path | None
+) -> None:
+    """A grid (rows and cols, or an imzML to take them from), or --no-register."""
+    if no_register and (rows or cols or imzml):
+        raise AmsegError("--no-register and --rows/--cols/--imzml contradict each other; give one")
+    grid_given = rows is not None and cols is not None
+    from_imzml = rows is None and cols is None and imzml is not None
+    if not no_register and not (grid_given or from_imzml):
+        raise AmsegError(
+            "give the acquisition grid with --rows R --cols C (or --imzml), or pass --no-register"
+        )
+
+
+def _check_id_range(rows: int, cols: int) -> None:
+    """Checked before segmenting so a long run does not fail only at registration
+    (process_group checks the grid against the image's size before segmenting too)."""
+    if rows * cols > MAX_ID:
+        raise AmsegError(f"a {rows}x{cols} grid has more than {MAX_ID} marks, the id limit")
 
 
 def run_groups(
