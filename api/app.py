@@ -60,7 +60,12 @@ def build_services(settings: Settings, *, migrate: bool) -> Services:
         sessions=create_session_factory(engine),
         blobs=blobs,
         celery=create_celery(settings),
-        views=ViewCache(settings.data_dir / "views", blobs, max_pixels=settings.max_pixels),
+        views=ViewCache(
+            settings.data_dir / "views",
+            blobs,
+            max_pixels=settings.max_pixels,
+            max_bytes=settings.max_decoded_bytes,
+        ),
     )
 
 

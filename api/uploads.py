@@ -12,6 +12,7 @@ task's `error`. The client's Content-Type is not trusted; the bytes are sniffed.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ UPLOAD_MEDIA_TYPES = frozenset((*IMAGE_CONTENT_TYPES, MULTIPART))
 WRITE_CHUNK = 1024 * 1024
 
 _PNG_BIT_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+# Channels once decoded as the worker reads them: a palette becomes RGB, gray + alpha RGBA.
+_PNG_DECODED_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 4, 6: 4}
 # JPEG frame headers (SOF0..SOF15 but DHT, JPG and DAC), and markers without a length.
 _JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_STANDALONE_MARKERS = frozenset((0x01, *range(0xD0, 0xD8)))
@@ -68,6 +71,11 @@ class ImageHeader:
     kind: str  # "png", "jpeg" or "tiff"
     width: int
     height: int
+    pixel_bytes: int = 1  # a pixel's size once decoded: channels x bytes a sample
+
+    @property
+    def decoded_bytes(self) -> int:
+        return self.width * self.height * self.pixel_bytes
 
 
 class _HeaderError(Exception):
@@ -105,8 +113,10 @@ async def receive_upload(
             await upload.flush()
         if upload.size == 0:
             raise Problem(422, "the uploaded image is empty (0 bytes)", kind="empty-upload")
-        max_pixels = request.app.state.settings.max_pixels
-        header = await anyio.to_thread.run_sync(check_header, path, media, max_pixels)
+        settings = request.app.state.settings
+        header = await anyio.to_thread.run_sync(
+            check_header, path, media, settings.max_pixels, settings.max_decoded_bytes
+        )
         return ReceivedImage(
             path=path,
             content_type=f"image/{header.kind}",
@@ -179,9 +189,12 @@ async def _copy_multipart(
         await form.close()
 
 
-def check_header(path: Path, media: str, max_pixels: int) -> ImageHeader:
+def check_header(
+    path: Path, media: str, max_pixels: int, max_bytes: int | None = None
+) -> ImageHeader:
     """The image's format and size from its first bytes, without decoding a pixel; raises
-    Problem 415 (not an image, or not the declared one), 413 (too many pixels) or 422."""
+    Problem 415 (not an image, or not the declared one), 413 (too many pixels, or too many
+    bytes once decoded) or 422."""
     with path.open("rb") as handle:
         kind = sniff_format(handle.read(16))
         if kind is None:
@@ -196,7 +209,7 @@ def check_header(path: Path, media: str, max_pixels: int) -> ImageHeader:
         handle.seek(0)
         read_size = {"png": _png_size, "jpeg": _jpeg_size, "tiff": _tiff_size}[kind]
         try:
-            width, height = read_size(handle)
+            width, height, pixel_bytes = read_size(handle)
         except _HeaderError as error:
             raise Problem(
                 422, f"the {kind.upper()} header cannot be read: {error}", kind="unreadable-image"
@@ -212,11 +225,21 @@ def check_header(path: Path, media: str, max_pixels: int) -> ImageHeader:
             f"{max_pixels / 1e6:.0f} MP (MAX_PIXELS)",
             kind="too-many-pixels",
         )
-    return ImageHeader(kind=kind, width=width, height=height)
+    header = ImageHeader(kind=kind, width=width, height=height, pixel_bytes=pixel_bytes)
+    if max_bytes is not None and header.decoded_bytes > max_bytes:
+        raise Problem(
+            413,
+            f"{width}x{height} with {pixel_bytes} bytes a pixel decodes to "
+            f"{header.decoded_bytes / 1e9:.1f} GB, over the limit of {max_bytes / 1e9:.1f} GB "
+            "(MAX_DECODED_BYTES); convert it to 8- or 16-bit gray or RGB",
+            kind="too-many-bytes",
+        )
+    return header
 
 
-def _png_size(handle: BinaryIO) -> tuple[int, int]:
-    """PNG puts its header (IHDR) first, at a fixed place."""
+def _png_size(handle: BinaryIO) -> tuple[int, int, int]:
+    """Width, height and decoded bytes a pixel; PNG puts its header (IHDR) first, at a fixed
+    place."""
     data = handle.read(33)
     if len(data) < 33:
         raise _HeaderError("the file ends inside its header")
@@ -225,11 +248,13 @@ def _png_size(handle: BinaryIO) -> tuple[int, int]:
         raise _HeaderError("the first chunk is not IHDR")
     if bit_depth not in _PNG_BIT_DEPTHS.get(color_type, ()):
         raise _HeaderError(f"bit depth {bit_depth} with colour type {color_type} is not valid")
-    return width, height
+    sample_bytes = 2 if bit_depth == 16 else 1
+    return width, height, _PNG_DECODED_CHANNELS[color_type] * sample_bytes
 
 
-def _jpeg_size(handle: BinaryIO) -> tuple[int, int]:
-    """Walk the segments to the frame header (SOFn), seeking over each segment's data."""
+def _jpeg_size(handle: BinaryIO) -> tuple[int, int, int]:
+    """Width, height and decoded bytes a pixel, from the frame header (SOFn): walk the
+    segments to it, seeking over each segment's data."""
     handle.seek(2)  # after SOI
     for _ in range(_JPEG_MAX_STEPS):
         byte = handle.read(1)
@@ -250,17 +275,18 @@ def _jpeg_size(handle: BinaryIO) -> tuple[int, int]:
         if len(length_bytes) < 2 or int.from_bytes(length_bytes, "big") < 2:
             raise _HeaderError("a segment has no valid length")
         if code in _JPEG_FRAME_MARKERS:
-            frame = handle.read(5)
-            if len(frame) < 5:
+            frame = handle.read(6)
+            if len(frame) < 6:
                 raise _HeaderError("the file ends inside its frame header")
-            height, width = struct.unpack(">HH", frame[1:5])
-            return width, height
+            precision, height, width, components = struct.unpack(">BHHB", frame)
+            return width, height, components * (2 if precision > 8 else 1)
         handle.seek(int.from_bytes(length_bytes, "big") - 2, os.SEEK_CUR)
     raise _HeaderError(f"no frame header in the first {_JPEG_MAX_STEPS} markers and bytes")
 
 
-def _tiff_size(handle: BinaryIO) -> tuple[int, int]:
-    """tifffile reads the first page's tags, not its pixel data."""
+def _tiff_size(handle: BinaryIO) -> tuple[int, int, int]:
+    """Width, height and decoded bytes a pixel (every sample, extra ones included): tifffile
+    reads the first page's tags, not its pixel data."""
     try:
         with tifffile.TiffFile(handle) as tif:
             if not tif.pages:
@@ -278,4 +304,5 @@ def _tiff_size(handle: BinaryIO) -> tuple[int, int]:
     # The same axes as model.image.io.read_image: (H, W), (H, W, samples) or (samples, H, W).
     samples_last = len(shape) == 3 and shape[-1] in (3, 4)
     height, width = (shape[0], shape[1]) if samples_last or len(shape) == 2 else shape[-2:]
-    return int(width), int(height)
+    pixel_bytes = math.prod(shape) // max(height * width, 1) * dtype.itemsize
+    return int(width), int(height), max(int(pixel_bytes), 1)

@@ -39,7 +39,8 @@ from api.pyramid import (
     halve_max,
     normalized_gray,
 )
-from model.image.io import read_image, write_labels_tiff
+from model.image.gray import read_gray
+from model.image.io import write_labels_tiff
 from model.register.geojson import write_geojson
 from store.blobs import BlobNotFoundError, BlobStore, TaskBlob
 from store.tasks import Task
@@ -72,10 +73,13 @@ class ViewUnavailable(Exception):
 class ViewCache:
     """The views of tasks under one directory, shared by every process of this API host."""
 
-    def __init__(self, root: Path, blobs: BlobStore, *, max_pixels: int) -> None:
+    def __init__(
+        self, root: Path, blobs: BlobStore, *, max_pixels: int, max_bytes: int | None = None
+    ) -> None:
         self.root = root
         self.blobs = blobs
         self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
         self.limit_bytes = VIEW_CACHE_BYTES
         self._builds = anyio.CapacityLimiter(1)
         self._open: OrderedDict[tuple[str, str], Pyramid] = OrderedDict()
@@ -165,8 +169,9 @@ class ViewCache:
         self._evict(keep=str(task.id))
 
     def _download(self, key: str, directory: Path, what: str = "image") -> np.ndarray:
-        """The stored image under `key`, decoded; ViewUnavailable when it is gone or damaged
-        (the API checked only the upload's header). Other storage errors propagate."""
+        """The stored image under `key`, decoded to one gray channel (all a view shows, so the
+        colour image is never held whole); ViewUnavailable when it is gone or damaged (the API
+        checked only the upload's header). Other storage errors propagate."""
         path = directory / "blob"
         try:
             with path.open("wb") as handle:
@@ -175,7 +180,7 @@ class ViewCache:
         except BlobNotFoundError:
             raise ViewUnavailable(f"the {what} is missing from storage") from None
         try:
-            return read_image(path, max_pixels=self.max_pixels)
+            return read_gray(path, max_pixels=self.max_pixels, max_bytes=self.max_bytes)
         except MemoryError:
             raise
         except Exception as error:  # a decoder's error: truncated file, corrupt stream

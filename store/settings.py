@@ -42,6 +42,10 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     max_pixels: int = Field(default=400_000_000, gt=0)
+    # What an image may take once decoded (pixels x channels x bytes a sample, read from its
+    # header): a small file of 100 MP RGBA float64 decodes to 3.2 GB. 400 MP of 16-bit RGB
+    # (2.4 GB) passes; the worker turns images gray as it reads them, so it holds far less.
+    max_decoded_bytes: int = Field(default=3_000_000_000, gt=0)
     # A request body that sends nothing for this long is dropped with 408, so a stalled client
     # cannot hold a connection and an upload slot forever.
     upload_idle_timeout_s: float = Field(default=30.0, gt=0)

@@ -12,7 +12,7 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from model.errors import ImageInputError
-from model.image.io import read_image
+from model.image.gray import read_gray
 from store.blobs import BlobStore, TaskBlob, task_blob_key
 from store.settings import Settings
 from store.tasks import report_progress
@@ -55,7 +55,8 @@ def progress_reporter(context: WorkerContext, task_id: UUID) -> Callable[..., No
 
 
 def download_image(context: WorkerContext, key: str, path: Path, name: str) -> np.ndarray:
-    """Fetch the blob under `key` to `path` and decode it; errors name `name`, not the file.
+    """Fetch the blob under `key` to `path` and decode it as one gray channel (what every task
+    uses: the colour image is never held whole); errors name `name`, not the file.
 
     The API checked only the upload's header, so this is where damaged pixel data shows: any
     error of the decoders (a truncated file, a corrupt compressed stream) is the image's fault
@@ -64,7 +65,10 @@ def download_image(context: WorkerContext, key: str, path: Path, name: str) -> n
         for chunk in context.blobs.iter_chunks(key):
             handle.write(chunk)
     try:
-        return read_image(path, max_pixels=context.settings.max_pixels)
+        settings = context.settings
+        return read_gray(
+            path, max_pixels=settings.max_pixels, max_bytes=settings.max_decoded_bytes
+        )
     except ImageInputError as error:
         raise type(error)(str(error).replace(str(path), name)) from None
     except MemoryError:
