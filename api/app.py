@@ -18,6 +18,7 @@ import model
 from api.body_guard import BodyGuardMiddleware
 from api.deps import Services, reject_unknown_query_parameters
 from api.metrics import Metrics, MetricsMiddleware
+from api.origin_guard import OriginGuardMiddleware
 from api.problems import database_outage_log, install_problem_handlers
 from api.routes import (
     corrections,
@@ -42,7 +43,7 @@ from store.database import (
     upgrade_database,
 )
 from store.queue import create_celery, ensure_broker_dirs
-from store.settings import Settings, get_settings
+from store.settings import Settings, apply_data_umask, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,9 @@ def create_app(
         max_uploads=settings.max_concurrent_uploads,
         on_uploads_changed=app.state.metrics.uploads_in_progress.set,
     )
-    # Outermost, so that the guard's own refusals (400, 413, 503) are counted too.
+    # Before the body guard: a foreign Host or another site's write is refused unread.
+    app.add_middleware(OriginGuardMiddleware, allowed_hosts=settings.allowed_hosts)
+    # Outermost, so that the guards' own refusals (400, 403, 413, 503) are counted too.
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 
@@ -161,6 +164,8 @@ def __getattr__(name: str) -> FastAPI:
     """`uvicorn api.app:app` builds the app from the environment on first access."""
     if name == "app":
         global app
-        app = create_app()
+        settings = get_settings()
+        apply_data_umask(settings)  # a server process: what it stores under DATA_DIR is private
+        app = create_app(settings)
         return app
     raise AttributeError(name)

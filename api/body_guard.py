@@ -4,7 +4,7 @@
 a malformed Content-Length (400), a declared length over MAX_UPLOAD_BYTES (413) and an upload
 beyond MAX_CONCURRENT_UPLOADS (503 with Retry-After). While the route reads the body, the
 messages it receives are checked: past the byte limit 413, nothing for UPLOAD_IDLE_TIMEOUT_S
-408, the client gone 499. These are raised as `Problem`s inside the route, so they become
+408, the client gone 499, a multipart body that ends without its closing boundary 422. These are raised as `Problem`s inside the route, so they become
 problem+json answers through the app's handlers, clean up like any refused upload and count in
 /metrics under their own status; a client going away is one log line, never a traceback.
 """
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 CLIENT_CLOSED_REQUEST = 499
 # When a client refused for too many uploads should try again.
 UPLOADS_RETRY_AFTER_S = 5
+# What may follow a multipart body's closing delimiter (a line break; RFC 2046 allows more).
+MULTIPART_EPILOGUE = 64
 # A refused request whose body is not read cannot share its connection with a next request.
 _CLOSE = {"Connection": "close"}
 
@@ -67,7 +69,7 @@ class BodyGuardMiddleware:
         except Problem as problem:
             await _answer(problem, scope, receive, send)
             return
-        body = _GuardedBody(scope, receive, declared, self)
+        body = _GuardedBody(scope, receive, declared, self, multipart_end(headers))
         if upload:
             self._count_upload(+1)
         try:
@@ -110,6 +112,19 @@ def declared_length(headers: Headers) -> int | None:
     return int(value)
 
 
+def multipart_end(headers: Headers) -> bytes | None:
+    """The closing delimiter (`--boundary--`) of a multipart body; None for other bodies."""
+    content_type = headers.get("content-type", "")
+    media, _, parameters = content_type.partition(";")
+    if media.strip().lower() != "multipart/form-data":
+        return None
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.strip().partition("=")
+        if name.strip().lower() == "boundary" and value.strip().strip('"'):
+            return b"--" + value.strip().strip('"').encode("latin-1") + b"--"
+    return None
+
+
 def too_large(max_bytes: int) -> Problem:
     return Problem(
         413,
@@ -136,7 +151,12 @@ class _GuardedBody:
     response waiting for the client to leave) messages pass through untouched."""
 
     def __init__(
-        self, scope: Scope, receive: Receive, declared: int | None, guard: BodyGuardMiddleware
+        self,
+        scope: Scope,
+        receive: Receive,
+        declared: int | None,
+        guard: BodyGuardMiddleware,
+        multipart_end: bytes | None = None,
     ) -> None:
         self.scope = scope
         self._receive = receive
@@ -144,6 +164,10 @@ class _GuardedBody:
         self.guard = guard
         self.received = 0
         self.complete = False
+        # A multipart body ends with its closing delimiter; the parser does not check it, so
+        # a cut-off body would read as one without its file.
+        self.multipart_end = multipart_end
+        self.tail = b""
 
     async def receive(self) -> Message:
         if self.complete:
@@ -160,7 +184,23 @@ class _GuardedBody:
             if self.received > self.guard.max_bytes:
                 raise too_large(self.guard.max_bytes)
             self.complete = not message.get("more_body", False)
+            if self.multipart_end is not None:
+                self._check_multipart_end(message.get("body", b""))
         return message
+
+    def _check_multipart_end(self, chunk: bytes) -> None:
+        self.tail = (self.tail + chunk)[-(len(self.multipart_end) + MULTIPART_EPILOGUE) :]
+        if self.complete and self.multipart_end not in self.tail:
+            log.warning(
+                "%s %s: 422, the multipart body ends without its closing boundary after %s",
+                self.scope["method"], self.scope["path"], self._progress(),
+            )  # fmt: skip
+            raise Problem(
+                422,
+                f"the multipart body is truncated: it ends after {self._progress()} without its"
+                " closing boundary; send the whole file again",
+                kind="truncated-multipart",
+            )
 
     def _progress(self) -> str:
         of = f" of {self.declared}" if self.declared is not None else ""

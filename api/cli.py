@@ -51,8 +51,13 @@ def serve(
     """
     import uvicorn
 
+    from api.exposure import is_ip_address, load_settings_or_exit, require_key_when_exposed
     from api.http_protocol import PROBLEM_HTTP_PROTOCOL
 
+    settings = load_settings_or_exit("serve")
+    require_key_when_exposed("serve", settings, host)
+    if not is_ip_address(host):  # the name it listens on is one it answers to
+        os.environ["ALLOWED_HOSTS"] = ",".join([*settings.allowed_hosts, host])
     uvicorn.run(
         "api.app:app",
         host=host,
@@ -83,19 +88,20 @@ def up(
 
     from api.app import create_app
     from api.data_dir import DataDirBusy, lock_data_dir
+    from api.exposure import load_settings_or_exit
     from api.http_protocol import PROBLEM_HTTP_PROTOCOL
     from model.cli.console import console
-    from store.settings import Settings
 
     data_dir = data_dir.resolve()
     env = dict(os.environ, EMBEDDED="1", DATA_DIR=str(data_dir))
-    settings = Settings(embedded=True, data_dir=data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    settings = load_settings_or_exit("up", embedded=True, data_dir=data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)  # 0700 under the default DATA_UMASK
     try:
         lock = lock_data_dir(data_dir)
     except DataDirBusy as error:
         typer.echo(f"amseg up: {error}", err=True)
         raise typer.Exit(1) from None
+    settings = _exposed_safely(settings, host, data_dir)
     _recover_previous_run(settings)
     app = create_app(settings, migrate=False)  # migrated just now
 
@@ -123,6 +129,33 @@ def up(
         supervisor.stop()
     if received:
         raise typer.Exit(128 + received[0])  # the shell's code for "stopped by that signal"
+
+
+def _exposed_safely(settings: Settings, host: str, data_dir: Path) -> Settings:
+    """The settings with a key when other machines can reach the API (made and printed the
+    first time, kept in DATA_DIR/api-key), and the name it listens on among its hosts."""
+    from api.exposure import is_ip_address, key_for_up, reachable_from
+
+    update: dict[str, list[str]] = {}
+    address = reachable_from(settings, host)
+    if address is not None and not settings.api_keys:
+        key, created = key_for_up(data_dir)
+        update["api_keys"] = [key]
+        where = data_dir / "api-key"
+        if created:
+            print(
+                f"amseg: reachable from other machines ({address}): every request needs the"
+                f" header X-API-Key: {key}\n  (shown this once; kept in {where})",
+                flush=True,
+            )
+        else:
+            print(
+                f"amseg: reachable from other machines ({address}): the API key is in {where}",
+                flush=True,
+            )
+    if not is_ip_address(host):
+        update["allowed_hosts"] = [*settings.allowed_hosts, host]
+    return settings.model_copy(update=update)
 
 
 def _recover_previous_run(settings: Settings) -> None:

@@ -78,7 +78,8 @@ def require_api_key(request: Request, key: Annotated[str | None, Depends(_api_ke
 
 def reject_unknown_query_parameters(request: Request) -> None:
     """A query parameter the route does not document is refused, not ignored: `?row=8` for
-    `?rows=8` would otherwise run without registration, and the user would lose the grid."""
+    `?rows=8` would otherwise run without registration, and the user would lose the grid.
+    So is one given twice (`?rows=5&rows=6`)."""
     route = request.scope.get("route")
     allowed = _documented_query_names(request.app, getattr(route, "path", None), request.method)
     if allowed is None:
@@ -90,6 +91,14 @@ def reject_unknown_query_parameters(request: Request) -> None:
             422,
             f"unknown query parameter {', '.join(unknown)}; this route takes {takes}",
             kind="unknown-query-parameter",
+        )
+    names = [name for name, _ in request.query_params.multi_items()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # which one would count is the framework's guess, not the caller's
+        raise Problem(
+            422,
+            f"the query parameter {', '.join(repeated)} is given more than once; give it once",
+            kind="repeated-query-parameter",
         )
 
 

@@ -4,16 +4,18 @@ Embedded defaults run everything on a laptop (SQLite and a local blob directory)
 `DATABASE_URL`, `REDIS_URL` and `S3_*` switches to Postgres, Redis and S3/MinIO.
 """
 
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_API_KEY_LENGTH = 16
+MIN_API_KEY_DISTINCT = 8  # "aaaaaaaaaaaaaaaa" is 16 characters, and no key
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DEFAULT_MODEL_NAME = "default"
 
@@ -21,7 +23,11 @@ DEFAULT_MODEL_NAME = "default"
 class Settings(BaseSettings):
     """Service configuration; field names match the environment variables case-insensitively."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore")
+    # hide_input_in_errors: a refused setting (a weak API key, a password in a URL) is never
+    # echoed back in the error.
+    model_config = SettingsConfigDict(
+        env_file=".env", env_ignore_empty=True, extra="ignore", hide_input_in_errors=True
+    )
 
     data_dir: Path = Path("./amseg-data")
     # `amseg up`: everything under data_dir (SQLite, local blobs, filesystem broker), whatever
@@ -53,6 +59,16 @@ class Settings(BaseSettings):
     # Each holds a file of up to MAX_UPLOAD_BYTES on the API's disk (memory: about 1 MB).
     max_concurrent_uploads: int = Field(default=64, ge=1)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
+    # Host names the API answers to besides IP addresses and localhost (a rebound DNS name
+    # must not reach it); `*` for any. `amseg serve --host NAME` adds NAME.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Where the API is reachable from, when something in front of it decides (docker-compose
+    # passes the address it publishes the port on); None: the address it listens on. Beyond
+    # this machine an API key is required.
+    published_address: str | None = None
+    # The umask of the service's processes, so the database, uploads and results under
+    # DATA_DIR are private (directories 0700, files 0600); 022 shares them read-only.
+    data_umask: str = Field(default="077", pattern=r"^0?[0-7]{3}$")
 
     # A RUNNING task whose heartbeat (every quarter of this) is older is taken to be orphaned;
     # with the sweep's interval this bounds how soon a dead worker's task runs again (~13 s).
@@ -93,10 +109,10 @@ class Settings(BaseSettings):
             return self.accurate_segmentation
         return self.task_queue == "gpu"
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "allowed_hosts", mode="before")
     @classmethod
     def split_api_keys(cls, value: object) -> object:
-        """Accept `API_KEYS=key1,key2` as well as a list."""
+        """Accept `API_KEYS=key1,key2` (and ALLOWED_HOSTS) as well as a list."""
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
@@ -105,11 +121,15 @@ class Settings(BaseSettings):
     @classmethod
     def refuse_weak_api_keys(cls, keys: list[str]) -> list[str]:
         for key in keys:
-            if len(key) < MIN_API_KEY_LENGTH or any(char.isspace() for char in key):
+            if (
+                len(key) < MIN_API_KEY_LENGTH
+                or len(set(key)) < MIN_API_KEY_DISTINCT
+                or any(char.isspace() for char in key)
+            ):
                 raise ValueError(
-                    f"every API key must be at least {MIN_API_KEY_LENGTH} characters without"
-                    " spaces; generate one with `python -c 'import secrets;"
-                    " print(secrets.token_urlsafe(32))'`"
+                    f"every API key must be at least {MIN_API_KEY_LENGTH} characters, of"
+                    f" {MIN_API_KEY_DISTINCT} different ones at least, without spaces; generate"
+                    " one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
                 )
         return keys
 
@@ -121,7 +141,9 @@ class Settings(BaseSettings):
             if url.startswith(bare):
                 return "postgresql+psycopg://" + url.removeprefix(bare)
         if url and not url.startswith(("sqlite", "postgresql")):
-            raise ValueError(f"DATABASE_URL must be a sqlite:// or postgresql:// URL, got {url!r}")
+            scheme = url.partition("://")[0] if "://" in url else "no scheme"
+            # Not the URL itself: it may hold a password.
+            raise ValueError(f"DATABASE_URL must be a sqlite:// or postgresql:// URL, not {scheme}")
         return url
 
     @field_validator("s3_endpoint_url", "s3_public_endpoint_url")
@@ -187,6 +209,21 @@ class Settings(BaseSettings):
     def blob_dir(self) -> Path:
         """Where the local blob store keeps its files when no bucket is configured."""
         return self.data_dir / "blobs"
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """One line naming each refused setting and why, without its value."""
+    problems = []
+    for item in error.errors(include_input=False, include_url=False):
+        name = ".".join(str(part) for part in item["loc"]).upper()
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{name}: {message}" if name else message)
+    return "; ".join(problems)
+
+
+def apply_data_umask(settings: Settings) -> None:
+    """Make what this process writes from now on follow DATA_UMASK."""
+    os.umask(int(settings.data_umask, 8))
 
 
 @lru_cache(maxsize=1)

@@ -55,13 +55,14 @@ def worker(
     DATABASE_URL, REDIS_URL, S3_BUCKET and the others must match the API's. Stop with Ctrl-C:
     the running task is finished, or handed back to the queue.
     """
+    from api.exposure import load_settings_or_exit
     from store.queue import ensure_broker_dirs
-    from store.settings import get_settings
-    from worker.tasks import app as celery_app
 
+    settings = load_settings_or_exit("worker")  # before anything reads them with a traceback
     if stop_with_parent is not None:
         _stop_with_parent(stop_with_parent)
-    settings = get_settings()
+    from worker.tasks import app as celery_app
+
     ensure_broker_dirs(settings)
     argv = [
         "worker",

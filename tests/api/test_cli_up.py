@@ -233,15 +233,19 @@ def stored_start(data_dir: Path, task_id: str) -> datetime | None:
 
 
 @contextmanager
-def running_up(data_dir: Path, **settings: str) -> Iterator[tuple[subprocess.Popen, httpx.Client]]:
-    """`amseg up` on a free port (with `settings` in its environment), healthy; stopped (or
-    killed) on the way out if still up."""
+def running_up(
+    data_dir: Path, host: str = "127.0.0.1", capture: bool = False, **settings: str
+) -> Iterator[tuple[subprocess.Popen, httpx.Client]]:
+    """`amseg up` on a free port of `host` (with `settings` in its environment), healthy;
+    stopped (or killed) on the way out if still up. With `capture` its output is in
+    `server.stdout` (read it once it stopped)."""
     port = free_port()
+    output = subprocess.PIPE if capture else subprocess.DEVNULL
     server = subprocess.Popen(
-        [AMSEG, "up", "--port", str(port), "--data-dir", str(data_dir)],
+        [AMSEG, "up", "--host", host, "--port", str(port), "--data-dir", str(data_dir)],
         env={**os.environ, **settings},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT if capture else subprocess.DEVNULL,
         start_new_session=True,
     )
     try:

@@ -1,6 +1,7 @@
 """docker-compose.yml and the Dockerfile, checked without a Docker engine: the compose model
 is parsed and its wiring checked, the Dockerfile is linted with hadolint."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -105,3 +106,87 @@ def test_dockerfile_passes_hadolint() -> None:
 def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "amseg-data"} <= set(ignored)
+
+
+# `${NAME}`, `${NAME:-default}`, `${NAME-default}`, `${NAME:?error}`, `${NAME?error}`.
+VARIABLE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|KEY|TOKEN", re.IGNORECASE)
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """What `docker compose config` makes of `text` with `env` (an .env), or KeyError for a
+    required variable that is missing."""
+
+    def value(match: re.Match) -> str:
+        name, operator, argument = match.groups()
+        if env.get(name):
+            return env[name]
+        if operator and operator.endswith("?"):
+            raise KeyError(f"{name}: {argument}")
+        return argument if operator and operator.endswith("-") else ""
+
+    return VARIABLE.sub(value, text)
+
+
+def rendered(compose_text: str, env: dict[str, str]) -> dict:
+    """The compose model with `env`'s variables in (`$$` is a literal dollar)."""
+    return yaml.safe_load(interpolate(compose_text, env).replace("$$", "$"))
+
+
+def published(compose_text: str, env: dict[str, str]) -> dict[str, list[str]]:
+    """Each service's published ports, as compose would render them with `env`."""
+    services = rendered(compose_text, env)["services"]
+    return {name: service.get("ports", []) for name, service in services.items()}
+
+
+SECRETS = {
+    "POSTGRES_PASSWORD": "pg-secret-1",
+    "MINIO_ROOT_USER": "amseg",
+    "MINIO_ROOT_PASSWORD": "minio-secret-1",
+}
+
+
+def test_published_ports_are_bound_to_localhost_by_default() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    ports = published(text, SECRETS)
+    assert ports["api"] and ports["minio"]
+    for service, mappings in ports.items():
+        for mapping in mappings:
+            assert mapping.startswith("127.0.0.1:"), (service, mapping)
+    # Published beyond this machine on request, and the API is told where.
+    opened = published(text, {**SECRETS, "AMSEG_BIND": "0.0.0.0"})
+    assert opened["api"] == ["0.0.0.0:8000:8000"]
+    model = rendered(text, {**SECRETS, "AMSEG_BIND": "0.0.0.0"})
+    assert model["services"]["api"]["environment"]["PUBLISHED_ADDRESS"] == "0.0.0.0"
+
+
+def test_no_secret_has_a_default_and_each_is_required() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    for name, operator, argument in VARIABLE.findall(text):
+        if SECRET_NAME.search(name) or name == "MINIO_ROOT_USER":
+            assert not (operator.endswith("-") and argument), f"{name} has a default"
+    for required in SECRETS:
+        with pytest.raises(KeyError, match=required):
+            interpolate(text, {k: v for k, v in SECRETS.items() if k != required})
+    # Nor a secret written out: every secret-named setting comes from a variable.
+    model = rendered(text, SECRETS)
+    for service in model["services"].values():
+        environment = service.get("environment", {})
+        for name, value in environment.items():
+            if SECRET_NAME.search(name) and value:
+                assert value in SECRETS.values(), (name, value)
+
+
+def test_the_api_needs_a_key_when_published_beyond_localhost() -> None:
+    """The compose file passes the publishing address; the API refuses to start beyond
+    localhost without API_KEYS (tests/api/test_safe_start.py runs that refusal)."""
+    from api.exposure import reachable_from
+
+    text = (ROOT / "docker-compose.yml").read_text()
+    for bind, needs_key in (("127.0.0.1", False), ("0.0.0.0", True)):
+        model = rendered(text, {**SECRETS, "AMSEG_BIND": bind})
+        environment = model["services"]["api"]["environment"]
+        settings = Settings(published_address=environment["PUBLISHED_ADDRESS"])
+        command = model["services"]["api"]["command"]
+        host = command[command.index("--host") + 1]
+        assert (reachable_from(settings, host) is not None) == needs_key

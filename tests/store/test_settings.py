@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from store.settings import Settings, get_settings
+from store.settings import Settings, describe_settings_error, get_settings
 
 SETTINGS_VARIABLES = [
     "DATA_DIR", "DATABASE_URL", "REDIS_URL", "S3_BUCKET", "S3_ENDPOINT_URL",
@@ -14,8 +14,10 @@ SETTINGS_VARIABLES = [
     "EMBEDDED", "TASK_QUEUE", "TASK_SOFT_TIME_LIMIT_S", "TASK_TIME_LIMIT_S",
     "BROKER_VISIBILITY_TIMEOUT_S", "MODELS_DIR", "SWEEP_INTERVAL_S", "WORKER_DEVICE",
     "ACCURATE_SEGMENTATION", "UPLOAD_IDLE_TIMEOUT_S", "MAX_CONCURRENT_UPLOADS",
+    "MAX_DECODED_BYTES", "ALLOWED_HOSTS", "PUBLISHED_ADDRESS", "DATA_UMASK",
 ]  # fmt: skip
-GOOD_KEY = "k" * 32
+GOOD_KEY = "good-key-0123456789abcdef"
+SECOND_KEY = "second-key-0123456789"
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +50,7 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "minio")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "minio-secret")
     monkeypatch.setenv("MAX_UPLOAD_BYTES", "1000")
-    monkeypatch.setenv("API_KEYS", f"{GOOD_KEY}, {'z' * 20}")
+    monkeypatch.setenv("API_KEYS", f"{GOOD_KEY}, {SECOND_KEY}")
     monkeypatch.setenv("TASK_MAX_ATTEMPTS", "5")
 
     settings = Settings(_env_file=None)
@@ -59,7 +61,7 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.aws_secret_access_key.get_secret_value() == "minio-secret"
     assert "minio-secret" not in repr(settings) and GOOD_KEY not in repr(settings)
     assert settings.max_upload_bytes == 1000
-    assert settings.api_keys == [GOOD_KEY, "z" * 20]
+    assert settings.api_keys == [GOOD_KEY, SECOND_KEY]
     assert settings.task_max_attempts == 5
 
 
@@ -83,6 +85,8 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ("UPLOAD_IDLE_TIMEOUT_S", "0"),
         ("MAX_CONCURRENT_UPLOADS", "0"),
         ("API_KEYS", "short"),
+        ("API_KEYS", "k" * 32),  # long, but one letter
+        ("DATA_UMASK", "0999"),
         ("API_KEYS", f"{GOOD_KEY},has a space in it ok"),
         ("DATABASE_URL", "mysql://x@y/z"),
         ("S3_ENDPOINT_URL", "minio:9000"),
@@ -165,3 +169,21 @@ def test_accurate_segmentation_must_be_a_boolean(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("ACCURATE_SEGMENTATION", "auto")
     with pytest.raises(ValidationError):
         Settings(_env_file=None)
+
+
+def test_a_refused_setting_is_described_without_its_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    weak = "weak-weak-weak-weak"
+    monkeypatch.setenv("API_KEYS", f"{GOOD_KEY},{weak}")
+    monkeypatch.setenv("DATABASE_URL", "mysql://user:db-password@host/db")
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None)
+    described = describe_settings_error(refused.value)
+    for secret in (weak, GOOD_KEY, "db-password"):
+        assert secret not in str(refused.value) and secret not in described
+    assert "\n" not in described
+    assert "API_KEYS: every API key" in described and "DATABASE_URL: " in described
+
+
+def test_allowed_hosts_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALLOWED_HOSTS", "lab.example.org, amseg.local")
+    assert Settings(_env_file=None).allowed_hosts == ["lab.example.org", "amseg.local"]
