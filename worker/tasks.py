@@ -28,6 +28,7 @@ from store.database import (
     create_session_factory,
     describe_database_error,
 )
+from store.messages import PRIORITY_FIRST
 from store.queue import PROCESS_TASK, create_celery, send_process_task
 from store.settings import Settings, get_settings
 from store.tasks import (
@@ -225,7 +226,8 @@ def process(self: CeleryTask, task_id: str) -> str:
             raise
         log.warning("task %s hit %s; retrying", task_id, error)
         countdown = min(2 ** (self.request.retries + 1), RETRY_BACKOFF_MAX_S)
-        raise self.retry(exc=error, countdown=countdown) from error
+        # First in the queue, as every task handed back: it keeps its place.
+        raise self.retry(exc=error, countdown=countdown, priority=PRIORITY_FIRST) from error
     except Exception as error:
         # A bug, not a passing failure: running it again would fail again. Say so at once
         # instead of letting the sweep retry it until the attempts run out.
