@@ -76,7 +76,11 @@ export function renderDownloads(page) {
   ];
   if (task.links.labels) {
     items.push(
-      ["Id image (16-bit PNG)", task.links.labels, `${stem}_labels.png`],
+      ...(task.summary?.expected > 65535
+        ? [["Id image (32-bit TIFF)", task.links.labels, `${stem}_labels.tiff`]]
+        : [["Id image (16-bit PNG)", task.links.labels, `${stem}_labels.png`],
+           ["Id image for napari (TIFF)", task.links.labels_tiff, `${stem}_labels.tiff`]]),
+      ["Marks for QuPath (GeoJSON)", task.links.marks_geojson, `${stem}_marks.geojson`],
       ["Mark table (ams.csv)", task.links.ams_csv, `${stem}_ams.csv`],
       ["Marks (JSON)", `/tasks/${task.id}/marks`, `${stem}_marks.json`],
       ["QC (JSON)", task.links.qc, `${stem}_qc.json`],

@@ -12,7 +12,6 @@ const IDLE_POLL_MS = 10000;
 const LIST_SIZE = 100;
 const ACCEPTED = /\.(png|tiff?|jpe?g)$/i;
 const MAX_SIDE = 10000;
-const MAX_MARKS = 65535; // ids are 16-bit
 
 // Every upload of this page's life, so the list is there again when the person comes back.
 const uploads = []; // { name, share, state: "sending" | "queued" | "failed", note }
@@ -95,9 +94,6 @@ export function gridProblem(rowsText, colsText, finished = true) {
   if (finished && Boolean(rows) !== Boolean(cols)) {
     const [field, label, other] = rows ? ["cols", "Columns", "Rows"] : ["rows", "Rows", "Columns"];
     return { field, message: `${label}: type the grid's number of ${label.toLowerCase()} too (ids need both), or clear ${other} to only segment.` };
-  }
-  if (rows && cols && Number(rows) * Number(cols) > MAX_MARKS) {
-    return { field: "cols", message: `${rows} × ${cols} = ${(rows * cols).toLocaleString()} marks; at most ${MAX_MARKS.toLocaleString()} can be numbered. Check rows and columns.` };
   }
   return null;
 }
