@@ -1,17 +1,18 @@
 """How `amseg up` (embedded: SQLite, files, file queue) stops and recovers, timed.
 
     .venv/bin/python benchmarks/up_lifecycle.py [--reps 5] [--side 4096]
-        [--cases stop-TERM,stop-INT,stop-HUP,pool-child,worker]
+        [--cases stop-TERM,stop-INT,stop-HUP,stop-KILL,pool-child,worker]
 
 stop-SIG    a fresh `amseg up` with a task RUNNING (a noise slide of `side`² pixels, at 5 % or
             more) gets SIG; the time until `amseg up`, its worker and the pool child are all
             gone (no process, or a zombie), and the task's state then (FINISHED, or QUEUED:
-            handed back).
+            handed back). stop-KILL: `amseg up` killed outright; its worker hears of it from
+            the kernel (parent-death signal), kills its pool child and hands the task back.
 pool-child  SIGKILL to the worker's pool child mid-task; the time until the task RUNS again
             (a new attempt). All repetitions on one `amseg up` and one task.
 worker      the same with SIGKILL to the worker's main process (the supervisor restarts it).
-The default stale period and sweep interval (60 s, 15 s) apply: neither can explain a re-run
-within seconds. TASK_MAX_ATTEMPTS is raised so that one task survives all the kills.
+The default stale period and sweep interval (10 s, 3 s) apply. TASK_MAX_ATTEMPTS is raised so
+that one task survives all the kills.
 """
 
 from __future__ import annotations
@@ -168,7 +169,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--side", type=int, default=4096, help="noise slide side, px")
-    parser.add_argument("--cases", default="stop-TERM,stop-INT,stop-HUP,pool-child,worker")
+    parser.add_argument(
+        "--cases", default="stop-TERM,stop-INT,stop-HUP,stop-KILL,pool-child,worker"
+    )
     args = parser.parse_args()
     env = dict(os.environ, TASK_MAX_ATTEMPTS=str(args.reps + 2))
     for case in args.cases.split(","):
