@@ -8,7 +8,8 @@ on the part it was not shown, and tuned on the very pixels it was shown.
 
 Protocols (a user labels part of a crop, tunes, and looks at the whole crop):
 - top / left: the top (left) half labelled, judged on the bottom (right) half it never saw;
-- one-box / two-box: one 192² box (two, at opposite corners) labelled, judged outside them.
+- one-box / two-box: one 192² box (two: one per half) labelled where marks are, judged outside;
+- grid: no labels, the label-free mode on the rows x cols the crop shows, judged everywhere.
 "labelled" is the Dice on the labelled part itself (what the person said: it should come back).
 Dice is pixel Dice over the labelled pixels (128 = cannot tell is left out). `--busy` keeps one
 core busy in another process while tuning (a shared worker). Crops: the three real crops, and
@@ -23,6 +24,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import sys
 import tempfile
 import time
 from dataclasses import fields, replace
@@ -34,11 +36,14 @@ from scipy import ndimage as ndi
 
 from model.image.io import read_image
 from model.metrics import dice_counts, dice_from_counts
+from model.register.registration import register_marks
 from model.segment.neural import TorchSegmenter
 from model.segment.predict import predict_image
 from model.segment.runtime import RuntimeChoice
 from model.segment.single_pass import SegmentOptions
 from model.train.finetune import FinetuneOptions, finetune
+from model.train.finetune_job import FinetuneJob
+from model.train.run_finetune import run_job
 
 HERE = Path(__file__).resolve().parent
 LABELS = HERE / "data" / "real"
@@ -51,7 +56,7 @@ CROPS = (
     "tile_013",
     "tile_013_wide",
 )
-PROTOCOLS = ("top", "left", "one-box", "two-box")
+PROTOCOLS = ("top", "left", "one-box", "two-box", "grid")
 BOX = 192
 
 
@@ -100,6 +105,15 @@ def densest_box(marks: np.ndarray, top: int, bottom: int, step: int = 16) -> tup
     return where
 
 
+def estimate_grid(mask: np.ndarray) -> tuple[int, int]:
+    """Rows and columns the marks of `mask` span on a lattice fitted to them (the grid a
+    person would count on the crop)."""
+    marks = register_marks(mask, 200, 200).marks
+    rows = max(m.row for m in marks) - min(m.row for m in marks) + 1
+    cols = max(m.col for m in marks) - min(m.col for m in marks) + 1
+    return rows, cols
+
+
 def dice_on(mask: np.ndarray, labels: np.ndarray, where: np.ndarray) -> float:
     scored = where & (labels != 128)
     return dice_from_counts(dice_counts(mask, labels == 255, scored))
@@ -127,6 +141,12 @@ def parse_option(text: str) -> tuple[str, object]:
     return name, value
 
 
+def _pace(event) -> None:
+    if event.step % 50 == 0:
+        print(f"  step {event.step}/{event.total} at {event.elapsed_s:.0f} s, held-out "
+              f"{event.held_out_dice}", file=sys.stderr, flush=True)  # fmt: skip
+
+
 def _spin(stop) -> None:
     while not stop.is_set():
         sum(i * i for i in range(10_000))
@@ -134,14 +154,20 @@ def _spin(stop) -> None:
 
 def run(name: str, protocol: str, args, work: Path, base_mask: np.ndarray) -> dict:
     image, labels = load_crop(name)
-    shown = shown_part(protocol, labels)
+    shown = shown_part(protocol, labels) if protocol != "grid" else np.zeros(labels.shape, bool)
     given = np.where(shown, labels, 128).astype(np.uint8)
     options = replace(FinetuneOptions(threads=args.threads), **args.options)
     out = work / f"{name}-{protocol}"
     begin = time.perf_counter()
-    result = finetune(
-        [image], [given], out, base=args.base, minutes=args.minutes, seed=0, options=options
-    )
+    if protocol == "grid":  # no labels: the grid the crop shows, and the model's sure marks
+        rows, cols = estimate_grid(base_mask)
+        job = FinetuneJob(labelled=False, rows=rows, cols=cols, minutes=args.minutes)
+        result, _ = run_job(job, [image], [], out, args.base, seed=0, options=options)
+    else:
+        result = finetune(
+            [image], [given], out, base=args.base, minutes=args.minutes, seed=0,
+            on_progress=_pace, options=options,
+        )  # fmt: skip
     seconds = time.perf_counter() - begin
     tuned = predict(out, image, args.threads)
     if args.overlays:
