@@ -30,7 +30,15 @@ from store.file_queue import waiting_task_ids as waiting_in_folder
 from store.messages import PRIORITY_FIRST, PRIORITY_NORMAL, PROCESS_TASK, message_task_id
 from store.settings import Settings
 
-__all__ = ["PROCESS_TASK", "create_celery", "send_process_task", "waiting_task_ids"]
+__all__ = [
+    "PROCESS_TASK",
+    "celery_config",
+    "create_celery",
+    "ensure_broker_dirs",
+    "resend_first",
+    "send_process_task",
+    "waiting_task_ids",
+]
 # Kombu's Redis transport keeps a list per priority step: `queue`, `queue\x06\x163`, ...
 _REDIS_PRIORITY_STEPS = (0, 3, 6, 9)
 _REDIS_PRIORITY_SEPARATOR = "\x06\x16"

@@ -66,9 +66,7 @@ def download_image(context: WorkerContext, key: str, path: Path, name: str) -> n
             handle.write(chunk)
     try:
         settings = context.settings
-        return read_gray(
-            path, max_pixels=settings.max_pixels, max_bytes=settings.max_decoded_bytes
-        )
+        return read_gray(path, max_pixels=settings.max_pixels, max_bytes=settings.max_decoded_bytes)
     except ImageInputError as error:
         raise type(error)(str(error).replace(str(path), name)) from None
     except MemoryError:
