@@ -4,9 +4,10 @@
 a malformed Content-Length (400), a declared length over MAX_UPLOAD_BYTES (413) and an upload
 beyond MAX_CONCURRENT_UPLOADS (503 with Retry-After). While the route reads the body, the
 messages it receives are checked: past the byte limit 413, nothing for UPLOAD_IDLE_TIMEOUT_S
-408, the client gone 499, a multipart body that ends without its closing boundary 422. These are raised as `Problem`s inside the route, so they become
-problem+json answers through the app's handlers, clean up like any refused upload and count in
-/metrics under their own status; a client going away is one log line, never a traceback.
+408, the client gone 499, a multipart body that ends without its closing boundary 422. These
+are raised as `Problem`s inside the route, so they become problem+json answers through the
+app's handlers, clean up like any refused upload and count in /metrics under their own status;
+a client going away is one log line, never a traceback.
 """
 
 from __future__ import annotations

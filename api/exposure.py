@@ -11,23 +11,20 @@ import secrets
 from pathlib import Path
 
 import typer
-from pydantic import ValidationError
 
-from store.settings import Settings, apply_data_umask, describe_settings_error
+from store.settings import Settings, SettingsError, load_settings
 
 KEY_FILE = "api-key"
 
 
 def load_settings_or_exit(command: str, **overrides: object) -> Settings:
-    """The settings (from the environment, with `overrides`), with DATA_UMASK applied; a
-    refused setting ends the command with one line naming it, never its value."""
+    """`store.settings.load_settings`; a refused setting ends the command with one line
+    naming it, never its value."""
     try:
-        settings = Settings(**overrides)
-    except ValidationError as error:
-        typer.echo(f"amseg {command}: {describe_settings_error(error)}", err=True)
+        return load_settings(**overrides)
+    except SettingsError as error:
+        typer.echo(f"amseg {command}: {error}", err=True)
         raise typer.Exit(2) from None
-    apply_data_umask(settings)
-    return settings
 
 
 def is_loopback(address: str) -> bool:

@@ -226,6 +226,21 @@ def apply_data_umask(settings: Settings) -> None:
     os.umask(int(settings.data_umask, 8))
 
 
+class SettingsError(ValueError):
+    """Settings that cannot be used, said in one line that shows no value."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """The settings (the environment, `overrides` over it) for a service process, with
+    DATA_UMASK applied; SettingsError when one is refused."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as error:
+        raise SettingsError(describe_settings_error(error)) from None
+    apply_data_umask(settings)
+    return settings
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once."""

@@ -55,10 +55,14 @@ def worker(
     DATABASE_URL, REDIS_URL, S3_BUCKET and the others must match the API's. Stop with Ctrl-C:
     the running task is finished, or handed back to the queue.
     """
-    from api.exposure import load_settings_or_exit
     from store.queue import ensure_broker_dirs
+    from store.settings import SettingsError, load_settings
 
-    settings = load_settings_or_exit("worker")  # before anything reads them with a traceback
+    try:  # before anything reads them with a traceback
+        settings = load_settings()
+    except SettingsError as error:
+        typer.echo(f"amseg worker: {error}", err=True)
+        raise typer.Exit(2) from None
     if stop_with_parent is not None:
         _stop_with_parent(stop_with_parent)
     from worker.tasks import app as celery_app
