@@ -57,8 +57,8 @@ def finetune(
         None,
         "--threads",
         min=1,
-        help="CPU threads for torch (default: every core). Use 1 when other jobs share the "
-        "cores: oversubscribed threads slow training down sharply.",
+        help="CPU threads for torch (default: the cores other work leaves idle, looked at "
+        "again while it trains).",
     ),
 ) -> None:
     """Fine-tune the segmentation model on your own slide and write a model directory.
