@@ -4,7 +4,7 @@ and of the fine-tuned model on the part of each slide that no labelled box touch
     PYTHONPATH=. .venv/bin/python benchmarks/finetune_gain.py [--styles darkfill,grain]
         [--slides 2] [--size 1536] [--boxes 1,2,4] [--minutes 5] [--label-free] [--halves 250]
         [--encoder frozen|low-lr] [--loss bce-lovasz|bce-dice] [--crop 256] [--batch 4]
-        [--lr 1e-3] [--max-steps N --eval-every-steps K] [--json out.json] [--overlays /tmp]
+        [--lr 2e-3] [--steps N] [--json out.json] [--overlays /tmp]
 
 Each slide is labelled in 512² boxes at its corners (1 box: top-left; 2: top-left and
 bottom-right; 4: all corners) from its truth, the rest 128; every configuration is scored on
@@ -221,14 +221,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=FinetuneOptions.batch_size)
     parser.add_argument("--lr", type=float, default=FinetuneOptions.lr)
     parser.add_argument("--patience", type=int, default=FinetuneOptions.patience)
-    parser.add_argument(
-        "--max-steps",
-        type=int,
-        default=None,
-        help="a step budget (with a large --minutes: the same work however busy the CPU is)",
-    )
-    parser.add_argument("--eval-every-steps", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="1 on a busy machine")
+    parser.add_argument("--steps", type=int, default=FinetuneOptions.steps)
+    parser.add_argument("--threads", type=int, default=None, help="default: the idle cores")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--overlays", default=None, help="folder for ft_<style>_<seed>.png")
     args = parser.parse_args()
@@ -236,8 +230,7 @@ def main() -> None:
     args.halves = [int(b) for b in args.halves.split(",") if b]
     options = FinetuneOptions(
         encoder=args.encoder, loss=args.loss, crop_size=args.crop, batch_size=args.batch,
-        lr=args.lr, patience=args.patience, max_steps=args.max_steps,
-        eval_every_steps=args.eval_every_steps, threads=args.threads,
+        lr=args.lr, patience=args.patience, steps=args.steps, threads=args.threads,
     )  # fmt: skip
     global THREADS
     THREADS = args.threads
