@@ -77,7 +77,6 @@ def test_a_register_task_runs_and_finishes_like_any_task(session: Session) -> No
 @pytest.mark.parametrize(
     ("parameters", "words"),
     [
-        ({"rows": 300, "cols": 300}, "the grid has 300 x 300 = 90 000 positions; amseg numbers"),
         ({"rows": 30}, "give both rows and columns (number of grid rows and columns, e.g. rows"),
     ],
 )
