@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import sys
@@ -108,7 +109,8 @@ def densest_box(marks: np.ndarray, top: int, bottom: int, step: int = 16) -> tup
 def estimate_grid(mask: np.ndarray) -> tuple[int, int]:
     """Rows and columns the marks of `mask` span on a lattice fitted to them (the grid a
     person would count on the crop)."""
-    marks = register_marks(mask, 200, 200).marks
+    side = min(200, math.isqrt(mask.size // 16))  # generous, but a grid the image can hold
+    marks = register_marks(mask, side, side).marks
     rows = max(m.row for m in marks) - min(m.row for m in marks) + 1
     cols = max(m.col for m in marks) - min(m.col for m in marks) + 1
     return rows, cols

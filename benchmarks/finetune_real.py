@@ -11,6 +11,7 @@ generous 200 x 200 grid and keeping the rows and columns its marks span.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -33,7 +34,8 @@ REAL_CROPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
 def estimate_grid(mask: np.ndarray) -> tuple[int, int]:
     """Rows and columns the marks of `mask` span on a lattice fitted to them."""
-    marks = register_marks(mask, 200, 200).marks
+    side = min(200, math.isqrt(mask.size // 16))  # generous, but a grid the image can hold
+    marks = register_marks(mask, side, side).marks
     rows = max(m.row for m in marks) - min(m.row for m in marks) + 1
     cols = max(m.col for m in marks) - min(m.col for m in marks) + 1
     return rows, cols
