@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,16 +20,21 @@ from model.segment.runtime import (
     ensure_openvino_export,
     export_path,
     is_cached,
+    require_torch,
     resolve_runtime,
 )
+from model.segment.shipped_ir import compiled_cache_dir, shipped_ir
 
 if TYPE_CHECKING:
     import torch
 
     from model.segment.device_pipeline import DevicePipeline
 
-# torch and segmentation-models-pytorch take ~4 s to import; a process whose OpenVINO export
-# is cached never needs them, so `network` and `torch_runtime` load on demand.
+log = logging.getLogger(__name__)
+
+# torch and segmentation-models-pytorch take ~4 s to import; a process whose OpenVINO IR is
+# shipped with the model or cached never needs them, so `network` and `torch_runtime` load on
+# demand (and need not be installed: the lean install).
 
 
 class TorchSegmenter:
@@ -59,6 +65,7 @@ class TorchSegmenter:
             )
             xml = _openvino_ir(fingerprint, resolved.precision, card.tile_size, lambda: net)
             self._run = OpenVinoRunner(xml, resolved)
+            self.ir_source = f"cached IR {xml.parent.name}"
         else:
             if resolved.device == "cpu":
                 torch_runtime.set_threads(resolved.threads)
@@ -72,6 +79,8 @@ class TorchSegmenter:
         self.threshold = float(card.threshold)
         self.tile_size = int(card.tile_size)
         self.model_dir = model_dir
+        # Where the network came from: the shipped or cached OpenVINO IR, or torch.
+        self.ir_source = "torch"
         self._run: Callable[[np.ndarray], np.ndarray]
 
     @classmethod
@@ -89,18 +98,48 @@ class TorchSegmenter:
                 "--model DIR (or use the classical segmenter where a command offers it)"
             )
         card = read_card(directory)
-        resolved = resolve_runtime(runtime, card.metrics)
+        fingerprint = directory_fingerprint(directory)
+        int8_shipped = shipped_ir(directory, "int8", fingerprint) is not None
+        resolved = resolve_runtime(runtime, card.metrics, int8_shipped=int8_shipped)
         if resolved.backend == "openvino":
-            xml = export_path(directory_fingerprint(directory), resolved.precision)
-            if is_cached(xml):
-                segmenter = cls.__new__(cls)
-                segmenter._setup(resolved, card, directory)
-                segmenter._run = OpenVinoRunner(xml, resolved)
+            segmenter = cls.__new__(cls)
+            segmenter._setup(resolved, card, directory)
+            if segmenter._load_ir(directory, fingerprint):
                 return segmenter
+        require_torch(
+            f"--backend torch ({resolved.describe()})"
+            if resolved.backend == "torch"
+            else f"{directory}: its OpenVINO IR is neither shipped with it nor cached, and "
+            "exporting it"
+        )
         from model.segment.network import load_model
 
         network, card = load_model(directory, device="cpu")
         return cls(network, card, runtime=resolved.as_choice(), model_dir=directory)
+
+    def _load_ir(self, directory: Path, fingerprint: str) -> bool:
+        """Run the IR shipped with the model directory, else the cached one, when there is
+        one; False when neither is (the caller exports). A shipped IR that the installed
+        OpenVINO cannot read or compile is passed over, with a warning."""
+        precision = self.runtime.precision
+        shipped = shipped_ir(directory, precision, fingerprint)
+        if shipped is not None:
+            try:
+                compiled = compiled_cache_dir(fingerprint, precision)
+                self._run = OpenVinoRunner(shipped, self.runtime, compiled_dir=compiled)
+            except Exception as error:  # e.g. an OpenVINO that no longer reads this IR
+                log.warning("the shipped %s IR of %s does not load here (%s: %s); using the "
+                            "cache or making it", precision, directory, type(error).__name__,
+                            error)  # fmt: skip
+            else:
+                self.ir_source = f"shipped IR {shipped.parent}"
+                return True
+        cached = export_path(fingerprint, precision)
+        if is_cached(cached):
+            self._run = OpenVinoRunner(cached, self.runtime)
+            self.ir_source = f"cached IR {cached.parent.name}"
+            return True
+        return False
 
     def describe(self) -> str:
         """One line for logs: model, backend, precision, device."""

@@ -26,18 +26,10 @@ from typing import Any
 import numpy as np
 
 from model.errors import AmsegError
+from model.segment import int8_recipe as recipe
 from model.segment.predict import predict_image
 from model.segment.runtime import ensure_cached_ir, is_cached, nncf_available
 from model.segment.single_pass import SegmentOptions
-
-# 12 slides x 4 tiles (3 slides of each style): cutting them takes ~8 s and NNCF's statistics
-# on 48 tiles of 512 px ~25 s on a busy 2-core CPU; 64 or 128 tiles changed the worst
-# real-crop agreement with fp32 by under 0.001 (frs13).
-CALIBRATION_SLIDES = 12
-CALIBRATION_TILES_PER_SLIDE = 4
-CALIBRATION_SLIDE_PX = 1024
-# Far from the seeds of training data (1000-9600) and of the regression sets (600000-900047).
-CALIBRATION_FIRST_SEED = 500_000
 
 # Layers between the input (or the logits) and a convolution that do not change what it reads.
 _ELEMENTWISE = {
@@ -79,11 +71,12 @@ class _TileRecorder:
 def calibration_tiles(
     tile_size: int,
     slides: int | None = None,
-    per_slide: int = CALIBRATION_TILES_PER_SLIDE,
-    first_seed: int = CALIBRATION_FIRST_SEED,
+    per_slide: int | None = None,
+    first_seed: int | None = None,
 ) -> np.ndarray:
     """(N, T, T) float32 tiles as the network sees them, from generated slides of every style
-    in turn (the plain kind first); the same tiles on every call."""
+    in turn (the plain kind first); the same tiles on every call. Defaults: the recipe's
+    (model/segment/int8_recipe.py)."""
     from model.synth.slide import generate_slide
     from model.synth.spec import STYLES
     from model.synth.styles import random_spec
@@ -91,12 +84,15 @@ def calibration_tiles(
     styles = (None, *STYLES)
     options = SegmentOptions(tile_size=tile_size)
     picked = []
-    for index in range(CALIBRATION_SLIDES if slides is None else slides):
+    slides = recipe.CALIBRATION_SLIDES if slides is None else slides
+    per_slide = recipe.CALIBRATION_TILES_PER_SLIDE if per_slide is None else per_slide
+    first_seed = recipe.CALIBRATION_FIRST_SEED if first_seed is None else first_seed
+    for index in range(slides):
         seed = first_seed + index
         spec = random_spec(
             seed,
-            height=CALIBRATION_SLIDE_PX,
-            width=CALIBRATION_SLIDE_PX,
+            height=recipe.CALIBRATION_SLIDE_PX,
+            width=recipe.CALIBRATION_SLIDE_PX,
             style=styles[index % len(styles)],
         )
         recorder = _TileRecorder()

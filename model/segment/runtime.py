@@ -6,10 +6,14 @@ into a concrete `Runtime` for this machine, or explains why it cannot.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
+import importlib.metadata
 import importlib.util
+import json
+import logging
 import os
 import shutil
 import sys
@@ -22,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from model.errors import AmsegError
-from model.segment.card import CARD_FILE, WEIGHTS_FILE
+from model.segment.card import CARD_FILE, WEIGHTS_FILE, ModelCard
+
+log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
@@ -46,8 +52,21 @@ MAX_INT8_DICE_DROP = 0.005
 CPU_BATCH_SIZE = 1
 CUDA_BATCH_SIZE = 16
 
-_EXPORT_VERSION = "1"  # bump when the exported graph changes (normalization, output)
-_INT8_VERSION = "1"  # bump when the quantization recipe changes (model/segment/quantize.py)
+EXPORT_VERSION = "1"  # bump when the exported graph changes (normalization, output)
+# The card's fields the exported graph depends on (model/segment/network.py builds the net
+# from them, torch_runtime.ProbabilityNet normalizes with them), and the tile size, which the
+# int8 calibration tiles are cut at. Metrics, threshold and history are left out: recording a
+# check in the card keeps the export (and a shipped IR) valid.
+EXPORT_CARD_FIELDS = (
+    "architecture",
+    "encoder",
+    "decoder_channels",
+    "in_channels",
+    "full_res_skip",
+    "input_mean",
+    "input_std",
+    "tile_size",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +118,8 @@ def cpu_supports_bf16() -> bool:
     if flags:
         return bool(flags & {"avx512_bf16", "amx_bf16"})
     # No /proc/cpuinfo (not Linux): torch reports AMX-capable CPUs by capability name.
+    if not torch_available():
+        return False
     from model.segment.torch_runtime import cpu_capability
 
     return "AMX" in cpu_capability().upper()
@@ -125,10 +146,35 @@ def nncf_available() -> bool:
     return importlib.util.find_spec("nncf") is not None
 
 
+# The extra that brings PyTorch (training, fine-tuning, the GPU, exporting a model whose
+# OpenVINO IR is neither shipped nor cached); the lean install leaves it out.
+TORCH_EXTRA = "torch"
+
+
+def torch_available() -> bool:
+    """Whether PyTorch and segmentation-models-pytorch are installed (not the lean install)."""
+    return all(
+        importlib.util.find_spec(name) is not None
+        for name in ("torch", "segmentation_models_pytorch")
+    )
+
+
+def require_torch(what: str) -> None:
+    """A one-line error naming what to install when `what` needs PyTorch and it is missing."""
+    if not torch_available():
+        raise AmsegError(
+            f"{what} needs PyTorch, which this install of amseg leaves out; install it with: "
+            f"pip install 'amseg[{TORCH_EXTRA}]' (in a source checkout: pip install -e "
+            f"'.[{TORCH_EXTRA}]')"
+        )
+
+
 @functools.cache
 def cuda_available() -> bool:
     """Whether torch sees a CUDA GPU; without an NVIDIA driver on Linux, torch is not imported."""
     if sys.platform == "linux" and not Path("/proc/driver/nvidia/version").exists():
+        return False
+    if not torch_available():
         return False
     from model.segment.torch_runtime import cuda_available as torch_cuda_available
 
@@ -170,10 +216,14 @@ class Runtime:
 
 
 def resolve_runtime(
-    choice: RuntimeChoice = RuntimeChoice(), metrics: dict | None = None
+    choice: RuntimeChoice = RuntimeChoice(),
+    metrics: dict | None = None,
+    *,
+    int8_shipped: bool = False,
 ) -> Runtime:
     """Turn the user's choice (each field may be "auto") into a concrete runtime, or explain
     why not. `metrics` are the model card's; a recorded failed bf16 check keeps "auto" in fp32.
+    `int8_shipped`: the model directory ships its int8 IR, so int8 needs no NNCF here.
     """
     device, precision, backend = choice.device, choice.precision, choice.backend
     threads, batch_size = choice.threads, choice.batch_size
@@ -186,8 +236,10 @@ def resolve_runtime(
             raise AmsegError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
     if device == "auto":
         device = "cuda" if cuda_available() else "cpu"
-    elif device == "cuda" and not cuda_available():
-        raise AmsegError("--device cuda was asked for, but torch sees no CUDA GPU")
+    elif device == "cuda":
+        require_torch("--device cuda")
+        if not cuda_available():
+            raise AmsegError("--device cuda was asked for, but torch sees no CUDA GPU")
 
     if backend == "auto":
         backend = "openvino" if device == "cpu" and openvino_available() else "torch"
@@ -203,7 +255,7 @@ def resolve_runtime(
 
             precision = "bf16" if cuda_bf16_supported() else "fp16"
         else:
-            precision = _auto_cpu_precision(backend, metrics)
+            precision = _auto_cpu_precision(backend, metrics, int8_shipped)
     elif precision == "fp16" and device == "cpu":
         raise AmsegError("fp16 is a GPU precision; on the CPU use int8, bf16 or fp32")
     elif precision == "int8" and backend != "openvino":
@@ -225,9 +277,10 @@ def resolve_runtime(
     )
 
 
-def _auto_cpu_precision(backend: str, metrics: dict | None) -> str:
+def _auto_cpu_precision(backend: str, metrics: dict | None, int8_shipped: bool = False) -> str:
     """bf16 where the CPU has it natively and the card does not veto it; else int8 where it
-    is faster and the card records a passed int8 check (OpenVINO, NNCF); else fp32."""
+    is faster and the card records a passed int8 check (OpenVINO, and the int8 IR shipped
+    with the model or NNCF to make it); else fp32."""
     bf16_dice = (metrics or {}).get(BF16_DICE_METRIC)
     bf16_vetoed = bf16_dice is not None and float(bf16_dice) < MIN_REDUCED_PRECISION_DICE
     if cpu_supports_bf16() and not bf16_vetoed:
@@ -236,7 +289,7 @@ def _auto_cpu_precision(backend: str, metrics: dict | None) -> str:
         backend == "openvino"
         and cpu_int8_faster()
         and int8_check_passed(metrics)
-        and nncf_available()
+        and (int8_shipped or nncf_available())
     ):
         return "int8"
     return "fp32"
@@ -255,22 +308,47 @@ def cache_root() -> Path:
 
 
 def directory_fingerprint(directory: Path) -> str:
-    """Hash of a model directory's weights and card (export cache key; no torch needed)."""
+    """Hash of what a model directory's export is made from: its weights and the card's
+    EXPORT_CARD_FIELDS (export cache key and shipped IR check; no torch needed)."""
     digest = hashlib.sha256()
-    for name in (CARD_FILE, WEIGHTS_FILE):
-        with (directory / name).open("rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    with (directory / WEIGHTS_FILE).open("rb") as handle:
+        digest.update(hashlib.file_digest(handle, "sha256").digest())
+    try:
+        card = ModelCard.from_json((directory / CARD_FILE).read_text())
+    except (OSError, ValueError, TypeError) as error:
+        raise AmsegError(f"{directory / CARD_FILE}: unreadable model card ({error})") from error
+    fields = {name: getattr(card, name) for name in EXPORT_CARD_FIELDS}
+    digest.update(json.dumps(fields, sort_keys=True).encode())
     return digest.hexdigest()[:24]
+
+
+def package_version(name: str) -> str:
+    """An installed distribution's version ("none" when it is not installed)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def openvino_version() -> str:
+    import openvino as ov
+
+    return ov.__version__.split("-")[0]
+
+
+def int8_key() -> str:
+    """What an int8 IR was made by: the calibration recipe (model/segment/quantize.py) and
+    NNCF's version, which decides the quantization as much as the recipe does."""
+    from model.segment.int8_recipe import int8_recipe_key
+
+    return f"{int8_recipe_key()}-nncf{package_version('nncf')}"
 
 
 def export_path(fingerprint: str, precision: str = "fp32") -> Path:
     """The cached IR a precision compiles: the fp32 export (bf16 too: a compile-time hint),
     or for int8 its quantized copy in a folder next to it."""
-    import openvino as ov
-
-    version = ov.__version__.split("-")[0]
-    quantized = f"-q{_INT8_VERSION}" if precision == "int8" else ""
-    name = f"{fingerprint}-e{_EXPORT_VERSION}{quantized}-ov{version}"
+    quantized = f"-q{int8_key()}" if precision == "int8" else ""
+    name = f"{fingerprint}-e{EXPORT_VERSION}{quantized}-ov{openvino_version()}"
     return cache_root() / "openvino" / name / "model.xml"
 
 
@@ -282,6 +360,7 @@ def ensure_openvino_export(xml: Path, make_net: Callable[[], Any]) -> Path:
     """Export (once, atomically: concurrent workers may race) unless `xml` is cached."""
     if is_cached(xml):
         return xml
+    require_torch("exporting the network to OpenVINO (not shipped with this model, not cached)")
     from model.segment.torch_runtime import export_openvino
 
     return ensure_cached_ir(xml, lambda staged: export_openvino(make_net(), staged))
@@ -309,9 +388,12 @@ def ensure_cached_ir(xml: Path, write: Callable[[Path], None]) -> Path:
 
 
 class OpenVinoRunner:
-    """OpenVINO on the CPU, compiled from the cached IR (probabilities out, like ProbabilityNet)."""
+    """OpenVINO on the CPU, compiled from an IR, cached or shipped (probabilities out, like
+    ProbabilityNet). `compiled_dir`: where OpenVINO keeps the compiled network (default: a
+    folder beside a cached IR; a shipped IR's lies in the package, so its caller names one
+    under the cache)."""
 
-    def __init__(self, xml: Path, runtime: Runtime) -> None:
+    def __init__(self, xml: Path, runtime: Runtime, compiled_dir: Path | None = None) -> None:
         import openvino as ov
 
         core = ov.Core()
@@ -321,12 +403,15 @@ class OpenVinoRunner:
             "INFERENCE_NUM_THREADS": runtime.threads,
             "PERFORMANCE_HINT": "LATENCY",  # one stream using every thread: one tile at a time
         }
-        if os.access(xml.parent, os.W_OK):
+        compiled_dir = compiled_dir or xml.parent / "compiled"
+        with contextlib.suppress(OSError):
+            compiled_dir.parent.mkdir(parents=True, exist_ok=True)
+        if os.access(compiled_dir.parent, os.W_OK):
             # OpenVINO keeps the compiled network there, keyed by these settings and its
             # version: later processes load it (0.06-0.12 s on a 2-core CPU) instead of
             # compiling it (0.15-0.18 s). A damaged or half-written file is detected,
             # compiled afresh and replaced.
-            config["CACHE_DIR"] = str(xml.parent / "compiled")
+            config["CACHE_DIR"] = str(compiled_dir)
         self.compiled = core.compile_model(str(xml), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.lock = threading.Lock()  # one infer request: calls from threads must take turns

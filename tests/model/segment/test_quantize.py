@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from model.errors import AmsegError
-from model.segment import quantize, runtime
+from model.segment import int8_recipe, quantize, runtime
 from model.segment.neural import TorchSegmenter
 from model.segment.runtime import (
     BF16_DICE_METRIC,
@@ -37,7 +37,7 @@ def int8_segmenter(model_dir, tmp_path_factory):
     """The tiny model quantized once for this module, in the session's private cache."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AMSEG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "amseg-cache"))
-        patch.setattr(quantize, "CALIBRATION_SLIDES", 2)
+        patch.setattr(int8_recipe, "CALIBRATION_SLIDES", 2)
         yield TorchSegmenter.from_model_dir(model_dir, runtime=INT8)
 
 
@@ -173,8 +173,11 @@ def test_cached_int8_export_loads_without_torch_or_nncf(int8_segmenter, model_di
 
     code = (
         "import sys, numpy as np\n"
+        "from model.segment import int8_recipe\n"
         "from model.segment.neural import TorchSegmenter\n"
         "from model.segment.runtime import RuntimeChoice\n"
+        # the recipe int8_segmenter was quantized by (a part of the cache key)
+        f"int8_recipe.CALIBRATION_SLIDES = {int8_recipe.CALIBRATION_SLIDES}\n"
         f"s = TorchSegmenter.from_model_dir({str(model_dir)!r}, "
         "runtime=RuntimeChoice(precision='int8'))\n"
         "assert s.predict_batch(np.zeros((1, 64, 64), np.float32)).shape == (1, 64, 64)\n"
