@@ -40,7 +40,6 @@ from model.train.finetune_labels import (
     read_pair,
     split_held_out,
 )
-from model.train.loop import to_input
 from model.train.steps import (
     KeepBest,
     autocast,
@@ -49,6 +48,7 @@ from model.train.steps import (
     optimizer_step,
     resolve_device,
     spare_cores,
+    to_input,
 )
 
 ENCODER_MODES = ("frozen", "low-lr")

@@ -46,6 +46,7 @@ from model.train.steps import (
     make_scheduler,
     optimizer_step,
     resolve_device,
+    to_input,
 )
 from model.train.summary import data_summary, metrics_summary, training_summary
 
@@ -78,16 +79,6 @@ class TrainResult:
     device: str
     card: ModelCard
     base_model: str
-
-
-def to_input(crops: torch.Tensor, card: ModelCard, device: torch.device) -> torch.Tensor:
-    """(B, T, T) [0, 1] -> (B, C, T, T) normalized the way prediction normalizes."""
-    x = crops.to(device, non_blocking=True).unsqueeze(1)
-    if card.in_channels > 1:
-        x = x.expand(-1, card.in_channels, -1, -1)
-    mean = torch.tensor(card.input_mean, device=device, dtype=x.dtype).view(1, -1, 1, 1)
-    std = torch.tensor(card.input_std, device=device, dtype=x.dtype).view(1, -1, 1, 1)
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
 def evaluate(

@@ -1,5 +1,6 @@
-"""What `amseg train` and `amseg finetune` share: the device, the mixed precision, the learning
-rate schedule, one optimizer step, and keeping the best weights with a patience to stop."""
+"""What `amseg train` and `amseg finetune` share: the device and its threads, the mixed
+precision, the network's input as prediction makes it, the learning rate schedule, one
+optimizer step, and keeping the best weights with a patience to stop."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from model.errors import AmsegError
+from model.segment.card import ModelCard
 from model.segment.runtime import cpu_supports_bf16
 from model.train.checkpoint import Learner
 
@@ -70,6 +72,16 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def to_input(crops: torch.Tensor, card: ModelCard, device: torch.device) -> torch.Tensor:
+    """(B, T, T) [0, 1] -> (B, C, T, T) normalized the way prediction normalizes."""
+    x = crops.to(device, non_blocking=True).unsqueeze(1)
+    if card.in_channels > 1:
+        x = x.expand(-1, card.in_channels, -1, -1)
+    mean = torch.tensor(card.input_mean, device=device, dtype=x.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(card.input_std, device=device, dtype=x.dtype).view(1, -1, 1, 1)
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
 def make_scheduler(
