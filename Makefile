@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q python3-venv; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[torch,dev]'
 	@touch $(STAMP)
 
 run: $(STAMP)

@@ -22,6 +22,9 @@ def run_finetune(
     context: WorkerContext, task: Task, still_ours: Callable[[], bool]
 ) -> tuple[dict[str, str], dict]:
     """Fine-tune the base model on the task's image; the model's files and a summary."""
+    from model.segment.runtime import require_torch
+
+    require_torch("fine-tuning (a worker of the lean install or slim image)")
     from model.train.finetune_labels import check_label_mask
     from model.train.run_finetune import run_job  # torch only where fine-tunes run
 

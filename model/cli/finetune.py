@@ -69,6 +69,9 @@ def finetune(
     the model's sure marks at grid nodes and the matrix between nodes become
     the labels. Use the result with --model OUT, e.g. `amseg predict --model OUT`.
     """
+    from model.segment.runtime import require_torch
+
+    require_torch("amseg finetune")
     from model.train.finetune import FinetuneOptions
     from model.train.finetune_job import FinetuneJob
     from model.train.run_finetune import run_job

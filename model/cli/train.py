@@ -224,6 +224,9 @@ def train(
     OUT gets model.safetensors (the epoch with the best validation Dice), model_card.json,
     training_curves.png, history.json and checkpoint.pt (for --resume).
     """
+    from model.segment.runtime import require_torch
+
+    require_torch("amseg train")
     from model.train.config import TrainConfig  # imported here: torch is heavy
     from model.train.loop import train_model
 

@@ -151,7 +151,8 @@ def build_shipped_ir(model_dir: Path) -> Path:
 
 
 def check_shipped_ir(model_dir: Path) -> list[str]:
-    """Load, compile and run each shipped IR with the installed OpenVINO; one line each."""
+    """Load, compile and run each shipped IR with the installed OpenVINO; one line each.
+    Nothing is written (the compiled network goes to a temporary folder)."""
     import numpy as np
 
     from model.segment.runtime import OpenVinoRunner, Runtime
@@ -163,9 +164,10 @@ def check_shipped_ir(model_dir: Path) -> list[str]:
         xml = shipped_ir(model_dir, kind, fingerprint)
         if xml is None:
             raise AmsegError(f"{model_dir}: no {kind} IR shipped for these weights and card")
-        runtime = Runtime("cpu", "openvino", kind, 1, 1)
-        runner = OpenVinoRunner(xml, runtime, compiled_dir=compiled_cache_dir(fingerprint, kind))
-        out = runner(np.full((1, card.tile_size, card.tile_size), 0.5, np.float32))
+        with tempfile.TemporaryDirectory() as scratch:
+            runtime = Runtime("cpu", "openvino", kind, 1, 1)
+            runner = OpenVinoRunner(xml, runtime, compiled_dir=Path(scratch) / "compiled")
+            out = runner(np.full((1, card.tile_size, card.tile_size), 0.5, np.float32))
         if out.shape != (1, card.tile_size, card.tile_size) or not np.isfinite(out).all():
             raise AmsegError(f"{xml}: unexpected output {out.shape}")
         lines.append(f"{kind}: {xml} runs on OpenVINO {openvino_version()}")

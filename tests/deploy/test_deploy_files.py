@@ -190,3 +190,25 @@ def test_the_api_needs_a_key_when_published_beyond_localhost() -> None:
         command = model["services"]["api"]["command"]
         host = command[command.index("--host") + 1]
         assert (reachable_from(settings, host) is not None) == needs_key
+
+
+def test_the_slim_worker_is_the_worker_without_torch(compose: dict) -> None:
+    """Opt-in (profile slim), built from the Dockerfile's slim target, otherwise the CPU
+    worker's twin; the slim stage installs amseg without the torch extra and checks at build
+    time that the shipped IR loads (its only way to the network)."""
+    services = compose["services"]
+    slim, worker = services["worker-slim"], services["worker"]
+    assert slim["profiles"] == ["slim"]
+    assert slim["build"]["target"] == "slim" and slim["image"] != worker["image"]
+    for key in ("command", "environment", "stop_grace_period", "healthcheck"):
+        assert slim[key] == worker[key], key
+    text = (ROOT / "Dockerfile").read_text()
+    stages = re.split(r"\n(?=FROM )", text)
+    builder_slim = next(stage for stage in stages if " AS builder-slim" in stage.splitlines()[0])
+    assert "torch" not in builder_slim and "pip install --no-cache-dir -e ." in builder_slim
+    slim_stage = next(stage for stage in stages if stage.splitlines()[0].endswith(" AS slim"))
+    assert "--from=builder-slim" in slim_stage and "ir_tool check" in slim_stage
+    user = next(line for line in slim_stage.splitlines() if line.startswith("USER "))
+    assert user.split()[1].split(":")[0] not in ("0", "root")
+    assert "HEALTHCHECK" in slim_stage
+    assert "'.[torch]'" in text  # the default image keeps PyTorch
