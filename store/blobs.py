@@ -47,6 +47,17 @@ class TaskBlob(StrEnum):
     QC = "qc.json"
     # A re-run's changes against the task it was made from (model.compare's codes).
     DIFF = "diff.png"
+    # What the web viewer reads, made by the worker (the API decodes no image): each layer's
+    # tile pyramid as a tile pack (model/image/tilepack.py) and the mark table as JSON.
+    VIEW_IMAGE = "views/image.tiles"
+    VIEW_MASK = "views/mask.tiles"
+    VIEW_OUTLINE = "views/outline.tiles"
+    VIEW_DIFF = "views/diff.tiles"
+    VIEW_MARKS = "views/marks.json"
+    # Exports made by a worker on the first request: QuPath's GeoJSON, and the ids as a 32-bit
+    # TIFF for a grid whose ids are stored as labels.png.
+    EXPORT_GEOJSON = "exports/marks.geojson"
+    EXPORT_LABELS_TIFF = "exports/labels.tiff"
     # A fine-tune task's labels (its input image is INPUT) and its result, a model directory.
     TRAIN_MASK = "train_mask.png"
     MODEL_WEIGHTS = "model.safetensors"
@@ -62,6 +73,7 @@ class TaskBlob(StrEnum):
             "csv": "text/csv",
             "json": "application/json",
             "imzML": "application/xml",
+            "geojson": "application/geo+json",
         }.get(suffix)
 
 
@@ -69,6 +81,9 @@ class TaskBlob(StrEnum):
 TASK_INPUTS = (TaskBlob.INPUT, TaskBlob.IMZML, TaskBlob.TRAIN_MASK)
 SEGMENT_RESULTS = (TaskBlob.MASK, TaskBlob.LABELS, TaskBlob.AMS, TaskBlob.OVERLAY, TaskBlob.QC)
 MODEL_RESULTS = (TaskBlob.MODEL_WEIGHTS, TaskBlob.MODEL_CARD)
+# What a register task reads where its source stored it (not copied): the image, the mask and
+# their tile packs. They stay while any task reads them (api.routes.common.delete_blobs).
+SHARED_RESULTS = (TaskBlob.MASK, TaskBlob.VIEW_IMAGE, TaskBlob.VIEW_MASK, TaskBlob.VIEW_OUTLINE)
 
 
 def task_prefix(task_id: UUID | str) -> str:
@@ -132,6 +147,16 @@ class BlobStore(ABC):
     @abstractmethod
     def get_bytes(self, key: str) -> bytes:
         """The whole blob under `key`; raises BlobNotFoundError."""
+
+    @abstractmethod
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes of the blob from `start` (fewer at its end); raises
+        BlobNotFoundError."""
+
+    @abstractmethod
+    def get_tail(self, key: str, length: int) -> tuple[bytes, int]:
+        """The blob's last `length` bytes (all of it when shorter) and its whole size; raises
+        BlobNotFoundError."""
 
     @abstractmethod
     def copy(self, source: str, target: str) -> None:
@@ -260,9 +285,9 @@ class S3BlobStore(BlobStore):
         )
         return path.stat().st_size
 
-    def _get_object(self, key: str) -> dict:
+    def _get_object(self, key: str, **options: str) -> dict:
         try:
-            return self._client.get_object(Bucket=self.bucket, Key=check_key(key))
+            return self._client.get_object(Bucket=self.bucket, Key=check_key(key), **options)
         except ClientError as error:
             if error.response["Error"]["Code"] in _MISSING_KEY_CODES:
                 raise BlobNotFoundError(key) from error
@@ -270,6 +295,21 @@ class S3BlobStore(BlobStore):
 
     def get_bytes(self, key: str) -> bytes:
         return self._get_object(key)["Body"].read()
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        if start < 0 or length <= 0:
+            raise ValueError(f"a range needs start >= 0 and length > 0, got {start}, {length}")
+        response = self._get_object(key, Range=f"bytes={start}-{start + length - 1}")
+        return response["Body"].read()
+
+    def get_tail(self, key: str, length: int) -> tuple[bytes, int]:
+        if length <= 0:
+            raise ValueError(f"a tail needs length > 0, got {length}")
+        response = self._get_object(key, Range=f"bytes=-{length}")
+        data = response["Body"].read()
+        # "bytes first-last/size"; a server that ignores the range sends the whole object.
+        total = response.get("ContentRange", "").rpartition("/")[2]
+        return data, int(total) if total.isdigit() else len(data)
 
     def copy(self, source: str, target: str) -> None:
         # A managed copy: one request server-side, multipart beyond 5 GB.
@@ -390,6 +430,27 @@ class LocalBlobStore(BlobStore):
     def get_bytes(self, key: str) -> bytes:
         try:
             return self.path_for(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError) as error:
+            raise BlobNotFoundError(key) from error
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        if start < 0 or length <= 0:
+            raise ValueError(f"a range needs start >= 0 and length > 0, got {start}, {length}")
+        try:
+            with open(self.path_for(key), "rb") as file:
+                file.seek(start)
+                return file.read(length)
+        except (FileNotFoundError, IsADirectoryError) as error:
+            raise BlobNotFoundError(key) from error
+
+    def get_tail(self, key: str, length: int) -> tuple[bytes, int]:
+        if length <= 0:
+            raise ValueError(f"a tail needs length > 0, got {length}")
+        try:
+            with open(self.path_for(key), "rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                file.seek(max(size - length, 0))
+                return file.read(length), size
         except (FileNotFoundError, IsADirectoryError) as error:
             raise BlobNotFoundError(key) from error
 

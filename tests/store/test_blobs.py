@@ -48,8 +48,9 @@ def test_task_blob_keys_are_deterministic() -> None:
     assert task_blob_key(str(task_id), TaskBlob.MASK) == f"tasks/{task_id}/mask.png"
     assert [blob.value for blob in TaskBlob] == [
         "input", "acquisition.imzML", "mask.png", "labels.png", "labels.tiff", "ams.csv",
-        "overlay.png", "qc.json", "diff.png", "train_mask.png", "model.safetensors",
-        "model_card.json",
+        "overlay.png", "qc.json", "diff.png", "views/image.tiles", "views/mask.tiles",
+        "views/outline.tiles", "views/diff.tiles", "views/marks.json", "exports/marks.geojson",
+        "exports/labels.tiff", "train_mask.png", "model.safetensors", "model_card.json",
     ]  # fmt: skip
     assert TaskBlob.QC.content_type == "application/json"
     assert TaskBlob.LABELS_TIFF.content_type == "image/tiff"
@@ -65,6 +66,23 @@ def test_put_then_get_bytes_and_chunks(blob_store: BlobStore) -> None:
     assert blob_store.exists("tasks/a/mask.png")
     assert blob_store.get_bytes("tasks/a/mask.png") == data
     assert b"".join(blob_store.iter_chunks("tasks/a/mask.png", chunk_size=10_000)) == data
+
+
+def test_ranges_and_tails_read_part_of_a_blob(blob_store: BlobStore) -> None:
+    key = "tasks/ranges/views/image.tiles"
+    data = bytes(range(256)) * 5
+    blob_store.put_bytes(key, data)
+    assert blob_store.get_range(key, 0, 10) == data[:10]
+    assert blob_store.get_range(key, 1000, 100) == data[1000:1100]
+    assert blob_store.get_range(key, 1250, 100) == data[1250:]  # fewer at the end
+    assert blob_store.get_tail(key, 30) == (data[-30:], len(data))
+    assert blob_store.get_tail(key, 10_000) == (data, len(data))  # all of a shorter blob
+    with pytest.raises(BlobNotFoundError):
+        blob_store.get_range("tasks/ranges/missing", 0, 1)
+    with pytest.raises(BlobNotFoundError):
+        blob_store.get_tail("tasks/ranges/missing", 1)
+    with pytest.raises(ValueError):
+        blob_store.get_range(key, -1, 5)
 
 
 def test_put_replaces_the_earlier_blob(blob_store: BlobStore) -> None:
