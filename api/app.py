@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 from collections.abc import AsyncIterator
 
 import anyio
@@ -33,7 +34,7 @@ from api.routes import (
 )
 from api.routes.web import install_web
 from api.sweep import sweep_once
-from api.view_cache import ViewCache
+from api.view_cache import ViewStore
 from store.blobs import create_blob_store
 from store.database import (
     DATABASE_UNAVAILABLE,
@@ -42,7 +43,7 @@ from store.database import (
     describe_database_error,
     upgrade_database,
 )
-from store.queue import create_celery, ensure_broker_dirs
+from store.queue import create_celery, ensure_broker_dirs, send_process_task
 from store.settings import Settings, apply_data_umask, get_settings
 
 log = logging.getLogger(__name__)
@@ -55,19 +56,30 @@ def build_services(settings: Settings, *, migrate: bool) -> Services:
     engine = create_db_engine(settings.database_url)
     ensure_broker_dirs(settings)
     blobs = create_blob_store(settings, create_bucket=True)
+    sessions = create_session_factory(engine)
+    celery = create_celery(settings)
+    _remove_old_view_cache(settings)
+
+    def publish_first(task_id: str) -> None:
+        send_process_task(celery, task_id, settings.task_queue, first=True)
+
     return Services(
         settings=settings,
         engine=engine,
-        sessions=create_session_factory(engine),
+        sessions=sessions,
         blobs=blobs,
-        celery=create_celery(settings),
-        views=ViewCache(
-            settings.data_dir / "views",
-            blobs,
-            max_pixels=settings.max_pixels,
-            max_bytes=settings.max_decoded_bytes,
-        ),
+        celery=celery,
+        views=ViewStore(blobs, sessions, publish_first, cache_bytes=settings.view_cache_bytes),
     )
+
+
+def _remove_old_view_cache(settings: Settings) -> None:
+    """Earlier versions of the API decoded images into DATA_DIR/views/ (up to 8 GiB); workers
+    make the viewer's tiles now, so that folder is only in the way."""
+    old = settings.data_dir / "views"
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+        log.info("removed %s: the viewer's tiles are made by the workers now", old)
 
 
 async def _sweep_forever(services: Services) -> None:

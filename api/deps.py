@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.metrics import Metrics
 from api.problems import Problem
-from api.view_cache import ViewCache
+from api.view_cache import ViewStore
 from store.blobs import BlobStore
 from store.queue import send_process_task, waiting_task_ids
 from store.settings import Settings
@@ -33,7 +33,7 @@ class Services:
     sessions: sessionmaker[Session]
     blobs: BlobStore
     celery: Celery
-    views: ViewCache  # the web viewer's tiles and tables, built on first request
+    views: ViewStore  # the web viewer's tiles and tables, and the exports, as workers stored them
 
     def publish(self, task_id: str) -> None:
         """Send the task's message to the broker (blocking; call from a thread)."""

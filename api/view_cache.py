@@ -1,289 +1,344 @@
-"""What the viewer reads, built once per task on first request and kept on the API's disk
-(`DATA_DIR/views/<task id>/`): the image pyramid, the mask pyramid and the marks JSON; and the
-exports made from the ids on request: marks.geojson and the 32-bit labels TIFF.
+"""What the viewer and the exports read, as the worker stored it: the API decodes no image.
 
-A build decodes the slide once, in a worker thread, one build at a time per process (memory
-stays that of one decode); a file lock makes concurrent processes wait for each other instead
-of building twice. Builds land by renaming a finished directory, so readers never see half of
-one. The least recently used tasks are dropped when the cache passes VIEW_CACHE_BYTES;
-deleting a task drops its views.
+Each layer of a task's pyramid is a tile pack in the blob store (model/image/tilepack.py): the
+API reads its index once (one ranged read of its tail) and then each tile as a byte range, and
+keeps indexes and recently sent tiles in memory up to VIEW_CACHE_BYTES (least recently used
+out). The mark table and the exports are stored files, sent as they are.
+
+A task that lacks them (finished before workers made tiles, or an export asked for the first
+time) gets a views task: the first request queues one at the head of the queue and is answered
+"not ready, ask again" (409 with Retry-After); the worker stores what it made with the task's
+results. A QUEUED task has no tiles yet: its worker makes the image's as soon as it starts.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import logging
-import os
-import shutil
-import tempfile
 import threading
-import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from pathlib import Path
+from datetime import timedelta
 from uuid import UUID
 
 import anyio
+import cv2
 import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
 
-from api.marks import mark_records, marks_record, read_ams_csv
-from api.pyramid import (
-    STRIP_ROWS,
-    Pyramid,
-    PyramidShape,
-    build_levels,
-    create_level,
-    halve_max,
-    normalized_gray,
+from model.image.pyramid import TileOutOfRange
+from model.image.tilepack import PackIndex, TilePackError, read_index
+from store.blobs import BlobNotFoundError, BlobStore, TaskBlob, task_blob_key, task_prefix
+from store.tasks import (
+    Task,
+    TaskStatus,
+    ViewPart,
+    ViewsParameters,
+    create_task,
+    get_task,
+    latest_views_task,
+    utc_now,
 )
-from model.image.gray import read_gray
-from model.image.io import write_labels_tiff
-from model.register.geojson import write_geojson
-from store.blobs import BlobNotFoundError, BlobStore, TaskBlob
-from store.tasks import Task
 
 log = logging.getLogger(__name__)
 
-# Views that could not be built (a damaged image) are remembered, so that the viewer's many
-# tile requests get the same answer at once instead of decoding it again: this many at most.
-REMEMBERED_FAILURES = 1024
-VIEW_CACHE_BYTES = 8 * 1024**3  # all tasks' views on this API's disk together
-OPEN_PYRAMIDS = 16  # memory-mapped pyramids kept open per process
-_USED = ".used"  # its mtime says when a task's views were last opened
-IMAGE, MASK, MARKS, DIFF = "image", "mask", "marks", "diff"
-GEOJSON, LABELS_TIFF = "geojson", "labels_tiff"
-_MARKERS = {
-    IMAGE: "meta.json",
-    MASK: "meta.json",
-    MARKS: "marks.json",
-    DIFF: "meta.json",
-    GEOJSON: "marks.geojson",
-    LABELS_TIFF: "labels.tiff",
-}
+# A failed views task is answered with its error for this long; a request after that asks
+# for a new one (the failure may have been a passing storage outage).
+RETRY_FAILED_BUILD_S = 60.0
+# Clients are told to ask again after this many seconds while tiles are being made.
+RETRY_AFTER_S = 2
+
+NOT_STARTED = (
+    "its tiles are made by the worker that runs it, as soon as it starts; ask again in a few "
+    "seconds"
+)
+# What the viewer of a FINISHED task reads, besides the packs of layers it may not have.
+VIEWER_BLOBS = (TaskBlob.VIEW_IMAGE, TaskBlob.VIEW_MASK, TaskBlob.VIEW_OUTLINE)
+
+
+class ViewNotReady(Exception):
+    """What was asked for is not stored yet and a worker is (or will be) making it; the
+    message says which, for the person looking."""
 
 
 class ViewUnavailable(Exception):
-    """A task's stored image (or mask) cannot be decoded, so its views cannot be built; the
-    message says why, for the person looking."""
+    """The worker could not make what was asked for (the image or the mask cannot be
+    decoded, or is gone); the message says why."""
 
 
-class ViewCache:
-    """The views of tasks under one directory, shared by every process of this API host."""
+class _ByteCache:
+    """A least-recently-used map whose values say their size; thread-safe."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.held_bytes = 0
+        self._items: OrderedDict[tuple, tuple[object, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> object | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    def put(self, key: tuple, value: object, size: int) -> None:
+        if size > self.limit_bytes:
+            return
+        with self._lock:
+            if (old := self._items.pop(key, None)) is not None:
+                self.held_bytes -= old[1]
+            self._items[key] = (value, size)
+            self.held_bytes += size
+            while self.held_bytes > self.limit_bytes:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self.held_bytes -= dropped
+
+    def drop_prefix(self, prefix: str) -> None:
+        with self._lock:
+            for key in [key for key in self._items if key[0].startswith(prefix)]:
+                self.held_bytes -= self._items.pop(key)[1]
+
+
+class ViewStore:
+    """The viewer's and the exports' stored files of every task, read for the routes."""
 
     def __init__(
-        self, root: Path, blobs: BlobStore, *, max_pixels: int, max_bytes: int | None = None
+        self,
+        blobs: BlobStore,
+        sessions: sessionmaker[Session],
+        publish_first: Callable[[str], None],
+        *,
+        cache_bytes: int,
     ) -> None:
-        self.root = root
         self.blobs = blobs
-        self.max_pixels = max_pixels
-        self.max_bytes = max_bytes
-        self.limit_bytes = VIEW_CACHE_BYTES
-        self._builds = anyio.CapacityLimiter(1)
-        self._open: OrderedDict[tuple[str, str], Pyramid] = OrderedDict()
-        self._open_lock = threading.Lock()
-        self._failed: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self.sessions = sessions
+        self.publish_first = publish_first
+        self.cache = _ByteCache(cache_bytes)
 
-    async def image(self, task: Task) -> Pyramid:
-        """The task's input as the model sees it (8-bit, normalized); any task status."""
-        await self._ensure(task, IMAGE, self._build_image)
-        return await anyio.to_thread.run_sync(self._opened, task.id, IMAGE)
+    # Tiles -----------------------------------------------------------------------------
 
-    async def mask(self, task: Task) -> Pyramid:
-        """The mask pyramid of a FINISHED task (the caller checks that)."""
-        await self._ensure(task, MASK, self._build_mask)
-        return await anyio.to_thread.run_sync(self._opened, task.id, MASK)
+    async def index(self, task: Task, blob: TaskBlob) -> tuple[str, PackIndex]:
+        """The key and index of one of the task's tile packs; ViewNotReady, ViewUnavailable."""
+        key = await self._key(task, blob, ViewPart.VIEWER)
+        try:
+            return key, await anyio.to_thread.run_sync(self._index, key)
+        except BlobNotFoundError:
+            if task.status != TaskStatus.FINISHED:
+                raise ViewNotReady(NOT_STARTED) from None
+            raise ViewUnavailable("its tiles are missing from storage") from None
 
-    async def diff(self, task: Task) -> Pyramid:
-        """The changes of a FINISHED re-run against its source (the caller checks it has them):
-        model.compare's codes, each smaller level the block maxima, so no code is made up and
-        small changes stay in sight."""
-        await self._ensure(task, DIFF, self._build_diff)
-        return await anyio.to_thread.run_sync(self._opened, task.id, DIFF)
+    def _index(self, key: str) -> PackIndex:
+        if (cached := self.cache.get((key, "index"))) is not None:
+            return cached
+        try:
+            index = read_index(
+                lambda n: self.blobs.get_tail(key, n),
+                lambda start, length: self.blobs.get_range(key, start, length),
+            )
+        except TilePackError as error:
+            raise ViewUnavailable(f"its stored tiles are damaged ({error})") from None
+        self.cache.put((key, "index"), index, index.nbytes)
+        return index
+
+    async def tile(self, task: Task, blob: TaskBlob, level: int, col: int, row: int) -> bytes:
+        """One tile's PNG as stored; TileOutOfRange, ViewNotReady, ViewUnavailable."""
+        key, index = await self.index(task, blob)
+        return await anyio.to_thread.run_sync(self._tile, key, index, level, col, row)
+
+    def _tile(self, key: str, index: PackIndex, level: int, col: int, row: int) -> bytes:
+        start, length = index.tile_span(level, col, row)
+        if (cached := self.cache.get((key, start))) is not None:
+            return cached
+        data = self.blobs.get_range(key, start, length)
+        self.cache.put((key, start), data, len(data))
+        return data
+
+    async def preview(self, task: Task, max_side: int) -> np.ndarray:
+        """The image with its longer side `max_side` px (never enlarged), from the smallest
+        level at least that large: one read of that level's tiles, a few MB at most."""
+        key, index = await self.index(task, TaskBlob.VIEW_IMAGE)
+        return await anyio.to_thread.run_sync(_preview, self.blobs, key, index, max_side)
+
+    # Whole files -------------------------------------------------------------------------
 
     async def marks(self, task: Task) -> bytes:
-        """The marks JSON of a FINISHED, registered task (the caller checks that)."""
-        directory = await self._ensure(task, MARKS, self._build_marks)
-        return await anyio.to_thread.run_sync((directory / _MARKERS[MARKS]).read_bytes)
+        """The mark table of a FINISHED, registered task (the caller checks that)."""
+        key = await self._key(task, TaskBlob.VIEW_MARKS, ViewPart.VIEWER)
+        try:
+            return await anyio.to_thread.run_sync(self.blobs.get_bytes, key)
+        except BlobNotFoundError:
+            raise ViewUnavailable("its mark table is missing from storage") from None
 
-    async def geojson(self, task: Task) -> Path:
-        """marks.geojson of a FINISHED, registered task (the caller checks that)."""
-        directory = await self._ensure(task, GEOJSON, self._build_geojson)
-        return directory / _MARKERS[GEOJSON]
+    async def export(self, task: Task, blob: TaskBlob, part: ViewPart, wait_s: float) -> str:
+        """The key of an export of a FINISHED task, made by a worker on the first request:
+        waits up to `wait_s` for it; ViewNotReady after that."""
+        if (key := task.result_keys.get(blob.value)) is not None:
+            return key
+        deadline = anyio.current_time() + wait_s
+        message = await anyio.to_thread.run_sync(self._ask_for, task, part)
+        while anyio.current_time() < deadline:
+            await anyio.sleep(0.5)
+            fresh = await anyio.to_thread.run_sync(self._reload, task.id)
+            if fresh is None:
+                break
+            if (key := fresh.result_keys.get(blob.value)) is not None:
+                return key
+            await anyio.to_thread.run_sync(self._check_build, fresh, part)
+        raise ViewNotReady(message)
 
-    async def labels_tiff(self, task: Task) -> Path:
-        """The ids of a FINISHED task with labels.png as a 32-bit TIFF (the caller checks)."""
-        directory = await self._ensure(task, LABELS_TIFF, self._build_labels_tiff)
-        return directory / _MARKERS[LABELS_TIFF]
+    # What a task lacks -------------------------------------------------------------------
+
+    async def state(self, task: Task) -> tuple[str, list[TaskBlob], str | None]:
+        """What the viewer can read of the task now: "ready", "pending" (QUEUED or RUNNING:
+        its worker makes them), "building" (a views task is making them) or "failed"; the
+        packs stored; the error when failed."""
+        if task.status != TaskStatus.FINISHED:
+            try:
+                await self.index(task, TaskBlob.VIEW_IMAGE)
+                return "pending", [TaskBlob.VIEW_IMAGE], None
+            except (ViewNotReady, ViewUnavailable):
+                return "pending", [], None
+        keys = task.result_keys
+        stored = [blob for blob in (*VIEWER_BLOBS, TaskBlob.VIEW_DIFF) if blob.value in keys]
+        if all(blob.value in keys for blob in expected_views(task)):
+            return "ready", stored, None
+        try:
+            await anyio.to_thread.run_sync(self._ask_for, task, ViewPart.VIEWER)
+        except ViewUnavailable as error:
+            return "failed", stored, str(error)
+        return "building", stored, None
+
+    async def _key(self, task: Task, blob: TaskBlob, part: ViewPart) -> str:
+        """Where the task's `blob` is stored; a FINISHED task that lacks it gets a views task
+        (ViewNotReady). A QUEUED or RUNNING task's image pack has its own key."""
+        if (key := task.result_keys.get(blob.value)) is not None:
+            return key
+        if task.status != TaskStatus.FINISHED:
+            return task_blob_key(task.id, blob)
+        raise ViewNotReady(await anyio.to_thread.run_sync(self._ask_for, task, part))
+
+    def _ask_for(self, task: Task, part: ViewPart) -> str:
+        """Queue a views task for `part` of `task` unless one is on its way; what to tell the
+        person waiting. ViewUnavailable when the last one failed a moment ago."""
+        with self.sessions() as session:
+            latest = latest_views_task(session, task.id, part)
+            if latest is not None and (waiting := self._judge(latest, part)) is not None:
+                return waiting
+            after = latest.id if latest is not None else "none"
+            views, created = create_task(
+                session,
+                parameters=ViewsParameters(part=part),
+                input_content_type=task.input_content_type,
+                input_size=task.input_size,
+                image_width=task.image_width,
+                image_height=task.image_height,
+                input_key=task.input_key,
+                source_task=task.id,
+                name=task.name,
+                # Two requests at once make one task: the key names the one it follows.
+                idempotency_key=f"views/{task.id}/{part.value}/after-{after}",
+            )
+            views_id = str(views.id)
+        if created:
+            log.info("task %s lacks its %s: views task %s queued", task.id, part.value, views_id)
+            try:
+                self.publish_first(views_id)
+            except Exception as error:  # the sweep sends it once the broker is back
+                log.warning("could not queue views task %s now (%s)", views_id, error)
+        return _building(part)
+
+    def _check_build(self, task: Task, part: ViewPart) -> None:
+        """Raises ViewUnavailable when the views task making `part` of `task` failed."""
+        with self.sessions() as session:
+            latest = latest_views_task(session, task.id, part)
+            if latest is not None and latest.status == TaskStatus.FAILED:
+                raise ViewUnavailable(latest.error or "the worker could not make it")
+
+    def _judge(self, latest: Task, part: ViewPart) -> str | None:
+        """What the latest views task says (ViewUnavailable when it failed a moment ago), or
+        None when it is time for a new one."""
+        if latest.status in (TaskStatus.QUEUED, TaskStatus.RUNNING):
+            return _building_since(latest, part)
+        recent = latest.finished_at is not None and utc_now() - latest.finished_at < timedelta(
+            seconds=RETRY_FAILED_BUILD_S
+        )
+        if recent and latest.status == TaskStatus.FAILED:
+            raise ViewUnavailable(latest.error or "the worker could not make it")
+        if recent:  # FINISHED a moment ago: the task read before it may not show its keys
+            return _building_since(latest, part)
+        return None
+
+    def _reload(self, task_id: UUID) -> Task | None:
+        with self.sessions() as session:
+            task = get_task(session, task_id)
+            if task is not None:
+                session.expunge(task)
+            return task
 
     def drop(self, task_id: UUID | str) -> None:
-        """Forget a task's views (it was deleted)."""
-        with self._open_lock:
-            for key in [key for key in self._open if key[0] == str(task_id)]:
-                del self._open[key]
-        shutil.rmtree(self.root / str(task_id), ignore_errors=True)
-
-    async def _ensure(self, task: Task, part: str, build: Callable[[Task, Path], None]) -> Path:
-        """The part's directory, built now if needed; raises ViewUnavailable (logged once)."""
-        final = self.root / str(task.id) / part
-        if (final / _MARKERS[part]).is_file():
-            return final
-        if (failed := self._failed.get((str(task.id), part))) is not None:
-            raise ViewUnavailable(failed)
-        try:
-            async with self._builds:
-                await anyio.to_thread.run_sync(self._build_once, task, part, build)
-        except ViewUnavailable as error:
-            self._remember_failure(str(task.id), part, str(error))
-            raise
-        return final
-
-    def _remember_failure(self, task_id: str, part: str, message: str) -> None:
-        log.warning("cannot build the %s view of task %s: %s", part, task_id, message)
-        self._failed[task_id, part] = message
-        while len(self._failed) > REMEMBERED_FAILURES:
-            self._failed.popitem(last=False)
-
-    def _build_once(self, task: Task, part: str, build: Callable[[Task, Path], None]) -> None:
-        task_dir = self.root / str(task.id)
-        final = task_dir / part
-        task_dir.mkdir(parents=True, exist_ok=True)
-        with (task_dir / f".{part}.lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building it
-            if (final / _MARKERS[part]).is_file():
-                return
-            started = time.perf_counter()
-            building = task_dir / f".{part}.{uuid.uuid4().hex}"
-            building.mkdir()
-            try:
-                build(task, building)
-                shutil.rmtree(final, ignore_errors=True)  # an incomplete one, if any
-                os.rename(building, final)
-            finally:
-                shutil.rmtree(building, ignore_errors=True)
-        log.info(
-            "built the %s view of task %s in %.1fs", part, task.id, time.perf_counter() - started
-        )
-        self._evict(keep=str(task.id))
-
-    def _download(self, key: str, directory: Path, what: str = "image") -> np.ndarray:
-        """The stored image under `key`, decoded to one gray channel (all a view shows, so the
-        colour image is never held whole); ViewUnavailable when it is gone or damaged (the API
-        checked only the upload's header). Other storage errors propagate."""
-        path = directory / "blob"
-        try:
-            with path.open("wb") as handle:
-                for chunk in self.blobs.iter_chunks(key):
-                    handle.write(chunk)
-        except BlobNotFoundError:
-            raise ViewUnavailable(f"the {what} is missing from storage") from None
-        try:
-            return read_gray(path, max_pixels=self.max_pixels, max_bytes=self.max_bytes)
-        except MemoryError:
-            raise
-        except Exception as error:  # a decoder's error: truncated file, corrupt stream
-            detail = " ".join(str(error).replace(str(path), what).split()) or type(error).__name__
-            raise ViewUnavailable(f"the stored {what} cannot be decoded ({detail})") from None
-        finally:
-            path.unlink(missing_ok=True)
-
-    def _build_image(self, task: Task, directory: Path) -> None:
-        with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
-            image = self._download(task.input_key, Path(scratch))
-        height, width = image.shape[:2]
-        level0 = create_level(directory, 0, width, height)
-        low, high = normalized_gray(image, level0)
-        level0.flush()
-        del image, level0
-        meta = {"layer": IMAGE, "window": [low, high]}
-        build_levels(directory, PyramidShape(width, height), meta)
-
-    def _build_mask(self, task: Task, directory: Path) -> None:
-        with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
-            mask = self._download(task.result_keys[TaskBlob.MASK.value], Path(scratch), "mask")
-        height, width = mask.shape[:2]
-        level0 = create_level(directory, 0, width, height)
-        for top in range(0, height, STRIP_ROWS):
-            strip = mask[top : top + STRIP_ROWS]
-            level0[top : top + STRIP_ROWS] = (strip > 0).view(np.uint8) * np.uint8(255)
-        level0.flush()
-        del mask, level0
-        build_levels(directory, PyramidShape(width, height), {"layer": MASK})
-
-    def _build_diff(self, task: Task, directory: Path) -> None:
-        with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
-            diff = self._download(task.result_keys[TaskBlob.DIFF.value], Path(scratch), "changes")
-        height, width = diff.shape[:2]
-        level0 = create_level(directory, 0, width, height)
-        level0[:] = diff
-        level0.flush()
-        del diff, level0
-        build_levels(directory, PyramidShape(width, height), {"layer": DIFF}, reduce=halve_max)
-
-    def _build_marks(self, task: Task, directory: Path) -> None:
-        keys = task.result_keys
-        ams = self.blobs.get_bytes(keys[TaskBlob.AMS.value]).decode()
-        qc = json.loads(self.blobs.get_bytes(keys[TaskBlob.QC.value]))
-        with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
-            mask = self._download(keys[TaskBlob.MASK.value], Path(scratch))
-            labels = self._download(_labels_key(task), Path(scratch), "ids")
-        record = marks_record(ams, qc, mask, labels)
-        del mask, labels
-        text = json.dumps(record, separators=(",", ":"))
-        (directory / _MARKERS[MARKS]).write_text(text)
-
-    def _build_geojson(self, task: Task, directory: Path) -> None:
-        ams = self.blobs.get_bytes(task.result_keys[TaskBlob.AMS.value]).decode()
-        marks = read_ams_csv(ams)
-        with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
-            labels = self._download(_labels_key(task), Path(scratch), "ids")
-        joined = bool(marks) and "spectrum" in marks[0]
-        write_geojson(directory / _MARKERS[GEOJSON], labels, mark_records(marks), joined)
-
-    def _build_labels_tiff(self, task: Task, directory: Path) -> None:
-        with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
-            labels = self._download(task.result_keys[TaskBlob.LABELS.value], Path(scratch), "ids")
-        write_labels_tiff(directory / _MARKERS[LABELS_TIFF], labels)
-
-    def _opened(self, task_id: UUID, part: str) -> Pyramid:
-        key = (str(task_id), part)
-        with self._open_lock:
-            if key in self._open:
-                self._open.move_to_end(key)
-                return self._open[key]
-        pyramid = Pyramid(self.root / str(task_id) / part)
-        with contextlib.suppress(OSError):
-            (self.root / str(task_id) / _USED).touch()
-        with self._open_lock:
-            self._open[key] = pyramid
-            while len(self._open) > OPEN_PYRAMIDS:
-                self._open.popitem(last=False)
-        return pyramid
-
-    def _evict(self, keep: str) -> None:
-        """Drop the least recently used tasks' views until the cache fits its limit."""
-        entries = []
-        total = 0
-        for task_dir in self.root.iterdir():
-            if not task_dir.is_dir():
-                continue
-            size = sum(f.stat().st_size for f in task_dir.rglob("*") if f.is_file())
-            total += size
-            used = task_dir / _USED
-            last = used.stat().st_mtime if used.exists() else task_dir.stat().st_mtime
-            if task_dir.name != keep:
-                entries.append((last, size, task_dir))
-        for _, size, task_dir in sorted(entries):
-            if total <= self.limit_bytes:
-                break
-            log.info("view cache over %d bytes: dropping %s", self.limit_bytes, task_dir.name)
-            self.drop(task_dir.name)
-            total -= size
+        """Forget what is held of a deleted task."""
+        self.cache.drop_prefix(task_prefix(task_id))
 
 
-def _labels_key(task: Task) -> str:
-    """The task's id image: labels.png, or labels.tiff for a grid beyond 65 535 nodes."""
+def expected_views(task: Task) -> list[TaskBlob]:
+    """What the viewer of a FINISHED task reads: the packs, the changes' for a re-run, the
+    mark table for a registered task."""
     keys = task.result_keys
-    return keys.get(TaskBlob.LABELS_TIFF.value) or keys[TaskBlob.LABELS.value]
+    expected = list(VIEWER_BLOBS)
+    if TaskBlob.DIFF.value in keys:
+        expected.append(TaskBlob.VIEW_DIFF)
+    if TaskBlob.AMS.value in keys:
+        expected.append(TaskBlob.VIEW_MARKS)
+    return expected
+
+
+def _preview(blobs: BlobStore, key: str, index: PackIndex, max_side: int) -> np.ndarray:
+    shape = index.shape
+    scale = min(1.0, max_side / max(shape.width, shape.height))
+    width = max(1, round(shape.width * scale))
+    height = max(1, round(shape.height * scale))
+    level = 0
+    for candidate, (level_width, level_height) in enumerate(shape.level_sizes):
+        if level_width >= width and level_height >= height:
+            level = candidate
+    level_width, level_height = shape.level_sizes[level]
+    cols, rows = shape.grid(level)
+    first, _ = index.tile_span(level, 0, 0)
+    last_start, last_length = index.tile_span(level, cols - 1, rows - 1)
+    data = blobs.get_range(key, first, last_start + last_length - first)
+    pixels = np.empty((level_height, level_width), dtype=np.uint8)
+    for row in range(rows):
+        for col in range(cols):
+            start, length = index.tile_span(level, col, row)
+            tile = np.frombuffer(data, np.uint8, count=length, offset=start - first)
+            x0, y0, x1, y1 = shape.tile_box(level, col, row)
+            pixels[y0:y1, x0:x1] = cv2.imdecode(tile, cv2.IMREAD_UNCHANGED)
+    if pixels.shape == (height, width):
+        return pixels
+    return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _what(part: ViewPart) -> str:
+    return {
+        ViewPart.VIEWER: "tiles",
+        ViewPart.GEOJSON: "marks.geojson",
+        ViewPart.LABELS_TIFF: "labels.tiff",
+    }[part]
+
+
+def _building(part: ViewPart) -> str:
+    why = (
+        "the task finished before workers made them"
+        if part == ViewPart.VIEWER
+        else "it is made on the first request"
+    )
+    return f"a worker is making its {_what(part)} now ({why}); ask again in a few seconds"
+
+
+def _building_since(latest: Task, part: ViewPart) -> str:
+    state = "waits for a worker" if latest.status == TaskStatus.QUEUED else "is being made"
+    return f"its {_what(part)} {state} (views task {latest.id}); ask again in a few seconds"
+
+
+__all__ = ["TileOutOfRange", "ViewNotReady", "ViewStore", "ViewUnavailable", "expected_views"]

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     # How often the API looks for tasks whose message or worker was lost.
     sweep_interval_s: float = Field(default=3.0, gt=0)
 
+    # What one API process keeps in memory of the viewer's tiles (the worker stores them as
+    # tile packs): the packs' indexes (8 bytes a tile) and the tiles sent last, least
+    # recently used out. 0 keeps nothing: every tile is read from the blob store.
+    view_cache_bytes: int = Field(default=64 * 1024**2, ge=0)
+
     # Queue the API sends tasks to; CPU workers consume "cpu", GPU workers "gpu,cpu".
     task_queue: str = Field(default="cpu", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # Per-task limits: the soft one raises inside the task so it can record FAILED; the hard

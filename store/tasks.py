@@ -58,12 +58,15 @@ class TaskStatus(enum.StrEnum):
 
 class TaskKind(enum.StrEnum):
     """What a task does: segment one image; number the marks of a segmented image again on
-    another grid, from its stored mask (register); or fine-tune a model on one image (its
-    result is a model that later segment tasks may ask for by the task's id)."""
+    another grid, from its stored mask (register); fine-tune a model on one image (its
+    result is a model that later segment tasks may ask for by the task's id); or make what
+    the viewer or an export reads for a FINISHED task that lacks it (views: a task finished
+    before workers made tiles, or a GeoJSON asked for the first time), never listed."""
 
     SEGMENT = "segment"
     REGISTER = "register"
     FINETUNE = "finetune"
+    VIEWS = "views"
 
 
 # Kinds whose result is a segmentation (a mask, and with a grid the ids): they are listed,
@@ -233,6 +236,24 @@ class FinetuneParameters(BaseModel):
         return FinetuneJob(self.labelled, self.rows, self.cols, minutes=self.minutes)
 
 
+class ViewPart(enum.StrEnum):
+    """What a views task makes for its source task."""
+
+    # Every tile pack the viewer reads (image, mask, outline, a re-run's changes) and the
+    # mark table, those the source lacks.
+    VIEWER = "viewer"
+    GEOJSON = "geojson"  # marks.geojson, for QuPath
+    LABELS_TIFF = "labels_tiff"  # the ids as a 32-bit TIFF, for napari
+
+
+class ViewsParameters(BaseModel):
+    """A views task's: which part to make for its source task (`source_task`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    part: ViewPart = ViewPart.VIEWER
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -317,6 +338,11 @@ class Task(Base):
         return FinetuneParameters.model_validate(self.parameters)
 
     @property
+    def views_parameters(self) -> ViewsParameters:
+        """The parameters of a views task."""
+        return ViewsParameters.model_validate(self.parameters)
+
+    @property
     def is_terminal(self) -> bool:
         return self.status in (TaskStatus.FINISHED, TaskStatus.FAILED)
 
@@ -345,7 +371,7 @@ def parse_task_id(task_id: UUID | str) -> UUID | None:
 def create_task(
     session: Session,
     *,
-    parameters: TaskParameters | FinetuneParameters,
+    parameters: TaskParameters | FinetuneParameters | ViewsParameters,
     input_content_type: str,
     input_size: int,
     image_width: int,
@@ -362,7 +388,8 @@ def create_task(
 
     Its kind follows from the parameters' type. Pass `task_id` when the input was uploaded
     first under `task_blob_key(task_id, INPUT)`; a register task passes its source's
-    `input_key` and starts with the source's mask in `result_keys` (shared, not copied).
+    `input_key` and starts with the source's mask and tile packs in `result_keys` (shared, not
+    copied); a views task passes its source's `input_key` too.
     """
     if idempotency_key is not None and (
         existing := get_task_by_idempotency_key(session, idempotency_key)
@@ -404,9 +431,11 @@ def create_task(
     return task, True
 
 
-def _kind_of(parameters: TaskParameters | FinetuneParameters) -> TaskKind:
+def _kind_of(parameters: TaskParameters | FinetuneParameters | ViewsParameters) -> TaskKind:
     if isinstance(parameters, FinetuneParameters):
         return TaskKind.FINETUNE
+    if isinstance(parameters, ViewsParameters):
+        return TaskKind.VIEWS
     if isinstance(parameters, RegisterParameters):
         return TaskKind.REGISTER
     return TaskKind.SEGMENT
@@ -740,9 +769,50 @@ def request_cancel(session: Session, task_id: UUID | str) -> bool:
 
 def count_tasks_using_input(session: Session, input_key: str, *, besides: UUID) -> int:
     """How many tasks other than `besides` read the image under `input_key` (a task and the
-    register tasks made from it share it)."""
-    query = select(func.count()).where(Task.input_key == input_key, Task.id != besides)
+    register tasks made from it share it; a views task works for its source and goes with
+    it, so it does not count)."""
+    query = select(func.count()).where(
+        Task.input_key == input_key, Task.id != besides, Task.kind != TaskKind.VIEWS
+    )
     return session.scalar(query) or 0
+
+
+def add_result_keys(session: Session, task_id: UUID | str, keys: dict[str, str]) -> bool:
+    """Add `keys` to a FINISHED task's results (what a views task made for it); False when the
+    task is gone or not FINISHED any more. The row is locked while it is rewritten, so two
+    views tasks adding to one task keep both their keys."""
+    if (parsed := parse_task_id(task_id)) is None:
+        return False
+    task = session.get(Task, parsed, with_for_update=True, populate_existing=True)
+    if task is None or task.status != TaskStatus.FINISHED:
+        session.rollback()
+        return False
+    task.result_keys = {**task.result_keys, **keys}
+    session.commit()
+    return True
+
+
+def latest_views_task(session: Session, source_task: UUID, part: ViewPart) -> Task | None:
+    """The newest views task that makes `part` for `source_task`, or None."""
+    query = (
+        select(Task)
+        .where(Task.kind == TaskKind.VIEWS, Task.source_task == source_task)
+        .order_by(Task.created_at.desc(), Task.id.desc())
+    )
+    for task in session.scalars(query):
+        if task.views_parameters.part == part:
+            return task
+    return None
+
+
+def delete_views_tasks(session: Session, source_task: UUID) -> int:
+    """Remove the views tasks of a deleted task (a running one stops at its next heartbeat);
+    how many went."""
+    result = session.execute(
+        delete(Task).where(Task.kind == TaskKind.VIEWS, Task.source_task == source_task)
+    )
+    session.commit()
+    return result.rowcount
 
 
 def delete_task(session: Session, task_id: UUID | str) -> bool:

@@ -17,7 +17,10 @@ import boto3
 import httpx
 import numpy as np
 from PIL import Image
+from sqlalchemy.orm import Session, sessionmaker
 
+from store.blobs import S3BlobStore
+from store.database import create_db_engine, create_session_factory
 from tests.conftest import free_port
 
 TERMINAL = {"FINISHED", "FAILED"}
@@ -133,6 +136,19 @@ class ServiceStack:
 
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=60, **kwargs)
+
+    def blobs(self) -> S3BlobStore:
+        """This stack's blob store, as the API and the workers see it."""
+        return S3BlobStore(
+            self.env["S3_BUCKET"],
+            endpoint_url=self.env["S3_ENDPOINT_URL"],
+            access_key_id="testing",
+            secret_access_key="testing",
+        )
+
+    def sessions(self) -> sessionmaker[Session]:
+        """Sessions on this stack's task table (for tests that set up a state by hand)."""
+        return create_session_factory(create_db_engine(self.env["DATABASE_URL"]))
 
     def wait_until_over(
         self, client: httpx.Client, task_id: str, timeout: float = 120, resource: str = "tasks"

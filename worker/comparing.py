@@ -16,6 +16,7 @@ from model.image.io import write_png
 from store.blobs import BlobNotFoundError, TaskBlob
 from store.tasks import SEGMENTATION_KINDS, Task, TaskStatus, get_task
 from worker.jobs import WorkerContext, download_image
+from worker.viewing import diff_views
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,8 @@ log = logging.getLogger(__name__)
 def compare_with_source(
     context: WorkerContext, task: Task, mask: np.ndarray, scratch_dir: Path
 ) -> tuple[dict[TaskBlob, Path], dict | None]:
-    """The diff image to store and the `changes` summary, or ({}, None)."""
+    """The diff image (and its tile pack, for the viewer) to store and the `changes` summary,
+    or ({}, None)."""
     before = _source_mask(context, task, scratch_dir / "source_mask.png")
     if before is None:
         return {}, None
@@ -37,7 +39,7 @@ def compare_with_source(
     path = write_png(scratch_dir / TaskBlob.DIFF.value, result.diff)
     changes = {"source_task": str(task.source_task), **result.counts()}
     log.info("task %s against task %s: %s", task.id, task.source_task, result.counts())
-    return {TaskBlob.DIFF: path}, changes
+    return {TaskBlob.DIFF: path, **diff_views(scratch_dir, result.diff)}, changes
 
 
 def _source_mask(context: WorkerContext, task: Task, path: Path) -> np.ndarray | None:

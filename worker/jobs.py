@@ -86,7 +86,6 @@ def store_results(
     result_keys = {}
     for blob, path in outputs.items():
         key = task_blob_key(task_id, blob)
-        with path.open("rb") as handle:
-            context.blobs.put_stream(key, handle, content_type=blob.content_type)
+        context.blobs.put_file(key, path, content_type=blob.content_type)
         result_keys[blob.value] = key
     return result_keys

@@ -1,5 +1,6 @@
 """What a worker does with one task: claim it, run it by its kind (segment an image, register
-a stored mask again, or fine-tune a model), store the results, and finish or fail it.
+a stored mask again, fine-tune a model, or make the viewer's tiles of an earlier task), store
+the results, and finish or fail it.
 
 Safe to run twice: results go to deterministic keys, claiming and finishing are conditional
 updates, and a task that is already FINISHED or FAILED is left as it is.
@@ -31,6 +32,7 @@ from worker.finetuning import run_finetune
 from worker.jobs import TaskStopped, WorkerContext
 from worker.registering import run_register
 from worker.segmenting import run_segment
+from worker.viewing import run_views
 
 log = logging.getLogger(__name__)
 # While the database is down every heartbeat and retry fails: one line a burst, no tracebacks.
@@ -42,6 +44,7 @@ RUNS = {
     TaskKind.SEGMENT: run_segment,
     TaskKind.REGISTER: run_register,
     TaskKind.FINETUNE: run_finetune,
+    TaskKind.VIEWS: run_views,
 }
 
 

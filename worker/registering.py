@@ -14,12 +14,14 @@ import numpy as np
 
 from model.errors import AmsegError
 from model.image.io import read_image
+from model.image.tilepack import write_image_pack
 from model.register.acquisition import Acquisition, Orientation, read_imzml
 from model.register.records import KnownNode
 from model.register.request import GridRequest
-from store.blobs import BlobNotFoundError, TaskBlob, task_blob_key
+from store.blobs import SHARED_RESULTS, BlobNotFoundError, TaskBlob, task_blob_key
 from store.tasks import RegisterParameters, Task, TaskParameters
 from worker.jobs import WorkerContext, download_image, progress_reporter, store_results
+from worker.viewing import mark_table, mask_views, shared_views
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +54,16 @@ def run_register(
             parameters.cols or "imzML",
         )
         outputs, summary = register_and_write(scratch_dir, mask, image, request)
+        shared = shared_views(task)
+        if len(shared) < len(SHARED_RESULTS):  # the source has no tiles (made before workers
+            # made them): this task makes its own
+            outputs[TaskBlob.VIEW_IMAGE] = write_image_pack(image, scratch_dir / "image.tiles")
+            outputs.update(mask_views(scratch_dir, mask))
+            shared = {}
         del mask, image
         progress(PROGRESS_REGISTERED, "storing")
         result_keys = store_results(context, task.id, outputs)
-    return {TaskBlob.MASK.value: mask_key, **result_keys}, summary
+    return {TaskBlob.MASK.value: mask_key, **shared, **result_keys}, summary
 
 
 def grid_request(context: WorkerContext, task: Task, scratch_dir: Path) -> GridRequest:
@@ -71,8 +79,9 @@ def register_and_write(
     scratch_dir: Path, mask: np.ndarray, image: np.ndarray, request: GridRequest
 ) -> tuple[dict[TaskBlob, Path], dict]:
     """Number the mask's marks as `request` says and write the id image (labels.png, or
-    labels.tiff for a grid beyond 65 535 nodes), ams.csv, the QC record and the overlay (over
-    `image`) under `scratch_dir`; those paths and the summary a task's JSON shows."""
+    labels.tiff for a grid beyond 65 535 nodes), ams.csv, the QC record, the overlay (over
+    `image`) and the viewer's mark table under `scratch_dir`; those paths and the summary a
+    task's JSON shows."""
     # Imported here: only a worker needs the registration stack.
     from model.register.request import register_into
 
@@ -84,6 +93,8 @@ def register_and_write(
         TaskBlob.QC: written["qc"],
         TaskBlob.OVERLAY: written["overlay"],
     }
+    ams = written["csv"].read_text()
+    outputs.update(mark_table(scratch_dir, ams, registration.qc, mask, registration.labels))
     return outputs, registration_summary(registration.qc)
 
 

@@ -20,6 +20,7 @@ from store.tasks import Task
 from worker.comparing import compare_with_source
 from worker.jobs import TaskStopped, WorkerContext, download_image, progress_reporter, store_results
 from worker.registering import grid_request, register_and_write
+from worker.viewing import image_views_meanwhile, mask_views
 
 log = logging.getLogger(__name__)
 
@@ -49,42 +50,47 @@ def run_segment(
         grid = _grid_before_segmenting(context, task, scratch_dir, image.shape)
         progress(PROGRESS_LOADED, "segmenting")
         log.info("task %s: segmenting a %d x %d px image", task.id, image.shape[1], image.shape[0])
-
-        options = SegmentOptions(
-            tile_size=parameters.tile_size or segmenter.tile_size,
-            threshold=parameters.threshold,
-            accurate=parameters.accurate,
-        )
-        tiles = _TileProgress(progress, PROGRESS_LOADED, PROGRESS_SEGMENTED, still_ours)
-        segmentation = predict_image(
-            image,
-            segmenter,
-            options,
-            on_tiles_planned=tiles.planned,
-            on_progress=tiles.advance,
-            on_pass=tiles.pass_started,
-            keep_probabilities=False,  # the mask is all a task keeps: a GPU sends back only it
-        )
-        outputs: dict[TaskBlob, Path] = {
-            TaskBlob.MASK: write_png(scratch_dir / TaskBlob.MASK.value, segmentation.mask)
-        }
-        if grid is not None:
-            progress(PROGRESS_SEGMENTED, "registering")
-            registered, summary = register_and_write(scratch_dir, segmentation.mask, image, grid)
-            outputs.update(registered)
-        else:
-            outputs[TaskBlob.OVERLAY] = _mask_overlay(scratch_dir, image, segmentation.mask)
-            summary = {**count_objects(segmentation.mask), "warnings": []}
+        # The viewer's image tiles are made and stored while the network runs.
+        with image_views_meanwhile(context, task.id, image, scratch_dir) as image_views:
+            options = SegmentOptions(
+                tile_size=parameters.tile_size or segmenter.tile_size,
+                threshold=parameters.threshold,
+                accurate=parameters.accurate,
+            )
+            tiles = _TileProgress(progress, PROGRESS_LOADED, PROGRESS_SEGMENTED, still_ours)
+            segmentation = predict_image(
+                image,
+                segmenter,
+                options,
+                on_tiles_planned=tiles.planned,
+                on_progress=tiles.advance,
+                on_pass=tiles.pass_started,
+                keep_probabilities=False,  # a task keeps the mask: a GPU sends back only it
+            )
+            mask = segmentation.mask
+            del segmentation
+            outputs: dict[TaskBlob, Path] = {
+                TaskBlob.MASK: write_png(scratch_dir / TaskBlob.MASK.value, mask)
+            }
+            if grid is not None:
+                progress(PROGRESS_SEGMENTED, "registering")
+                registered, summary = register_and_write(scratch_dir, mask, image, grid)
+                outputs.update(registered)
+            else:
+                outputs[TaskBlob.OVERLAY] = _mask_overlay(scratch_dir, image, mask)
+                summary = {**count_objects(mask), "warnings": []}
+            outputs.update(mask_views(scratch_dir, mask))
+            # A re-run says what changed against the task it was made from (none: nothing).
+            diff, changes = compare_with_source(context, task, mask, scratch_dir)
+            outputs.update(diff)
+            if changes is not None:
+                summary["changes"] = changes
+            del mask
+            image_keys = image_views()
         del image
-        # A re-run says what changed against the task it was made from (none: nothing).
-        diff, changes = compare_with_source(context, task, segmentation.mask, scratch_dir)
-        outputs.update(diff)
-        if changes is not None:
-            summary["changes"] = changes
-        del segmentation
 
         progress(PROGRESS_REGISTERED, "storing")
-        return store_results(context, task.id, outputs), summary
+        return {**image_keys, **store_results(context, task.id, outputs)}, summary
 
 
 def _grid_before_segmenting(

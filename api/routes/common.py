@@ -13,7 +13,14 @@ from api.deps import Services
 from api.problems import Problem
 from model.errors import RegistrationError
 from model.register.records import check_grid_fits
-from store.blobs import BlobNotFoundError, BlobStore, TaskBlob, task_blob_key, task_prefix
+from store.blobs import (
+    SHARED_RESULTS,
+    BlobNotFoundError,
+    BlobStore,
+    TaskBlob,
+    task_blob_key,
+    task_prefix,
+)
 from store.model_refs import UnknownModelError, check_model_usable
 from store.tasks import (
     FinetuneParameters,
@@ -24,6 +31,7 @@ from store.tasks import (
     count_tasks_using_input,
     create_task,
     delete_task,
+    delete_views_tasks,
     get_task,
     kind_family,
     request_cancel,
@@ -101,15 +109,18 @@ def cancel_and_delete(svc: Services, task_id: str, kind: TaskKind = TaskKind.SEG
         shared_in_use = count_tasks_using_input(session, task.input_key, besides=task.id) > 0
         delete_blobs(svc.blobs, task, shared_in_use=shared_in_use)
         delete_task(session, task.id)
+        delete_views_tasks(session, task.id)
     svc.views.drop(task.id)
 
 
 def delete_blobs(blobs: BlobStore, task: Task, *, shared_in_use: bool) -> None:
-    """A task's own blobs. The image and mask it shares with the register tasks made from it
-    (or with the task it was registered from) stay while another task reads them, and go with
-    the last one."""
+    """A task's own blobs. The image and mask (and their tile packs) it shares with the
+    register tasks made from it (or with the task it was registered from) stay while another
+    task reads them, and go with the last one."""
     own = task_prefix(task.id)
-    shared = {task.input_key, task.result_keys.get(TaskBlob.MASK.value)} - {None}
+    shared = {task.input_key} | {
+        task.result_keys[blob.value] for blob in SHARED_RESULTS if blob.value in task.result_keys
+    }
     if shared_in_use:
         for key in list(blobs.list_keys(own)):
             if key not in shared:
@@ -192,7 +203,13 @@ def create_registration(
     deleting keeps shared blobs while a task reads them). Its imzML is `imzml` when sent, else
     a copy of the source's when it has one. A 409 problem when the source was deleted
     meanwhile."""
-    mask_key = source.result_keys[TaskBlob.MASK.value]
+    # The mask, and the image's and the mask's tile packs when the source has them (else
+    # the register task makes its own).
+    shared = {
+        blob.value: source.result_keys[blob.value]
+        for blob in SHARED_RESULTS
+        if blob.value in source.result_keys
+    }
     task_id = uuid4()
     try:
         if imzml is not None:
@@ -200,14 +217,14 @@ def create_registration(
             svc.blobs.put_file(key, imzml, content_type="application/xml")
         elif getattr(parameters, "imzml", False):
             copy_imzml(svc, source, task_id)
-        return _register_task_row(svc, source, parameters, task_id, mask_key)
+        return _register_task_row(svc, source, parameters, task_id, shared)
     except BaseException:
         svc.blobs.delete_prefix(task_prefix(task_id))
         raise
 
 
 def _register_task_row(
-    svc: Services, source: Task, parameters: TaskParameters, task_id: UUID, mask_key: str
+    svc: Services, source: Task, parameters: TaskParameters, task_id: UUID, shared: dict[str, str]
 ) -> Task:
     with svc.sessions() as session:
         task, _ = create_task(
@@ -221,12 +238,13 @@ def _register_task_row(
             name=source.name,
             source_task=source.id,
             input_key=source.input_key,
-            result_keys={TaskBlob.MASK.value: mask_key},
+            result_keys=shared,
             task_id=task_id,
         )
         # Committed first, checked after: a delete of the source that counted its sharers
         # before this commit has taken (or is taking) the blobs; refuse rather than queue a
         # task without them.
+        mask_key = shared[TaskBlob.MASK.value]
         if not (svc.blobs.exists(source.input_key) and svc.blobs.exists(mask_key)):
             delete_task(session, task.id)
             raise Problem(409, f"task {source.id} was deleted meanwhile", kind="source-deleted")

@@ -1,6 +1,7 @@
 """What the web viewer reads, also for scripts: the image and mask as a tile pyramid, a preview,
-and the mark table as JSON. Built on the first request and kept on the API's disk
-(see api/view_cache.py); every answer is small, whatever the slide's size."""
+and the mark table as JSON. The worker makes them and stores them with the task's results; the
+API sends stored bytes and decodes no image (see api/view_cache.py), so every answer is small
+and cheap whatever the slide's size."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ import anyio
 from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
-from api.deps import Services, ServicesDep, require_api_key
+from api.deps import ServicesDep, require_api_key
 from api.names import content_disposition, download_name
 from api.problems import Problem
-from api.pyramid import Pyramid, PyramidShape, TileOutOfRange, encode_png
 from api.routes.common import PROBLEM_RESPONSE, finished_task, not_failed_task
-from api.view_cache import ViewUnavailable
+from api.view_cache import RETRY_AFTER_S, ViewNotReady, ViewUnavailable
+from model.image.pyramid import PNG_FOR_IMAGES, PyramidShape, TileOutOfRange, encode_png
 from store.blobs import BlobNotFoundError, TaskBlob
-from store.tasks import Task, TaskStatus
+from store.tasks import Task
 
 T = TypeVar("T")
 
@@ -43,26 +44,38 @@ class TileLayer(StrEnum):
     DIFF = "diff"
 
 
+# The tile pack of each layer (the outlines have their own, made with the mask's).
+LAYER_PACKS = {
+    TileLayer.IMAGE: TaskBlob.VIEW_IMAGE,
+    TileLayer.MASK: TaskBlob.VIEW_MASK,
+    TileLayer.OUTLINE: TaskBlob.VIEW_OUTLINE,
+    TileLayer.DIFF: TaskBlob.VIEW_DIFF,
+}
+
+
 @router.get(
     "/tasks/{task_id}/pyramid",
     summary="The tile pyramid's levels, and the tile URLs",
     responses={404: PROBLEM_RESPONSE, 409: PROBLEM_RESPONSE},
 )
-def read_pyramid(svc: ServicesDep, task_id: str) -> dict:
+async def read_pyramid(svc: ServicesDep, task_id: str) -> dict:
     """Level 0 is the image at full size, each next level half as large, down to one tile.
     Tiles are `tile_size` px squares (the last column and row may be smaller) counted from the
-    top-left. The mask and outline layers exist once the task is FINISHED; a FAILED task has
-    no pyramid (409 with its error)."""
-    task = not_failed_task(svc, task_id)
+    top-left. `layers` are those stored now: the image once the task's worker made it (when
+    it starts the task), mask and outline once the task is FINISHED, diff for a re-run.
+    `state`: `ready`; `pending` while the task is QUEUED or RUNNING; `building` while a worker
+    makes the tiles of a task finished before workers made them (asked for by this request);
+    `failed` (with `error`) when it could not. A FAILED task has no pyramid (409 with its
+    error)."""
+    task = await anyio.to_thread.run_sync(not_failed_task, svc, task_id)
     described = PyramidShape(task.image_width, task.image_height).describe()
-    layers = [TileLayer.IMAGE.value]
-    if task.status == TaskStatus.FINISHED:
-        layers += [TileLayer.MASK.value, TileLayer.OUTLINE.value]
-    if TaskBlob.DIFF.value in task.result_keys:
-        layers.append(TileLayer.DIFF.value)
+    state, stored, error = await svc.views.state(task)
+    layers = [layer.value for layer, blob in LAYER_PACKS.items() if blob in stored]
     return {
         **described,
         "layers": layers,
+        "state": state,
+        **({"error": error} if error else {}),
         "links": {"tiles": f"/tasks/{task.id}/tiles/{{layer}}/{{level}}/{{col}}_{{row}}.png"},
     }
 
@@ -81,28 +94,22 @@ async def read_tile(
     col: Annotated[int, Path(ge=0)],
     row: Annotated[int, Path(ge=0)],
 ) -> Response:
-    """The first request for a task builds its pyramid (seconds for a 5000² slide); mask and
-    outline tiles need a FINISHED task (409 before), image tiles one that did not FAIL (409),
-    diff tiles a re-run (404 `no-changes` otherwise)."""
-    pyramid = await _pyramid(svc, task_id, layer)
-    read = pyramid.outline_tile if layer == TileLayer.OUTLINE else pyramid.tile
-    try:
-        pixels = await anyio.to_thread.run_sync(read, level, col, row)
-    except TileOutOfRange as error:
-        raise Problem(404, str(error), kind="no-such-tile") from None
-    png = await anyio.to_thread.run_sync(encode_png, pixels)
-    return Response(png, media_type="image/png", headers=_CACHE)
-
-
-async def _pyramid(svc: Services, task_id: str, layer: TileLayer) -> Pyramid:
+    """The tile as the worker stored it. Mask and outline tiles need a FINISHED task (409
+    before), image tiles one that did not FAIL (409), diff tiles a re-run (404 `no-changes`
+    otherwise). A tile not made yet is a 409 `tiles-not-ready` with `Retry-After`: the
+    task's worker makes the image's when it starts it; a task finished before workers made
+    tiles gets them from a worker now (this request asked for them)."""
     if layer == TileLayer.IMAGE:
         task = await anyio.to_thread.run_sync(not_failed_task, svc, task_id)
-        return await view_or_409(svc.views.image, task)
-    task = await anyio.to_thread.run_sync(finished_task, svc, task_id)
+    else:
+        task = await anyio.to_thread.run_sync(finished_task, svc, task_id)
     if layer == TileLayer.DIFF:
         _require_changes(task)
-        return await view_or_409(svc.views.diff, task)
-    return await view_or_409(svc.views.mask, task)
+    try:
+        png = await view_or_409(svc.views.tile, task, LAYER_PACKS[layer], level, col, row)
+    except TileOutOfRange as error:
+        raise Problem(404, str(error), kind="no-such-tile") from None
+    return Response(png, media_type="image/png", headers=_CACHE)
 
 
 def _require_changes(task: Task) -> None:
@@ -135,11 +142,22 @@ def read_diff(svc: ServicesDep, task_id: str) -> StreamingResponse:
     return StreamingResponse(chunks, media_type="image/png", headers=headers)
 
 
-async def view_or_409(build: Callable[[Task], Awaitable[T]], task: Task) -> T:
-    """A view of the task, or a 409 problem in words when its stored image cannot be read
-    (logged once per task, not a traceback per tile)."""
+async def view_or_409(
+    read: Callable[..., Awaitable[T]], task: Task, *args: object, not_ready: str = "tiles"
+) -> T:
+    """A view of the task, or a 409 problem in words: not made yet (`tiles-not-ready`, or
+    `export-not-ready` with `not_ready="export"`; with `Retry-After`), or a worker could not
+    make it from the stored image (`image-unreadable`; the worker logged why, once)."""
     try:
-        return await build(task)
+        return await read(task, *args)
+    except ViewNotReady as error:
+        raise Problem(
+            409,
+            f"task {task.id} ({task.status.value}): {error}",
+            kind=f"{not_ready}-not-ready",
+            task_status=task.status.value,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from None
     except ViewUnavailable as error:
         raise Problem(
             409,
@@ -165,9 +183,8 @@ async def read_preview(
     """The image as the model sees it, its longer side `max_side` px (never enlarged); for
     thumbnails and quick looks. Any task status but FAILED (409)."""
     task = await anyio.to_thread.run_sync(not_failed_task, svc, task_id)
-    pyramid = await view_or_409(svc.views.image, task)
-    pixels = await anyio.to_thread.run_sync(pyramid.preview, max_side)
-    png = await anyio.to_thread.run_sync(encode_png, pixels)
+    pixels = await view_or_409(svc.views.preview, task, max_side)
+    png = await anyio.to_thread.run_sync(encode_png, pixels, PNG_FOR_IMAGES)
     return Response(png, media_type="image/png", headers=_download(task, "preview.png"))
 
 

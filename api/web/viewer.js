@@ -56,7 +56,52 @@ export async function showViewer(root, taskId) {
   renderTask(page);
   await restoreDraft(page);
   followTask(page);
+  followTiles(page);
   return leaveViewer(page);
+}
+
+// The workers make the tiles: a QUEUED task's image when one starts on it, a task finished
+// before workers made tiles all of them now (the pyramid's first request asked for them).
+// Until they are there the stage says so, and the pyramid is asked again each second; a layer
+// that appears is loaded at once.
+function followTiles(page) {
+  const note = el("p", { class: "stage-note", id: "tiles-note", role: "status" });
+  page.find(".stage").append(note);
+  const canvas = page.find("#view-canvas");
+  const known = new Set(page.pyramid.layers);
+  const tick = async () => {
+    if (page.closed || page.task.status === "FAILED") {
+      note.hidden = true;
+      return;
+    }
+    const { state, layers, error } = page.pyramid;
+    canvas.dataset.tiles = state;
+    const text = tilesNote(state, layers, error);
+    note.hidden = !text;
+    note.textContent = text;
+    if (state === "ready" || state === "failed" || (state === "pending" && layers.includes("image"))) return;
+    await new Promise((resolve) => setTimeout(resolve, TASK_POLL_MS));
+    if (page.closed) return;
+    try {
+      page.pyramid = await apiJson(`/tasks/${page.pixelsId}/pyramid`);
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 404) return;
+    }
+    for (const layer of page.pyramid.layers) {
+      if (known.has(layer)) continue;
+      known.add(layer);
+      page.viewer.forgetLayer(layer); // asked for at once, not at its next retry
+    }
+    tick();
+  };
+  tick();
+}
+
+function tilesNote(state, layers, error) {
+  if (state === "failed") return `The slide's tiles could not be made: ${error}`;
+  if (state === "building") return "Making this slide's tiles: it was segmented before workers made them. A few seconds (longer while other slides run)…";
+  if (state === "pending" && !layers.includes("image")) return "The slide appears as soon as a worker starts on this task.";
+  return "";
 }
 
 // The viewer's leave(): saves the draft first; says what would still be lost.
@@ -135,6 +180,8 @@ function tileError(page, error, layer, final) {
     say(`The earlier result cannot be shown: ${error.message}`, "error");
     return;
   }
+  // Tiles a worker is still making: the stage says so (followTiles), they are asked again.
+  if (!final && NOT_READY.test(error.problem?.type ?? "")) return;
   say(`Tiles could not be loaded${final ? "" : " (trying again)"}: ${error.message}`, "error");
 }
 
@@ -149,6 +196,8 @@ function tilePath(page, layer, level, col, row) {
 
 // Problems that no retry will change (the viewer stops the layer): a 409 of these kinds.
 const FINAL_KINDS = /(task-failed|image-unreadable)$/;
+// A 409 for tiles a worker has not made yet: asked again later, said once on the stage.
+const NOT_READY = /tiles-not-ready$/;
 
 async function loadTile(page, layer, level, col, row, signal) {
   let response;

@@ -1,5 +1,6 @@
-"""The mark table of a registered task as JSON (`GET /tasks/{id}/marks`): every registered mark
-from ams.csv, where the grid's missing nodes should be, and the mask's objects that got no id.
+"""The mark table of a registered task as JSON (what `GET /tasks/{id}/marks` serves): every
+registered mark from ams.csv, where the grid's missing nodes should be, and the mask's objects
+that got no id. The worker writes it with the ids (worker/viewing.py).
 """
 
 from __future__ import annotations

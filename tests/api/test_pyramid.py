@@ -7,8 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from api.marks import extra_objects, marks_record, missing_nodes, read_ams_csv
-from api.pyramid import (
+from model.image.io import to_grayscale
+from model.image.normalize import intensity_window, to_uint8
+from model.image.pyramid import (
     STRIP_ROWS,
     Pyramid,
     PyramidShape,
@@ -20,8 +21,7 @@ from api.pyramid import (
     halve_max,
     normalized_gray,
 )
-from model.image.io import to_grayscale
-from model.image.normalize import intensity_window, to_uint8
+from model.register.mark_table import extra_objects, marks_record, missing_nodes, read_ams_csv
 
 
 def build(directory: Path, level0: np.ndarray) -> Pyramid:
@@ -162,7 +162,7 @@ def test_extra_objects_are_mask_components_without_an_id() -> None:
 def test_extra_objects_on_large_masks_are_found_on_a_reduced_copy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("api.marks.EXTRA_SEARCH_PIXELS", 100 * 100)
+    monkeypatch.setattr("model.register.mark_table.EXTRA_SEARCH_PIXELS", 100 * 100)
     mask = np.zeros((400, 400), dtype=np.uint8)
     mask[100:140, 200:260] = 255
     extra, total = extra_objects(mask, np.zeros(mask.shape, np.uint16))

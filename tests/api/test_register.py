@@ -190,12 +190,17 @@ def test_deleting_keeps_what_another_task_still_reads(stack: ServiceStack, slide
         assert stack.wait_until_over(client, copy, timeout=60)["status"] == "FINISHED"
 
         assert client.delete(f"/tasks/{source}").status_code == 204
+        # The image, the mask and their tile packs, which the register task reads in place.
         assert sorted(stack.s3_keys(f"tasks/{source}/")) == [
             f"tasks/{source}/input",
             f"tasks/{source}/mask.png",
+            f"tasks/{source}/views/image.tiles",
+            f"tasks/{source}/views/mask.tiles",
+            f"tasks/{source}/views/outline.tiles",
         ]
         assert client.get(f"/masks/{copy}").content == mask
         assert client.get(f"/tasks/{copy}/tiles/image/0/0_0.png").status_code == 200
+        assert client.get(f"/tasks/{copy}/tiles/outline/0/0_0.png").status_code == 200
         assert client.delete(f"/tasks/{copy}").status_code == 204
         assert stack.s3_keys(f"tasks/{source}/") == stack.s3_keys(f"tasks/{copy}/") == []
 

@@ -1,13 +1,13 @@
 """What the web viewer reads, through the real service: the tile pyramid of the image and the
-mask, previews, the mark table as JSON, re-runs, their limits and problems; and the page and the
-API docs served from local files."""
+mask, previews, the mark table as JSON, re-runs, their limits and problems; tasks finished
+before workers made tiles; and the page and the API docs served from local files."""
 
 import csv
 import io
 import json
 import re
-from collections.abc import Iterator
-from pathlib import Path
+import time
+from collections.abc import Callable, Iterator
 
 import httpx
 import numpy as np
@@ -17,6 +17,7 @@ from model.image.normalize import intensity_window, to_uint8
 from model.synth.grid import fit_grid_inside
 from model.synth.slide import generate_slide
 from model.synth.styles import random_spec
+from store.tasks import Task, TaskKind, get_task
 from tests.service_stack import ServiceStack, png_bytes, read_png
 
 API_KEY = "v" * 8 + "-viewer-key-0123456789"
@@ -77,6 +78,7 @@ def test_the_pyramid_describes_levels_layers_and_tile_urls(
         (150, 100, 1, 1),
     ]
     assert pyramid["layers"] == ["image", "mask", "outline"]
+    assert pyramid["state"] == "ready"
     template = pyramid["links"]["tiles"]
     url = template.format(layer="image", level=2, col=0, row=0)
     assert client.get(url).status_code == 200
@@ -155,16 +157,29 @@ def test_views_refuse_what_is_not_there(
 
 
 def test_results_layers_wait_for_a_finished_task(make_stack) -> None:
+    """The API decodes no image: a QUEUED task's tiles are made by the worker that runs it,
+    so until one starts they are a 409 to ask again; then they come, and the results' layers
+    once it is FINISHED."""
     idle = make_stack(workers=0)
     with idle.client() as client:
         task_id = submit(client, png_bytes(np.full((300, 300), 7, np.uint8)))
-        image = client.get(f"/tasks/{task_id}/tiles/image/0/1_1.png")
-        assert image.status_code == 200 and read_png(image.content).shape == (44, 44)
-        assert client.get(f"/tasks/{task_id}/pyramid").json()["layers"] == ["image"]
+        pyramid = client.get(f"/tasks/{task_id}/pyramid").json()
+        assert (pyramid["width"], pyramid["layers"], pyramid["state"]) == (300, [], "pending")
+        waiting = client.get(f"/tasks/{task_id}/tiles/image/0/1_1.png")
+        body = problem(waiting, 409, "tiles-not-ready")
+        assert waiting.headers["retry-after"] and "worker" in body["detail"]
+        problem(client.get(f"/tasks/{task_id}/preview.png"), 409, "tiles-not-ready")
         waiting = client.get(f"/tasks/{task_id}/tiles/mask/0/0_0.png")
         problem(waiting, 409, "task-not-finished")
         assert waiting.headers["retry-after"]
         problem(client.get(f"/tasks/{task_id}/marks"), 409, "task-not-finished")
+
+        idle.start_worker()
+        assert idle.wait_until_over(client, task_id)["status"] == "FINISHED"
+        image = client.get(f"/tasks/{task_id}/tiles/image/0/1_1.png")
+        assert image.status_code == 200 and read_png(image.content).shape == (44, 44)
+        pyramid = client.get(f"/tasks/{task_id}/pyramid").json()
+        assert (pyramid["layers"], pyramid["state"]) == (["image", "mask", "outline"], "ready")
 
 
 def test_failed_and_unregistered_tasks_have_no_marks(
@@ -217,19 +232,83 @@ def test_a_failed_tasks_views_are_small_problems_without_tracebacks(
     assert "Traceback" not in api_log(stack)[logged_before:]
 
 
-def test_a_queued_tasks_damaged_image_is_a_problem_logged_once(make_stack) -> None:
+def test_a_queued_tasks_damaged_image_is_not_the_apis_to_decode(make_stack) -> None:
+    """Before a worker reads it, a damaged image is like any other: its tiles wait for the
+    worker (which fails the task in words: the test above), and the API logs nothing."""
     idle = make_stack(workers=0)
     with idle.client() as client:
         task_id = submit(client, damaged_png())
-        assert client.get(f"/tasks/{task_id}/pyramid").status_code == 200  # from the header
+        pyramid = client.get(f"/tasks/{task_id}/pyramid")  # from the header
+        assert pyramid.status_code == 200 and pyramid.json()["state"] == "pending"
         for col in range(20):
             tile = client.get(f"/tasks/{task_id}/tiles/image/0/{col % 2}_0.png")
-            body = problem(tile, 409, "image-unreadable")
-            assert "the stored image cannot be decoded" in body["detail"]
-        problem(client.get(f"/tasks/{task_id}/preview.png"), 409, "image-unreadable")
+            problem(tile, 409, "tiles-not-ready")
+        problem(client.get(f"/tasks/{task_id}/preview.png"), 409, "tiles-not-ready")
     log = api_log(idle)
-    assert "Traceback" not in log
-    assert log.count(f"cannot build the image view of task {task_id}") == 1
+    assert "Traceback" not in log and "decode" not in log
+
+
+def finished_before_workers_made_tiles(stack: ServiceStack, task_id: str) -> None:
+    """Make a FINISHED task what one finished by an earlier version is: no tile packs, no mark
+    table, no exports."""
+    with stack.sessions()() as session:
+        task = get_task(session, task_id)
+        task.result_keys = {
+            name: key
+            for name, key in task.result_keys.items()
+            if not name.startswith(("views/", "exports/"))
+        }
+        session.commit()
+    stack.blobs().delete_prefix(f"tasks/{task_id}/views/")
+    assert not stack.s3_keys(f"tasks/{task_id}/views/")
+
+
+def views_tasks(stack: ServiceStack, task_id: str) -> list[Task]:
+    with stack.sessions()() as session:
+        found = session.query(Task).filter(Task.kind == TaskKind.VIEWS).all()
+        return [task for task in found if str(task.source_task) == task_id]
+
+
+def eventually(check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not in time"
+        time.sleep(0.2)
+
+
+def test_a_task_finished_before_workers_made_tiles_gets_them_from_a_worker(
+    stack: ServiceStack, client: httpx.Client, slide: np.ndarray
+) -> None:
+    task_id = submit(client, png_bytes(slide), rows=6, cols=6)
+    assert stack.wait_until_over(client, task_id)["status"] == "FINISHED"
+    tiles = ["image/0/1_0", "mask/0/1_0", "outline/0/1_0", "image/2/0_0"]
+    before = {tile: client.get(f"/tasks/{task_id}/tiles/{tile}.png").content for tile in tiles}
+    marks = client.get(f"/tasks/{task_id}/marks").json()
+    finished_before_workers_made_tiles(stack, task_id)
+
+    # The first look asks a worker for them (one views task, whoever asks meanwhile).
+    pyramid = client.get(f"/tasks/{task_id}/pyramid").json()
+    assert (pyramid["layers"], pyramid["state"]) == ([], "building")
+    waiting = client.get(f"/tasks/{task_id}/tiles/image/0/0_0.png")
+    if waiting.status_code == 409:
+        body = problem(waiting, 409, "tiles-not-ready")
+        assert waiting.headers["retry-after"] and "worker" in body["detail"]
+    eventually(lambda: client.get(f"/tasks/{task_id}/pyramid").json()["state"] == "ready")
+
+    pyramid = client.get(f"/tasks/{task_id}/pyramid").json()
+    assert pyramid["layers"] == ["image", "mask", "outline"]
+    for tile, data in before.items():
+        assert client.get(f"/tasks/{task_id}/tiles/{tile}.png").content == data, tile
+    assert client.get(f"/tasks/{task_id}/marks").json() == marks
+    made = views_tasks(stack, task_id)
+    assert [(task.status.value, task.summary["source_task"]) for task in made] == [
+        ("FINISHED", task_id)
+    ]
+    # Listed nowhere, and gone with their task.
+    assert task_id in [task["id"] for task in client.get("/tasks").json()["data"]]
+    assert str(made[0].id) not in json.dumps(client.get("/tasks").json())
+    assert client.delete(f"/tasks/{task_id}").status_code == 204
+    assert views_tasks(stack, task_id) == [] and not stack.s3_keys(f"tasks/{task_id}/")
 
 
 def test_rerun_segments_the_same_image_again(
@@ -253,11 +332,14 @@ def test_rerun_segments_the_same_image_again(
 
 def test_deleting_a_task_drops_its_views(stack: ServiceStack, client: httpx.Client) -> None:
     task_id = submit(client, png_bytes(np.full((64, 64), 9, np.uint8)))
+    assert stack.wait_until_over(client, task_id)["status"] == "FINISHED"
     assert client.get(f"/tasks/{task_id}/preview.png").status_code == 200
-    views = Path(stack.env["DATA_DIR"]) / "views" / task_id
-    assert (views / "image" / "meta.json").is_file()
+    assert sorted(stack.s3_keys(f"tasks/{task_id}/views/")) == [
+        f"tasks/{task_id}/views/{layer}.tiles" for layer in ("image", "mask", "outline")
+    ]
     assert client.delete(f"/tasks/{task_id}").status_code == 204
-    assert not views.exists()
+    assert not stack.s3_keys(f"tasks/{task_id}/")
+    problem(client.get(f"/tasks/{task_id}/tiles/image/0/0_0.png"), 404, "unknown-task")
 
 
 def test_the_page_and_the_docs_are_served_from_here(stack: ServiceStack) -> None:

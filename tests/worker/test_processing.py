@@ -1,5 +1,6 @@
 """`process_task` in this process, on SQLite and a local blob store, with the shipped model."""
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -11,6 +12,8 @@ from scipy import ndimage
 from sqlalchemy import update
 
 from model.image.io import read_image
+from model.image.normalize import intensity_window
+from model.image.tilepack import read_file_index
 from model.metrics import mark_id_accuracy
 from model.segment.neural import get_segmenter
 from model.segment.pitch import SMALL_MARK_SCALE
@@ -29,7 +32,7 @@ from store.tasks import (
     get_task,
     request_cancel,
 )
-from tests.service_stack import png_bytes
+from tests.service_stack import png_bytes, read_png
 from worker.jobs import WorkerContext
 from worker.processing import process_task
 
@@ -79,13 +82,28 @@ def test_grid_slide_is_segmented_registered_and_stored(context: WorkerContext) -
     assert outcome.action == "finished"
     task = state(context, task_id)
     assert task.status == TaskStatus.FINISHED and task.progress == 1.0
-    expected = {blob.value for blob in SEGMENT_RESULTS}
+    viewer = ["views/image.tiles", "views/mask.tiles", "views/outline.tiles", "views/marks.json"]
+    expected = {blob.value for blob in SEGMENT_RESULTS} | set(viewer)
     assert set(task.result_keys) == expected
     for name, key in task.result_keys.items():
         assert key == f"tasks/{task_id}/{name}"
         assert context.blobs.exists(key)
     labels = read_image(context.blobs.path_for(task.result_keys["labels.png"]))
     assert mark_id_accuracy(labels, slide.labels) >= 0.95
+    # What the viewer reads, made here: the image as the model sees it, the mask, the marks.
+    image = read_file_index(context.blobs.path_for(task.result_keys["views/image.tiles"]))
+    window = intensity_window(slide.image)
+    assert image.meta["window"] == [window.low, window.high]
+    assert image.shape.level_sizes[0] == (640, 640)
+    mask = read_image(context.blobs.path_for(task.result_keys["mask.png"]))
+    mask_pack = context.blobs.path_for(task.result_keys["views/mask.tiles"])
+    start, length = read_file_index(mask_pack).tile_span(0, 1, 1)
+    with mask_pack.open("rb") as handle:
+        handle.seek(start)
+        np.testing.assert_array_equal(read_png(handle.read(length)), mask[256:512, 256:512])
+    marks = json.loads(context.blobs.path_for(task.result_keys["views/marks.json"]).read_text())
+    found = len(np.unique(labels[labels > 0]))
+    assert (marks["rows"], marks["cols"], marks["found"]) == (8, 9, found)
 
 
 def test_finished_task_is_not_run_again(context: WorkerContext) -> None:
