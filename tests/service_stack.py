@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.blobs import S3BlobStore
+from store.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from store.database import create_db_engine, create_session_factory
 from tests.conftest import free_port
 
@@ -137,8 +137,11 @@ class ServiceStack:
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=60, **kwargs)
 
-    def blobs(self) -> S3BlobStore:
-        """This stack's blob store, as the API and the workers see it."""
+    def blobs(self) -> BlobStore:
+        """This stack's blob store, as the API and the workers see it: its S3 bucket, or with
+        S3_BUCKET="" the local folder in DATA_DIR."""
+        if not self.env.get("S3_BUCKET"):
+            return LocalBlobStore(Path(self.env["DATA_DIR"]) / "blobs")
         return S3BlobStore(
             self.env["S3_BUCKET"],
             endpoint_url=self.env["S3_ENDPOINT_URL"],
