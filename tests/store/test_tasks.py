@@ -15,17 +15,24 @@ from store.tasks import (
     CANCELLED_ERROR,
     RegisterParameters,
     Task,
+    TaskKind,
     TaskParameters,
     TaskStatus,
+    ViewPart,
+    ViewsParameters,
+    add_result_keys,
     claimant_id,
+    count_tasks_using_input,
     create_task,
     delete_task,
+    delete_views_tasks,
     fail_abandoned_tasks,
     fail_task,
     find_tasks_to_redispatch,
     finish_task,
     get_task,
     is_claimable,
+    latest_views_task,
     list_tasks,
     mark_dispatched,
     mark_running,
@@ -524,3 +531,41 @@ def test_an_ended_workers_tasks_are_handed_back_and_no_one_elses(
     assert queued.attempts == (1 if count_attempt else 0)  # a stop on purpose costs no attempt
     for task in (other_worker, other_host):
         assert get_task(session, task.id).status == TaskStatus.RUNNING
+
+
+def test_views_tasks_work_for_their_source_and_go_with_it(session: Session) -> None:
+    source = new_task(session)
+    assert claim(session, source)
+    assert finish_task(session, source.id, result_keys={"mask.png": "tasks/s/mask.png"})
+    assert not add_result_keys(session, uuid.uuid4(), {"views/image.tiles": "x"})
+    viewer = new_task(
+        session,
+        parameters=ViewsParameters(),
+        input_key=source.input_key,
+        source_task=source.id,
+    )
+    exports = new_task(
+        session,
+        parameters=ViewsParameters(part=ViewPart.GEOJSON),
+        input_key=source.input_key,
+        source_task=source.id,
+    )
+    assert viewer.kind == TaskKind.VIEWS and viewer.views_parameters.part == ViewPart.VIEWER
+    assert latest_views_task(session, source.id, ViewPart.VIEWER).id == viewer.id
+    assert latest_views_task(session, source.id, ViewPart.GEOJSON).id == exports.id
+    assert latest_views_task(session, source.id, ViewPart.LABELS_TIFF) is None
+    # It reads its source's image, but deleting the source does not wait for it.
+    assert count_tasks_using_input(session, source.input_key, besides=source.id) == 0
+    assert [task.id for task in list_tasks(session).tasks] == [source.id]
+
+    assert add_result_keys(session, source.id, {"views/image.tiles": "tasks/s/views/image.tiles"})
+    assert add_result_keys(session, source.id, {"views/mask.tiles": "tasks/s/views/mask.tiles"})
+    assert get_task(session, source.id).result_keys == {
+        "mask.png": "tasks/s/mask.png",
+        "views/image.tiles": "tasks/s/views/image.tiles",
+        "views/mask.tiles": "tasks/s/views/mask.tiles",
+    }
+    assert delete_views_tasks(session, source.id) == 2
+    assert latest_views_task(session, source.id, ViewPart.VIEWER) is None
+    running = new_task(session)
+    assert not add_result_keys(session, running.id, {"views/image.tiles": "x"})  # not FINISHED
