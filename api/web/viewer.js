@@ -582,6 +582,11 @@ async function loadMarks(page) {
     find("#view-canvas").dataset.marks = String(record.marks.length);
     page.viewer.redraw();
   } catch (error) {
+    // A task finished before workers wrote its mark table: one is making it now.
+    if (NOT_READY.test(error.problem?.type ?? "") && !page.closed) {
+      setTimeout(() => page.task === task && !page.closed && loadMarks(page), TASK_POLL_MS);
+      return;
+    }
     renderWarnings(page, task.warnings || []);
     say(`The marks could not be loaded: ${error.message}`, "error");
   }

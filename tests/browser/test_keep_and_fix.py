@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from store.blobs import LocalBlobStore
+from store.database import create_db_engine, create_session_factory
+from store.tasks import get_task
 from tests.browser.conftest import RunningService
 from tests.browser.helpers import canvas_offset, css, drag, severe_errors, shoot, wait_for
 from tests.conftest import REAL_DATA
@@ -213,6 +216,9 @@ def test_grid_fields_say_what_to_type(browser, service: RunningService) -> None:
     css(browser, "#upload-button").click()
     wait_for(lambda: "image can hold" in css(browser, "#uploads").text, 30, "the API's refusal")
     assert "check rows and columns" in css(browser, "#uploads").text
+    # The refusal is the one error in the console: read here, not by the next test's check.
+    refusals = severe_errors(browser)
+    assert refusals and all("cols=3000" in entry["message"] for entry in refusals), refusals
 
 
 def test_a_failed_task_shows_its_error_once(
@@ -335,3 +341,38 @@ def test_a_task_without_a_grid_says_how_many_marks(browser, service: RunningServ
     assert css(browser, "#grid-section").is_displayed()  # rows and columns can be given here
     assert css(browser, "#grid-rows").get_attribute("value") == ""
     assert not css(browser, "#show-lattice").is_enabled()  # no ids, no lattice to draw
+
+
+def test_a_task_finished_before_workers_made_tiles_shows_when_a_worker_made_them(
+    browser, service: RunningService, screenshots: Path
+) -> None:
+    task_id = upload(service, CROP.read_bytes(), "earlier.png", rows=ROWS, cols=COLS)
+    assert wait_over(service, task_id)["status"] == "FINISHED"
+    # What an earlier version of amseg left: no tile packs, no mark table.
+    database = f"sqlite:///{service.data_dir / 'amseg.sqlite3'}"  # amseg up's
+    with create_session_factory(create_db_engine(database))() as session:
+        task = get_task(session, task_id)
+        task.result_keys = {k: v for k, v in task.result_keys.items() if "/" not in k}
+        session.commit()
+    LocalBlobStore(service.data_dir / "blobs").delete_prefix(f"tasks/{task_id}/views/")
+
+    browser.get(f"{service.base_url}/#/tasks/{task_id}")
+    canvas = wait_for(lambda: css(browser, "#view-canvas[data-tiles]"), 30, "the viewer")
+    wait_for(lambda: canvas.get_attribute("data-tiles") == "ready", 60, "the worker's tiles")
+    wait_for(lambda: css(browser, "#view-canvas[data-marks]"), 30, "the marks")
+    wait_for(
+        lambda: browser.execute_script("return arguments[0].viewer.tilesDrawn > 0", canvas),
+        30,
+        "the image drawn",
+    )
+    assert not css(browser, "#tiles-note").is_displayed()
+    shoot(browser, screenshots, "26-earlier-task-tiles")
+    asked = browser.execute_script(
+        "return performance.getEntriesByType('resource').map((e) => e.name)"
+        ".filter((url) => url.includes(arguments[0]) && url.endsWith('/pyramid'))",
+        task_id,
+    )
+    assert len(asked) >= 2  # it asked again until the tiles were there
+    # Tiles asked for while the worker made them were 409s, and nothing else went wrong.
+    for entry in severe_errors(browser, allowed=(NO_DRAFT,)):
+        assert "status of 409" in entry["message"] and task_id in entry["message"], entry
