@@ -777,6 +777,22 @@ def count_tasks_using_input(session: Session, input_key: str, *, besides: UUID) 
     return session.scalar(query) or 0
 
 
+def keys_read_by_others(session: Session, input_key: str, *, besides: UUID) -> set[str]:
+    """The blobs held by the tasks other than `besides` that read the image under `input_key`:
+    that image and every key of their results (a register task reads its source's mask and
+    tile packs where they are). Views tasks go with their source and do not count."""
+    rows = session.execute(
+        select(Task.input_key, Task.result_keys).where(
+            Task.input_key == input_key, Task.id != besides, Task.kind != TaskKind.VIEWS
+        )
+    )
+    keys: set[str] = set()
+    for key, results in rows:
+        keys.add(key)
+        keys.update((results or {}).values())
+    return keys
+
+
 def add_result_keys(session: Session, task_id: UUID | str, keys: dict[str, str]) -> bool:
     """Add `keys` to a FINISHED task's results (what a views task made for it); False when the
     task is gone or not FINISHED any more. The row is locked while it is rewritten, so two

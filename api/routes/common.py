@@ -28,11 +28,11 @@ from store.tasks import (
     TaskKind,
     TaskParameters,
     TaskStatus,
-    count_tasks_using_input,
     create_task,
     delete_task,
     delete_views_tasks,
     get_task,
+    keys_read_by_others,
     kind_family,
     request_cancel,
 )
@@ -106,28 +106,30 @@ def cancel_and_delete(svc: Services, task_id: str, kind: TaskKind = TaskKind.SEG
         request_cancel(session, task.id)
         # Two sharers deleted at the same moment may each see the other and leave the shared
         # image behind: a leak, never a task that loses its image.
-        shared_in_use = count_tasks_using_input(session, task.input_key, besides=task.id) > 0
-        delete_blobs(svc.blobs, task, shared_in_use=shared_in_use)
+        still_read = keys_read_by_others(session, task.input_key, besides=task.id)
+        delete_blobs(svc.blobs, task, still_read=still_read)
         delete_task(session, task.id)
         delete_views_tasks(session, task.id)
     svc.views.drop(task.id)
 
 
-def delete_blobs(blobs: BlobStore, task: Task, *, shared_in_use: bool) -> None:
+def delete_blobs(blobs: BlobStore, task: Task, *, still_read: set[str]) -> None:
     """A task's own blobs. The image and mask (and their tile packs) it shares with the
     register tasks made from it (or with the task it was registered from) stay while another
-    task reads them, and go with the last one."""
+    task reads them (`still_read`: what the others hold), and go with the last one."""
     own = task_prefix(task.id)
     shared = {task.input_key} | {
         task.result_keys[blob.value] for blob in SHARED_RESULTS if blob.value in task.result_keys
     }
-    if shared_in_use:
+    kept = shared & still_read
+    own_kept = {key for key in kept if key.startswith(own)}
+    if own_kept:
         for key in list(blobs.list_keys(own)):
-            if key not in shared:
+            if key not in own_kept:
                 blobs.delete_prefix(key)
-        return
-    blobs.delete_prefix(own)
-    for key in shared:
+    else:
+        blobs.delete_prefix(own)
+    for key in shared - kept:
         if not key.startswith(own):
             blobs.delete_prefix(key)
 

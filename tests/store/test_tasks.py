@@ -32,6 +32,7 @@ from store.tasks import (
     finish_task,
     get_task,
     is_claimable,
+    keys_read_by_others,
     latest_views_task,
     list_tasks,
     mark_dispatched,
@@ -556,6 +557,19 @@ def test_views_tasks_work_for_their_source_and_go_with_it(session: Session) -> N
     assert latest_views_task(session, source.id, ViewPart.LABELS_TIFF) is None
     # It reads its source's image, but deleting the source does not wait for it.
     assert count_tasks_using_input(session, source.input_key, besides=source.id) == 0
+    assert keys_read_by_others(session, source.input_key, besides=source.id) == set()
+    reader = new_task(
+        session,
+        parameters=RegisterParameters(rows=2, cols=2),
+        input_key=source.input_key,
+        result_keys={"mask.png": "tasks/s/mask.png", "labels.png": "tasks/r/labels.png"},
+    )
+    assert keys_read_by_others(session, source.input_key, besides=source.id) == {
+        source.input_key,
+        "tasks/s/mask.png",
+        "tasks/r/labels.png",
+    }
+    delete_task(session, reader.id)
     assert [task.id for task in list_tasks(session).tasks] == [source.id]
 
     assert add_result_keys(session, source.id, {"views/image.tiles": "tasks/s/views/image.tiles"})
