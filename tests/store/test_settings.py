@@ -14,7 +14,7 @@ SETTINGS_VARIABLES = [
     "EMBEDDED", "TASK_QUEUE", "TASK_SOFT_TIME_LIMIT_S", "TASK_TIME_LIMIT_S",
     "BROKER_VISIBILITY_TIMEOUT_S", "MODELS_DIR", "SWEEP_INTERVAL_S", "WORKER_DEVICE",
     "ACCURATE_SEGMENTATION", "UPLOAD_IDLE_TIMEOUT_S", "MAX_CONCURRENT_UPLOADS",
-    "MAX_DECODED_BYTES", "ALLOWED_HOSTS", "PUBLISHED_ADDRESS", "DATA_UMASK",
+    "MAX_DECODED_BYTES", "ALLOWED_HOSTS", "PUBLISHED_ADDRESS", "DATA_UMASK", "VIEW_CACHE_BYTES",
 ]  # fmt: skip
 GOOD_KEY = "good-key-0123456789abcdef"
 SECOND_KEY = "second-key-0123456789"
@@ -187,3 +187,12 @@ def test_a_refused_setting_is_described_without_its_value(monkeypatch: pytest.Mo
 def test_allowed_hosts_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALLOWED_HOSTS", "lab.example.org, amseg.local")
     assert Settings(_env_file=None).allowed_hosts == ["lab.example.org", "amseg.local"]
+
+
+def test_the_viewer_cache_limit_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(_env_file=None).view_cache_bytes == 64 * 1024**2
+    monkeypatch.setenv("VIEW_CACHE_BYTES", "0")  # nothing kept: every tile read from the store
+    assert Settings(_env_file=None).view_cache_bytes == 0
+    monkeypatch.setenv("VIEW_CACHE_BYTES", "-1")
+    with pytest.raises(ValidationError, match="view_cache_bytes"):
+        Settings(_env_file=None)
