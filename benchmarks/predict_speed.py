@@ -16,6 +16,8 @@ run, the old one included: an AVX2-only laptop CPU, without bf16.
 
     .venv/bin/python benchmarks/predict_speed.py --reps 3
     .venv/bin/python benchmarks/predict_speed.py --reps 3 --simulate-isa AVX2
+    .venv/bin/python benchmarks/predict_speed.py --reps 3 --simulate-isa AVX2 --no-old \
+        --variants fp32,int8 --size 4097      # int8 against fp32 without VNNI
 """
 
 from __future__ import annotations
@@ -258,6 +260,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--simulate-isa", choices=sorted(ISA_ENV), help="cap every run at this instruction set"
     )
+    parser.add_argument(
+        "--no-old",
+        action="store_true",
+        help="leave the old configuration out: the ratios are then to the first variant",
+    )
     return parser.parse_args()
 
 
@@ -292,17 +299,21 @@ def main() -> None:
         cold = run_child("new", chosen["int8"][0], isa_env)
         print(f"first int8 run, empty cache (shipped IR): {cold['wall_s']:.1f} s")
 
-    runs: dict[str, list[dict]] = {"legacy": []} | {name: [] for name in chosen}
+    runs: dict[str, list[dict]] = ({} if args.no_old else {"legacy": []}) | {
+        name: [] for name in chosen
+    }
     legacy_argv = [str(slide), str(workdir / "legacy_mask.png"), str(old_dir)]
     for _ in range(args.reps):
-        runs["legacy"].append(run_child("legacy", legacy_argv, isa_env))
+        if not args.no_old:
+            runs["legacy"].append(run_child("legacy", legacy_argv, isa_env))
         for name, (argv, env) in chosen.items():
             runs[name].append(run_child("new", argv, env))
     print_table([summarize(name, r, image_mp) for name, r in runs.items()])
 
 
 def print_table(rows: list[dict]) -> None:
-    """One line per run kind; "x old" is the ratio to the old configuration (the first row)."""
+    """One line per run kind; "x old" is the ratio to the first row: the old configuration,
+    or with --no-old the first variant."""
     legacy = rows[0]
     print(
         f"\n{'run':10s} {'wall s':>7s} {'MP/s':>6s} {'x old':>6s} {'tiles':>6s} "
