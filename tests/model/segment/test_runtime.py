@@ -64,7 +64,9 @@ def test_openvino_keeps_the_compiled_network_and_survives_a_damaged_one(tmp_path
         directory, runtime=RuntimeChoice(backend="openvino", precision="fp32")
     )
     np.testing.assert_allclose(again.predict_batch(batch), expected, atol=1e-5)
-    assert blob.stat().st_size == size  # compiled afresh and written back whole
+    # Compiled afresh and written back whole (not byte for byte: two compiles of the same
+    # network differ by a few hundred bytes in OpenVINO 2026.4).
+    assert abs(blob.stat().st_size - size) < 0.01 * size
 
 
 @pytest.mark.parametrize("backend", ["torch", "openvino"])
