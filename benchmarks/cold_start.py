@@ -5,7 +5,11 @@ virtual environment, and whole-process times with an empty AMSEG_CACHE_DIR.
     amseg predict SLIDE          a 1024² generated slide, the shipped model (first run)
     amseg up, until /health      the service on embedded defaults, answering (its worker
                                  preloads the model at the same time)
-    amseg up, first task         upload to FINISHED of a 1024² slide on a 20 x 20 grid
+    amseg up, first task         up to the first task FINISHED (a 1024² slide on a 20 x 20
+                                 grid, uploaded once /health answers)
+    task 1, task 2               the first and the second task, upload to FINISHED (the
+                                 same slide), and the worker's own time (started_at to
+                                 finished_at): a fresh worker's first task vs the next
 
 Each environment is given by its python (its `amseg` beside it); a lean one is `python3 -m
 venv /tmp/lean && /tmp/lean/bin/pip install -e .` (no [torch] extra). Runs alternate between
@@ -28,6 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,8 +69,31 @@ def get_json(url: str) -> dict:
         return json.load(response)
 
 
-def service_times(python: str, env: dict, slide: Path, workdir: Path) -> tuple[float, float]:
-    """Seconds from `amseg up` to /health answering, and to the first task FINISHED."""
+def run_task(base: str, slide: Path, deadline: float) -> tuple[float, float]:
+    """Seconds from upload to FINISHED of one task on a 20 x 20 grid, and the worker's own
+    (started_at to finished_at: without the wait for a worker to take it)."""
+    start = time.perf_counter()
+    request = urllib.request.Request(
+        f"{base}/tasks?rows=20&cols=20", data=slide.read_bytes(),
+        headers={"Content-Type": "image/png"}, method="POST",
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        task_id = json.load(response)["id"]
+    while get_json(f"{base}/tasks/{task_id}")["status"] not in ("FINISHED", "FAILED"):
+        if time.perf_counter() > deadline:
+            raise RuntimeError("the task did not finish")
+        time.sleep(0.05)
+    total = time.perf_counter() - start
+    task = get_json(f"{base}/tasks/{task_id}")
+    if task["status"] != "FINISHED":
+        raise RuntimeError(f"the task is {task['status']}")
+    started, finished = (datetime.fromisoformat(task[k]) for k in ("started_at", "finished_at"))
+    return total, (finished - started).total_seconds()
+
+
+def service_times(python: str, env: dict, slide: Path, workdir: Path) -> dict[str, float]:
+    """Seconds from `amseg up` to /health answering and to the first task FINISHED, and the
+    first and the second task's times (upload to FINISHED, and the worker's own)."""
     port = free_port()
     data = Path(tempfile.mkdtemp(dir=workdir, prefix="data-"))
     command = [*amseg(python), "up", "--port", str(port), "--data-dir", str(data)]
@@ -83,20 +111,17 @@ def service_times(python: str, env: dict, slide: Path, workdir: Path) -> tuple[f
                     raise RuntimeError("amseg up did not answer") from None
                 time.sleep(0.05)
         healthy = time.perf_counter() - start
-        request = urllib.request.Request(
-            f"{base}/tasks?rows=20&cols=20", data=slide.read_bytes(),
-            headers={"Content-Type": "image/png"}, method="POST",
-        )  # fmt: skip
-        with urllib.request.urlopen(request, timeout=30) as response:
-            task_id = json.load(response)["id"]
-        while get_json(f"{base}/tasks/{task_id}")["status"] not in ("FINISHED", "FAILED"):
-            if time.perf_counter() - start > 300:
-                raise RuntimeError("the first task did not finish")
-            time.sleep(0.1)
-        status = get_json(f"{base}/tasks/{task_id}")["status"]
-        if status != "FINISHED":
-            raise RuntimeError(f"the first task is {status}")
-        return healthy, time.perf_counter() - start
+        first, first_run = run_task(base, slide, start + 300)
+        finished = time.perf_counter() - start
+        second, second_run = run_task(base, slide, start + 600)
+        return {
+            "up_health": healthy,
+            "up_first_task": finished,
+            "task_1": first,
+            "task_2": second,
+            "task_1_worker": first_run,
+            "task_2_worker": second_run,
+        }
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
@@ -128,17 +153,20 @@ def main() -> None:
             predict = [*amseg(python), "predict", str(slide), "-o", str(out)]
             record.setdefault("predict", []).append(timed(predict, env))
             env["AMSEG_CACHE_DIR"] = str(workdir / f"cache-up-{name}-{rep}")
-            healthy, finished = service_times(python, env, slide, workdir)
-            record.setdefault("up_health", []).append(healthy)
-            record.setdefault("up_first_task", []).append(finished)
+            for key, value in service_times(python, env, slide, workdir).items():
+                record.setdefault(key, []).append(value)
             line = ", ".join(f"{k} {v[-1]:.1f} s" for k, v in record.items())
             print(f"{name} run {rep + 1}: {line}", flush=True)
-    print(f"\n{'install':8s} {'venv MB':>8s} {'--help s':>9s} {'predict s':>10s} "
-          f"{'up→health s':>12s} {'up→1st task s':>14s}")  # fmt: skip
+    columns = ["help", "predict", "up_health", "up_first_task", "task_1", "task_2",
+               "task_1_worker", "task_2_worker"]  # fmt: skip
+    print(
+        f"\nmedians, seconds\n{'install':8s} {'venv MB':>8s} "
+        + " ".join(f"{c:>13s}" for c in columns)
+    )
     for name, python in envs.items():
         med = {k: statistics.median(v) for k, v in times[name].items()}
-        print(f"{name:8s} {venv_size_mb(python):8.0f} {med['help']:9.2f} {med['predict']:10.2f} "
-              f"{med['up_health']:12.2f} {med['up_first_task']:14.2f}")  # fmt: skip
+        cells = " ".join(f"{med[c]:13.2f}" for c in columns)
+        print(f"{name:8s} {venv_size_mb(python):8.0f} {cells}")
 
 
 if __name__ == "__main__":
