@@ -154,10 +154,12 @@ def _spin(stop) -> None:
         sum(i * i for i in range(10_000))
 
 
-def run(name: str, protocol: str, args, work: Path, base_mask: np.ndarray) -> dict:
+def run(name: str, protocol: str, args, work: Path, base_mask: np.ndarray) -> dict | None:
     image, labels = load_crop(name)
     shown = shown_part(protocol, labels) if protocol != "grid" else np.zeros(labels.shape, bool)
     given = np.where(shown, labels, 128).astype(np.uint8)
+    if protocol != "grid" and not (given == 255).any():
+        return None  # e.g. the left half of source_small: no mark a person could label there
     options = replace(FinetuneOptions(threads=args.threads), **args.options)
     out = work / f"{name}-{protocol}"
     begin = time.perf_counter()
@@ -179,9 +181,9 @@ def run(name: str, protocol: str, args, work: Path, base_mask: np.ndarray) -> di
         "crop": name,
         "protocol": protocol,
         "zero_shot_unseen": dice_on(base_mask, labels, ~shown),
-        "zero_shot_labelled": dice_on(base_mask, labels, shown),
+        "zero_shot_labelled": dice_on(base_mask, labels, shown) if shown.any() else None,
         "tuned_unseen": dice_on(tuned, labels, ~shown),
-        "tuned_labelled": dice_on(tuned, labels, shown),
+        "tuned_labelled": dice_on(tuned, labels, shown) if shown.any() else None,
         "seconds": seconds,
         "steps": result.steps,
         "best_step": result.best_step,
@@ -203,6 +205,18 @@ def save_overlay(path: Path, image, labels, shown, masks) -> None:
             rgb[m & ~cv2.erode(m.astype(np.uint8), kernel).astype(bool)] = colour
         panels.append(cv2.resize(rgb, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST))
     cv2.imwrite(str(path), np.hstack(panels))
+
+
+def line_of(row: dict) -> str:
+    def text(value):
+        return "-" if value is None else f"{value:.3f}"
+
+    return (
+        f"{row['crop']:24s} {row['protocol']:8s} zero-shot {text(row['zero_shot_unseen'])} / "
+        f"{text(row['zero_shot_labelled'])}  tuned unseen {text(row['tuned_unseen'])}  "
+        f"labelled {text(row['tuned_labelled'])}  {row['seconds']:.0f} s, {row['steps']} "
+        f"steps (best {row['best_step']}, {row['stopped']})"
+    )
 
 
 def main() -> None:
@@ -233,15 +247,11 @@ def main() -> None:
                 base_mask = predict(args.base, load_crop(name)[0], args.threads)
                 for protocol in args.protocols.split(","):
                     row = run(name, protocol, args, Path(tmp), base_mask)
+                    if row is None:
+                        print(f"{name:24s} {protocol:8s} n/a: no mark in the labelled part")
+                        continue
                     rows.append(row)
-                    print(
-                        f"{name:24s} {protocol:8s} zero-shot {row['zero_shot_unseen']:.3f} / "
-                        f"{row['zero_shot_labelled']:.3f}  tuned unseen "
-                        f"{row['tuned_unseen']:.3f}  labelled {row['tuned_labelled']:.3f}  "
-                        f"{row['seconds']:.0f} s, {row['steps']} steps (best "
-                        f"{row['best_step']}, {row['stopped']})",
-                        flush=True,
-                    )
+                    print(line_of(row), flush=True)
     finally:
         stop.set()
         if args.busy:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -201,6 +201,9 @@ def finetune_from_grid(
 
     if rounds < 1:
         raise AmsegError(f"rounds must be at least 1, got {rounds}")
+    # Pseudo-labels are the model's own guesses: no last pass that would learn their mistakes
+    # exactly (synthetic darkfill 960000: 0.837 -> 0.818 with it, 0.908 without).
+    options = replace(options, final_fraction=0.0, min_final_steps=0)
     name = str(image) if isinstance(image, str | Path) else "image"
     pixels = read_image(image) if isinstance(image, str | Path) else np.asarray(image)
     deadline = time.perf_counter() + minutes * 60.0
