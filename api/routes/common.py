@@ -8,6 +8,7 @@ from pathlib import Path
 from uuid import UUID, uuid4
 
 import anyio
+from sqlalchemy.orm import Session
 
 from api.deps import Services
 from api.problems import Problem
@@ -179,18 +180,7 @@ def create_from_task(
                 key = task_blob_key(task_id, TaskBlob.TRAIN_MASK)
                 svc.blobs.put_stream(key, handle, content_type="image/png")
         with svc.sessions() as session:
-            task, _ = create_task(
-                session,
-                parameters=parameters,
-                input_content_type=source.input_content_type,
-                input_size=source.input_size,
-                image_width=source.image_width,
-                image_height=source.image_height,
-                input_sha256=source.input_sha256,
-                task_id=task_id,
-                name=source.name,
-                source_task=source.id,
-            )
+            task = _task_from_source(session, source, parameters, task_id)
             session.expunge(task)
     except BaseException:
         svc.blobs.delete_prefix(task_prefix(task_id))
@@ -229,20 +219,10 @@ def _register_task_row(
     svc: Services, source: Task, parameters: TaskParameters, task_id: UUID, shared: dict[str, str]
 ) -> Task:
     with svc.sessions() as session:
-        task, _ = create_task(
-            session,
-            parameters=parameters,
-            input_content_type=source.input_content_type,
-            input_size=source.input_size,
-            image_width=source.image_width,
-            image_height=source.image_height,
-            input_sha256=source.input_sha256,
-            name=source.name,
-            source_task=source.id,
-            input_key=source.input_key,
-            result_keys=shared,
-            task_id=task_id,
-        )
+        task = _task_from_source(
+            session, source, parameters, task_id,
+            input_key=source.input_key, result_keys=shared,
+        )  # fmt: skip
         # Committed first, checked after: a delete of the source that counted its sharers
         # before this commit has taken (or is taking) the blobs; refuse rather than queue a
         # task without them.
@@ -251,6 +231,24 @@ def _register_task_row(
             delete_task(session, task.id)
             raise Problem(409, f"task {source.id} was deleted meanwhile", kind="source-deleted")
         session.expunge(task)
+    return task
+
+
+def _task_from_source(session: Session, source: Task, parameters, task_id: UUID, **more) -> Task:
+    """A new task row on `source`'s image (its type, size and hash), named after it."""
+    task, _ = create_task(
+        session,
+        parameters=parameters,
+        input_content_type=source.input_content_type,
+        input_size=source.input_size,
+        image_width=source.image_width,
+        image_height=source.image_height,
+        input_sha256=source.input_sha256,
+        task_id=task_id,
+        name=source.name,
+        source_task=source.id,
+        **more,
+    )
     return task
 
 
