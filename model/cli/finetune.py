@@ -67,7 +67,9 @@ def finetune(
     held back in blocks, decides when to stop early and which weights to keep,
     then a short last pass learns them all. With --rows/--cols (label-free):
     the model's sure marks at grid nodes and the matrix between nodes become
-    the labels. Use the result with --model OUT, e.g. `amseg predict --model OUT`.
+    the labels (experimental: on real crops it helped one in three, see
+    BENCHMARKS.md; compare before you use it). Use the result with --model OUT,
+    e.g. `amseg predict --model OUT`.
     """
     from model.segment.runtime import require_torch
 
