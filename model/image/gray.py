@@ -26,7 +26,7 @@ from model.image.io import (
     DEFAULT_MAX_PIXELS,
     _check_size,
     _pillow_to_array,
-    sniff_format,
+    image_kind,
     to_grayscale,
 )
 
@@ -50,14 +50,7 @@ def read_gray(
     to more than `max_bytes` bytes in colour.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageInputError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise ImageInputError(f"{path}: the file is empty (0 bytes)")
-    with path.open("rb") as handle:
-        kind = sniff_format(handle.read(16))
-    if kind is None:
-        raise ImageInputError(f"{path}: not a PNG, JPEG or TIFF image")
+    kind = image_kind(path)
     try:
         if kind == "tiff":
             gray = _tiff_gray(path, max_pixels, max_bytes)

@@ -49,15 +49,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     truncated or corrupt, or larger than `max_pixels`.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageInputError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise ImageInputError(f"{path}: the file is empty (0 bytes)")
-    with path.open("rb") as handle:
-        head = handle.read(16)
-    kind = sniff_format(head)
-    if kind is None:
-        raise ImageInputError(f"{path}: not a PNG, JPEG or TIFF image")
+    kind = image_kind(path)
     try:
         if kind == "tiff":
             image = _read_tiff(path, max_pixels)
@@ -68,6 +60,20 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     except (OSError, ValueError, SyntaxError, IndexError, KeyError, MemoryError) as error:
         raise ImageInputError(f"{path}: cannot decode the {kind.upper()} data ({error})") from error
     return _check_array(path, image)
+
+
+def image_kind(path: Path) -> str:
+    """The format, "png", "jpeg" or "tiff", from the first bytes; ImageInputError naming the
+    file when it is missing, empty or none of these."""
+    if not path.is_file():
+        raise ImageInputError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageInputError(f"{path}: the file is empty (0 bytes)")
+    with path.open("rb") as handle:
+        kind = sniff_format(handle.read(16))
+    if kind is None:
+        raise ImageInputError(f"{path}: not a PNG, JPEG or TIFF image")
+    return kind
 
 
 def _check_size(path: Path, height: int, width: int, max_pixels: int) -> None:

@@ -1,39 +1,17 @@
 """The API's memory stays bounded whatever the upload decodes to: it reads headers, not pixels."""
 
-import struct
 import threading
-import zlib
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.service_stack import ServiceStack
+from tests.viewer_load import zeros_png
 
 SIDE = 19_000  # 361 MP of zeros: under the 400 MP limit, about 350 kB as a PNG
 CONCURRENT_UPLOADS = 8
 MAX_PEAK_RSS_BYTES = 400 * 1024**2
-
-
-def zeros_png(width: int, height: int) -> bytes:
-    """A valid 8-bit gray PNG of zeros, compressed row block by row block (never whole)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    compressor = zlib.compressobj(9)
-    block_rows = 500
-    rows = b"\x00" * (width + 1) * block_rows  # filter byte + pixels, per row
-    parts = [compressor.compress(rows) for _ in range(height // block_rows)]
-    parts += [compressor.compress(rows[: (width + 1) * (height % block_rows)]), compressor.flush()]
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", b"".join(parts))
-        + chunk(b"IEND", b"")
-    )
 
 
 def peak_rss_bytes(pid: int) -> int:
