@@ -4,7 +4,7 @@ on the part it was not shown, and tuned on the very pixels it was shown.
     PYTHONPATH=. .venv/bin/python benchmarks/finetune_dev.py [--crops notebook_crop,...]
         [--protocols top,left,one-box,two-box] [--minutes 5] [--threads T] [--busy]
         [--set steps=300 --set encoder=frozen ...] [--base MODEL_DIR] [--json out.json]
-        [--overlays /tmp/dev]
+        [--overlays /tmp/dev] [--flips]
 
 Protocols (a user labels part of a crop, tunes, and looks at the whole crop):
 - top / left: the top (left) half labelled, judged on the bottom (right) half it never saw;
@@ -12,10 +12,11 @@ Protocols (a user labels part of a crop, tunes, and looks at the whole crop):
 - grid: no labels, the label-free mode on the rows x cols the crop shows, judged everywhere.
 "labelled" is the Dice on the labelled part itself (what the person said: it should come back).
 Dice is pixel Dice over the labelled pixels (128 = cannot tell is left out). `--busy` keeps one
-core busy in another process while tuning (a shared worker). Crops: the three real crops, and
-variants with the same pixels: `notebook_crop_inverted` (dark filled marks on a bright matrix)
-and `*_wide` (labels that draw rims and tails as marks: a person's convention the shipped model
-does not share, zero-shot ~0.81, so tuning has to learn it).
+core busy in another process while tuning (a shared worker); `--flips` also scores the tuned
+model with test-time flips (four mirror images' probabilities averaged). Crops: the three real
+crops, and variants with the same pixels: `notebook_crop_inverted` (dark filled marks on a
+bright matrix) and `*_wide` (labels that draw rims and tails as marks: a person's convention the
+shipped model does not share, zero-shot ~0.81, so tuning has to learn it).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from model.register.registration import register_marks
 from model.segment.neural import TorchSegmenter
 from model.segment.predict import predict_image
 from model.segment.runtime import RuntimeChoice
-from model.segment.single_pass import SegmentOptions
+from model.segment.single_pass import SegmentOptions, remove_small_components
 from model.train.finetune import FinetuneOptions, finetune
 from model.train.finetune_job import FinetuneJob
 from model.train.run_finetune import run_job
@@ -121,11 +122,21 @@ def dice_on(mask: np.ndarray, labels: np.ndarray, where: np.ndarray) -> float:
     return dice_from_counts(dice_counts(mask, labels == 255, scored))
 
 
-def predict(model_dir: Path | None, image: np.ndarray, threads: int | None) -> np.ndarray:
-    """The mask as `amseg predict --runtime torch` makes it (auto scale, second looks)."""
+def predict(
+    model_dir: Path | None, image: np.ndarray, threads: int | None, flips: bool = False
+) -> np.ndarray:
+    """The mask as `amseg predict --runtime torch` makes it (auto scale, second looks); with
+    `flips`, test-time flips: the probabilities of the image and its three mirror images
+    averaged, then thresholded as predict does."""
     segmenter = TorchSegmenter.from_model_dir(model_dir, runtime=RuntimeChoice(threads=threads))
     options = SegmentOptions(tile_size=segmenter.tile_size)
-    return predict_image(image, segmenter, options).mask
+    if not flips:
+        return predict_image(image, segmenter, options).mask
+    axes_each = [(), (0,), (1,), (0, 1)]
+    looks = [predict_image(np.flip(image, axes).copy(), segmenter, options) for axes in axes_each]
+    mean = sum(np.flip(look.probabilities.astype(np.float32), axes)
+               for look, axes in zip(looks, axes_each, strict=True)) / len(looks)  # fmt: skip
+    return remove_small_components(mean > looks[0].threshold, options.min_mark_area)
 
 
 def parse_option(text: str) -> tuple[str, object]:
@@ -174,6 +185,7 @@ def run(name: str, protocol: str, args, work: Path, base_mask: np.ndarray) -> di
         )  # fmt: skip
     seconds = time.perf_counter() - begin
     tuned = predict(out, image, args.threads)
+    flipped = predict(out, image, args.threads, flips=True) if args.flips else None
     if args.overlays:
         save_overlay(args.overlays / f"ftdev_{name}_{protocol}.png", image, labels, shown,
                      [base_mask, tuned])  # fmt: skip
@@ -184,6 +196,10 @@ def run(name: str, protocol: str, args, work: Path, base_mask: np.ndarray) -> di
         "zero_shot_labelled": dice_on(base_mask, labels, shown) if shown.any() else None,
         "tuned_unseen": dice_on(tuned, labels, ~shown),
         "tuned_labelled": dice_on(tuned, labels, shown) if shown.any() else None,
+        "tuned_unseen_flips": None if flipped is None else dice_on(flipped, labels, ~shown),
+        "tuned_labelled_flips": dice_on(flipped, labels, shown)
+        if flipped is not None and shown.any()
+        else None,
         "seconds": seconds,
         "steps": result.steps,
         "best_step": result.best_step,
@@ -216,7 +232,9 @@ def line_of(row: dict) -> str:
         f"{text(row['zero_shot_labelled'])}  tuned unseen {text(row['tuned_unseen'])}  "
         f"labelled {text(row['tuned_labelled'])}  {row['seconds']:.0f} s, {row['steps']} "
         f"steps (best {row['best_step']}, {row['stopped']})"
-    )
+        + (f"  flips {text(row['tuned_unseen_flips'])} / {text(row['tuned_labelled_flips'])}"
+           if row["tuned_unseen_flips"] is not None else "")
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -230,6 +248,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--busy", action="store_true", help="keep one core busy meanwhile")
+    parser.add_argument("--flips", action="store_true", help="also score test-time flips")
     parser.add_argument("--base", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--overlays", type=Path, default=None)
