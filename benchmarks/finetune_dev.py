@@ -211,6 +211,7 @@ def run(name: str, protocol: str, args, work: Path, base_mask: np.ndarray) -> di
 
 def save_overlay(path: Path, image, labels, shown, masks) -> None:
     """Per mask: its outline (red) over the labels' marks (green), the shown part tinted."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     gray = image if image.ndim == 2 else image[..., 0]
     panels = []
     kernel = np.ones((3, 3), np.uint8)
