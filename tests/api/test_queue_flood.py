@@ -41,7 +41,7 @@ def test_redis_is_not_flooded_behind_a_long_task(make_stack) -> None:
 
 
 def check_queue_behind_a_long_task(client: httpx.Client, messages: Callable[[], int]) -> None:
-    # 5632² takes 8-20 s on 2 cores (4096² was under 10 s on a fast CI machine).
+    # 1.9x the pixels of 4096², which a fast CI machine segmented in 8.6-9.9 s.
     long_task = submit(client, noise_png(5632, seed=3))
     wait_for(client, long_task, lambda state: state["status"] == "RUNNING")
     queued = [submit(client, small_png(seed)) for seed in range(QUEUED_BEHIND)]
