@@ -40,7 +40,7 @@ from model.synth.styles import random_spec
 
 REAL_CROPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 RUNTIMES = {
-    "auto": RuntimeChoice(),  # OpenVINO, bf16 where the CPU has it
+    "auto": RuntimeChoice(),  # OpenVINO: a checked int8, else native bf16, else fp32
     "OpenVINO fp32": RuntimeChoice(backend="openvino", precision="fp32"),
     "torch fp32": RuntimeChoice(backend="torch", precision="fp32"),
 }

@@ -62,6 +62,11 @@ class TaskBlob(StrEnum):
     TRAIN_MASK = "train_mask.png"
     MODEL_WEIGHTS = "model.safetensors"
     MODEL_CARD = "model_card.json"
+    # Its OpenVINO IR (model/segment/shipped_ir.py), paths inside the model directory: what
+    # lets a worker without PyTorch run it. A fine-tune worker without OpenVINO stores none.
+    MODEL_IR_MANIFEST = "openvino/manifest.json"
+    MODEL_IR_XML = "openvino/fp32/model.xml"
+    MODEL_IR_BIN = "openvino/fp32/model.bin"
 
     @property
     def content_type(self) -> str | None:
@@ -81,6 +86,7 @@ class TaskBlob(StrEnum):
 TASK_INPUTS = (TaskBlob.INPUT, TaskBlob.IMZML, TaskBlob.TRAIN_MASK)
 SEGMENT_RESULTS = (TaskBlob.MASK, TaskBlob.LABELS, TaskBlob.AMS, TaskBlob.OVERLAY, TaskBlob.QC)
 MODEL_RESULTS = (TaskBlob.MODEL_WEIGHTS, TaskBlob.MODEL_CARD)
+MODEL_IR = (TaskBlob.MODEL_IR_MANIFEST, TaskBlob.MODEL_IR_XML, TaskBlob.MODEL_IR_BIN)
 # What a register task reads where its source stored it (not copied): the image, the mask and
 # their tile packs. They stay while any task reads them (api.routes.common.delete_blobs).
 SHARED_RESULTS = (TaskBlob.MASK, TaskBlob.VIEW_IMAGE, TaskBlob.VIEW_MASK, TaskBlob.VIEW_OUTLINE)

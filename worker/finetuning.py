@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from store.blobs import MODEL_RESULTS, TaskBlob, task_blob_key
+from store.blobs import MODEL_IR, MODEL_RESULTS, TaskBlob, task_blob_key
 from store.tasks import Task
 from worker.jobs import TaskStopped, WorkerContext, download_image, progress_reporter, store_results
 
@@ -59,4 +59,7 @@ def run_finetune(
                              on_progress=report)  # fmt: skip
         progress(PROGRESS_TRAINED, "storing")
         outputs = {blob: out_dir / blob.value for blob in MODEL_RESULTS}
+        ir = {blob: out_dir / blob.value for blob in MODEL_IR}
+        if all(path.is_file() for path in ir.values()):  # made where OpenVINO is installed
+            outputs |= ir
         return store_results(context, task.id, outputs), summary

@@ -10,7 +10,8 @@ import tempfile
 from pathlib import Path
 
 from model.errors import AmsegError
-from store.blobs import MODEL_RESULTS, BlobNotFoundError, BlobStore, task_blob_key
+from model.segment.shipped_ir import SHIPPED_DIR
+from store.blobs import MODEL_IR, MODEL_RESULTS, BlobNotFoundError, BlobStore, task_blob_key
 from store.model_refs import resolve_model
 from store.settings import Settings
 
@@ -40,9 +41,8 @@ class ModelDirectories:
         staging = Path(tempfile.mkdtemp(prefix=f".{model_id}.", dir=self.cache))
         try:
             for blob in MODEL_RESULTS:
-                with (staging / blob.value).open("wb") as handle:
-                    for chunk in self.blobs.iter_chunks(task_blob_key(model_id, blob)):
-                        handle.write(chunk)
+                self._download(task_blob_key(model_id, blob), staging / blob.value)
+            self._fetch_ir(model_id, staging)
             staging.chmod(0o755)
             try:
                 os.replace(staging, directory)
@@ -53,3 +53,18 @@ class ModelDirectories:
             raise AmsegError(f"model {model_id} is gone (deleted?); use another model") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _fetch_ir(self, model_id: str, staging: Path) -> None:
+        """The model's OpenVINO IR, when its fine-tune stored one (whole or not at all):
+        without it, a worker without PyTorch cannot run the model."""
+        try:
+            for blob in MODEL_IR:
+                self._download(task_blob_key(model_id, blob), staging / blob.value)
+        except BlobNotFoundError:
+            shutil.rmtree(staging / SHIPPED_DIR, ignore_errors=True)
+
+    def _download(self, key: str, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as handle:
+            for chunk in self.blobs.iter_chunks(key):
+                handle.write(chunk)

@@ -83,7 +83,7 @@ def predict(
     precision: str = typer.Option(
         "auto",
         "--precision",
-        help="auto | fp32 | bf16 | int8 | fp16 (auto: bf16 where native, else a checked int8).",
+        help="auto | fp32 | bf16 | int8 | fp16 (auto: checked int8, else native bf16, else fp32).",
     ),
 ) -> None:
     """Write OUT/<stem>_mask.png (0/255, the input's size) for every image.

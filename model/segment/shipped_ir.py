@@ -5,7 +5,8 @@ A model directory may hold `openvino/` beside its weights and card:
 
     openvino/manifest.json        what the IRs were made from and by
     openvino/fp32/model.{xml,bin} the export (fp32 and bf16 compile it)
-    openvino/int8/model.{xml,bin} its int8 quantization (model/segment/quantize.py)
+    openvino/int8/model.{xml,bin} its int8 quantization (model/segment/quantize.py); the
+                                  shipped model has it, a fine-tune only the fp32 IR
 
 An IR is used only while the manifest matches the directory: the same fingerprint (weights and
 the card's fields the graph depends on: runtime.directory_fingerprint), export version and, for
@@ -34,6 +35,7 @@ from model.segment.runtime import (
     cache_root,
     directory_fingerprint,
     is_cached,
+    openvino_available,
     openvino_version,
     package_version,
 )
@@ -103,29 +105,35 @@ def _file_record(path: Path) -> dict:
     return {"bytes": path.stat().st_size, "sha256": digest}
 
 
-def build_shipped_ir(model_dir: Path) -> Path:
-    """Export and quantize `model_dir`'s network into `model_dir/openvino/` (replacing it),
-    with its manifest; needs PyTorch and NNCF. Returns the manifest's path."""
+def build_shipped_ir(model_dir: Path, kinds: tuple[str, ...] = KINDS) -> Path:
+    """Export (and for "int8" quantize) `model_dir`'s network into `model_dir/openvino/`
+    (replacing it), with its manifest; needs PyTorch, and NNCF for int8. Returns the
+    manifest's path."""
     from model.segment.network import load_model
-    from model.segment.quantize import calibration_tiles, quantize_export, require_nncf
     from model.segment.torch_runtime import ProbabilityNet, export_openvino
 
-    require_nncf()
+    if "int8" in kinds:
+        from model.segment.quantize import require_nncf
+
+        require_nncf()
     model_dir = Path(model_dir)
     network, card = load_model(model_dir)
     staging = Path(tempfile.mkdtemp(prefix=f".{SHIPPED_DIR}.", dir=model_dir))
     try:
-        fp32 = staging / "fp32" / "model.xml"
-        int8 = staging / "int8" / "model.xml"
-        fp32.parent.mkdir()
-        int8.parent.mkdir()
-        export_openvino(ProbabilityNet(network, card), fp32)
-        quantize_export(fp32, int8, calibration_tiles(card.tile_size))
+        xmls = {kind: staging / kind / "model.xml" for kind in KINDS if kind in kinds}
+        for xml in xmls.values():
+            xml.parent.mkdir()
+        export_openvino(ProbabilityNet(network, card), xmls["fp32"])
+        if "int8" in xmls:
+            from model.segment.quantize import calibration_tiles, quantize_export
+
+            quantize_export(xmls["fp32"], xmls["int8"], calibration_tiles(card.tile_size))
         irs = {
             kind: {"files": {p.name: _file_record(p) for p in (xml, xml.with_suffix(".bin"))}}
-            for kind, xml in (("fp32", fp32), ("int8", int8))
+            for kind, xml in xmls.items()
         }
-        irs["int8"] |= {"recipe": int8_recipe_key(), "recipe_fields": int8_recipe()}
+        if "int8" in irs:
+            irs["int8"] |= {"recipe": int8_recipe_key(), "recipe_fields": int8_recipe()}
         manifest = {
             "format": MANIFEST_FORMAT,
             "fingerprint": directory_fingerprint(model_dir),
@@ -150,6 +158,21 @@ def build_shipped_ir(model_dir: Path) -> Path:
     return model_dir / SHIPPED_DIR / MANIFEST_FILE
 
 
+def ship_fp32_ir(model_dir: Path) -> str | None:
+    """Give a freshly trained model directory its fp32 IR (a few seconds), so that it runs
+    where PyTorch is not installed (the lean install, a slim worker) and its first run exports
+    nothing; bf16 compiles it too. int8 is left out: it needs the model's own agreement check.
+    Returns why it could not be made (OpenVINO not installed, a failed export), else None:
+    the model works without it, through PyTorch or an export on first use."""
+    if not openvino_available():
+        return "OpenVINO is not installed"
+    try:
+        build_shipped_ir(model_dir, kinds=("fp32",))
+    except Exception as error:  # the weights are written; the IR is only a head start
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
 def check_shipped_ir(model_dir: Path) -> list[str]:
     """Load, compile and run each shipped IR with the installed OpenVINO; one line each.
     Nothing is written (the compiled network goes to a temporary folder)."""
@@ -159,8 +182,9 @@ def check_shipped_ir(model_dir: Path) -> list[str]:
 
     card = read_card(model_dir)
     fingerprint = directory_fingerprint(model_dir)
+    manifest = read_manifest(model_dir) or {}
     lines = []
-    for kind in KINDS:
+    for kind in [kind for kind in KINDS if kind in manifest.get("irs", {"fp32": None})]:
         xml = shipped_ir(model_dir, kind, fingerprint)
         if xml is None:
             raise AmsegError(f"{model_dir}: no {kind} IR shipped for these weights and card")

@@ -3,15 +3,19 @@ one summary of what it learnt, for the command line and the worker alike."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from model.errors import AmsegError, RegistrationError
+from model.segment.shipped_ir import ship_fp32_ir
 from model.train.finetune import FinetuneOptions, FinetuneProgress, FinetuneResult, finetune
 from model.train.finetune_job import FinetuneJob
 from model.train.grid_labels import finetune_from_grid
+
+log = logging.getLogger(__name__)
 
 
 def run_job(
@@ -26,7 +30,30 @@ def run_job(
     on_round: Callable | None = None,
     options: FinetuneOptions | None = None,
 ) -> tuple[FinetuneResult, dict]:
-    """Run the job; the last result and the summary a person reads (see `job_summary`)."""
+    """Run the job; the last result and the summary a person reads (see `job_summary`). The
+    model directory written carries its OpenVINO IR, so it runs without PyTorch too."""
+    result, summary = _tune(
+        job, images, masks, out_dir, base, device, seed, on_progress, on_round, options
+    )
+    why_not = ship_fp32_ir(result.out_dir)
+    if why_not:
+        log.warning("%s has no OpenVINO IR (%s): it runs where PyTorch is installed",
+                    result.out_dir, why_not)  # fmt: skip
+    return result, summary
+
+
+def _tune(
+    job: FinetuneJob,
+    images: Sequence[np.ndarray | str | Path],
+    masks: Sequence[np.ndarray | str | Path],
+    out_dir: str | Path,
+    base: str | Path | None,
+    device: str,
+    seed: int,
+    on_progress: Callable[[FinetuneProgress], None] | None,
+    on_round: Callable | None,
+    options: FinetuneOptions | None,
+) -> tuple[FinetuneResult, dict]:
     job.check()
     options = options or FinetuneOptions()
     if job.labelled:

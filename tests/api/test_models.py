@@ -10,6 +10,7 @@ import pytest
 from model.synth.grid import fit_grid_inside
 from model.synth.slide import generate_slide
 from model.synth.styles import random_spec
+from store.blobs import MODEL_IR, task_blob_key, task_prefix
 from tests.service_stack import ServiceStack, png_bytes, read_png
 
 pytestmark = pytest.mark.slow
@@ -66,6 +67,9 @@ def test_a_model_tuned_on_labels_is_used_by_a_later_task(
         assert card.status_code == 200
         assert json.loads(card.content)["format"] == "amseg-model/1"
         assert model["id"] in {m["id"] for m in client.get("/models").json()["data"]}
+        # Its OpenVINO IR is stored with it: a worker without PyTorch can run it.
+        stored = set(stack.blobs().list_keys(task_prefix(model["id"])))
+        assert {task_blob_key(model["id"], blob) for blob in MODEL_IR} <= stored
         # The model is not a task, and a task is not a model.
         assert client.get(f"/tasks/{model['id']}").status_code == 404
         assert client.get(f"/models/{finished_task}").status_code == 404

@@ -17,8 +17,8 @@ from model.segment.card import WEIGHTS_FILE
 @pytest.mark.slow
 @pytest.mark.parametrize(("precision", "backend"), [("bf16", "auto"), ("int8", "openvino")])
 def test_reduced_precision_keeps_the_masks_of_the_trained_model(real_crops, precision, backend):
-    """bf16 (the auto choice on CPUs with native bf16) and int8 (on CPUs without, for a model
-    whose card records the check) must agree with fp32: Dice >= 0.99.
+    """int8 (the auto choice for a model whose card records this check) and bf16 (auto on
+    CPUs with native bf16 for a model without it) must agree with fp32: Dice >= 0.99.
 
     Checks $AMSEG_MODEL_DIR when set, else the default model; skips when there is none.
     """

@@ -16,13 +16,14 @@ from typer.testing import CliRunner
 import model.cli.finetune  # noqa: F401  registers the command
 from model.cli.app import app
 from model.errors import AmsegError
-from model.image.io import write_png
+from model.image.io import read_image, write_png
 from model.metrics import dice_counts, dice_from_counts
 from model.segment.card import ModelCard
 from model.segment.network import build_from_card, load_model, save_model
 from model.segment.neural import TorchSegmenter
 from model.segment.predict import predict_image
-from model.segment.runtime import RuntimeChoice
+from model.segment.runtime import RuntimeChoice, openvino_available
+from model.segment.shipped_ir import shipped_ir
 from model.segment.single_pass import SegmentOptions
 from model.train.finetune import FinetuneOptions, finetune, make_learner, masked_loss
 from model.train.finetune_job import FinetuneJob
@@ -35,7 +36,9 @@ from model.train.finetune_labels import (
 )
 from model.train.grid_labels import finetune_from_grid, labels_from_grid
 from model.train.run_finetune import run_job
+from store.blobs import MODEL_IR
 from tests.model.scenes import disc_grid_scene
+from tests.test_lean_install import amseg, run_lean
 
 TINY = {"encoder": "resnet18", "decoder_channels": (16, 8, 8, 8, 8), "tile_size": 128}
 # Steps, not the clock, decide how much a fine-tune learns: the same work on a busy machine.
@@ -416,3 +419,27 @@ def test_a_labelled_job_summarises_what_it_learnt(base_dir, scene, tmp_path):
     assert summary["mode"] == "labelled" and summary["steps"] == result.steps == 6 + 3
     assert summary["labelled_dice"] == round(result.labelled_dice, 4)
     assert summary["held_out_dice_base"] == round(result.held_out_dice_base, 4)
+
+
+@pytest.mark.skipif(not openvino_available(), reason="OpenVINO is not installed")
+def test_a_finished_job_carries_its_ir_and_runs_where_torch_is_not(base_dir, scene, tmp_path):
+    """A fine-tune's model directory holds its fp32 OpenVINO IR, so a lean install or slim
+    worker (no PyTorch) runs it; its masks are the PyTorch network's."""
+    image, truth = scene
+    options = replace(FAST, steps=6, eval_every=3, min_final_steps=2)
+    out = tmp_path / "m"
+    run_job(FinetuneJob(minutes=10), [image], [top_half_labels(truth)], out, base_dir, "cpu",
+            options=options)  # fmt: skip
+    assert shipped_ir(out, "fp32") == out / "openvino" / "fp32" / "model.xml"
+    assert shipped_ir(out, "int8") is None  # int8 would need the model's own check
+    assert all((out / blob.value).is_file() for blob in MODEL_IR)  # what a fine-tune task stores
+    write_png(tmp_path / "slide.png", image)
+    args = ["predict", str(tmp_path / "slide.png"), "-o", str(tmp_path / "lean"), "--model",
+            str(out), "--precision", "fp32", "--scale", "1"]  # fmt: skip
+    result = run_lean(amseg(*args), tmp_path)
+    assert result.returncode == 0, result.stderr
+    eager = runner.invoke(app, [*args[:3], str(tmp_path / "eager"), *args[4:], "--backend",
+                                "torch"])  # fmt: skip
+    assert eager.exit_code == 0, eager.output
+    lean, eager = (read_image(tmp_path / run / "slide_mask.png") > 0 for run in ("lean", "eager"))
+    assert eager.any() and dice_from_counts(dice_counts(lean, eager)) > 0.99
