@@ -114,9 +114,14 @@ def main() -> None:
     crops = sorted(REAL_CROPS.glob("*.png"))
     if crops:
         images = [(p.name, read_image(p)) for p in crops]
-        agreement = reduced_precision_agreement(args.model, images)
-        per_image = ", ".join(f"{k} {v:.4f}" for k, v in agreement["per_image"].items())
-        print(f"bf16 vs fp32 mask Dice on real crops: {per_image} (ok: {agreement['ok']})")
+        for precision, backend in (("bf16", "auto"), ("int8", "openvino")):
+            agreement = reduced_precision_agreement(
+                args.model, images, precision=precision, backend=backend
+            )
+            per_image = ", ".join(f"{k} {v:.4f}" for k, v in agreement["per_image"].items())
+            print(
+                f"{precision} vs fp32 mask Dice on real crops: {per_image} (ok: {agreement['ok']})"
+            )
 
 
 if __name__ == "__main__":
