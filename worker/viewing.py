@@ -26,7 +26,7 @@ from model.image.io import write_labels_tiff
 from model.image.tilepack import write_diff_pack, write_image_pack, write_mask_packs
 from model.register.geojson import write_geojson
 from model.register.mark_table import mark_records, marks_record, read_ams_csv
-from store.blobs import SHARED_RESULTS, BlobNotFoundError, TaskBlob
+from store.blobs import SHARED_RESULTS, BlobNotFoundError, TaskBlob, task_blob_key
 from store.tasks import Task, TaskStatus, ViewPart, add_result_keys, get_task
 from worker.jobs import WorkerContext, download_image, progress_reporter, store_results
 
@@ -63,7 +63,12 @@ def image_views_meanwhile(
 ) -> Iterator[Callable[[], dict[str, str]]]:
     """Make and store the image's tile pack in a thread while the caller goes on (the network
     runs); yields a call that waits for it and gives its result key. The thread is waited for
-    on leaving, whatever happened, so that the scratch folder outlives it."""
+    on leaving, whatever happened, so that the scratch folder outlives it. A re-run's pack,
+    copied from its source's when the task was made, is used as it is."""
+    key = task_blob_key(task_id, TaskBlob.VIEW_IMAGE)
+    if context.blobs.exists(key):
+        yield lambda: {TaskBlob.VIEW_IMAGE.value: key}
+        return
 
     def make() -> dict[str, str]:
         directory = Path(tempfile.mkdtemp(prefix="image-views-", dir=scratch_dir))

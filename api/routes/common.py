@@ -3,6 +3,7 @@ its 404, and the error docs."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from uuid import UUID, uuid4
@@ -179,6 +180,8 @@ def create_from_task(
             with labels.open("rb") as handle:
                 key = task_blob_key(task_id, TaskBlob.TRAIN_MASK)
                 svc.blobs.put_stream(key, handle, content_type="image/png")
+        if isinstance(parameters, TaskParameters):  # a re-run: it shows the same image
+            copy_image_views(svc, source, task_id)
         with svc.sessions() as session:
             task = _task_from_source(session, source, parameters, task_id)
             session.expunge(task)
@@ -250,6 +253,17 @@ def _task_from_source(session: Session, source: Task, parameters, task_id: UUID,
         **more,
     )
     return task
+
+
+def copy_image_views(svc: Services, source: Task, task_id: UUID) -> None:
+    """The source's image tile pack, copied for a re-run of the same image: its worker finds
+    it and does not make it again (seconds of a core on a large slide). None to copy (the
+    source has not made it, or it went): the worker makes it."""
+    key = source.result_keys.get(TaskBlob.VIEW_IMAGE.value)
+    if key is None:
+        return
+    with contextlib.suppress(BlobNotFoundError):
+        svc.blobs.copy(key, task_blob_key(task_id, TaskBlob.VIEW_IMAGE))
 
 
 def copy_imzml(svc: Services, source: Task, task_id: UUID) -> None:

@@ -69,3 +69,18 @@ def test_the_changes_as_a_png_and_as_tiles(client: httpx.Client, source_and_reru
     for path in (f"/tasks/{source}/diff.png", f"/tasks/{source}/tiles/diff/0/0_0.png"):
         refused = client.get(path)
         assert refused.status_code == 404 and refused.json()["type"].endswith("no-changes")
+
+
+def test_a_rerun_keeps_its_own_copy_of_the_sources_image_tiles(
+    client: httpx.Client, source_and_rerun
+) -> None:
+    """The re-run was given the source's image tile pack (not made again) as its own copy:
+    the same tiles, still there after the source is deleted. Last here: it deletes the source."""
+    source, rerun = source_and_rerun
+    path = "tiles/image/0/0_0.png"
+    before = client.get(f"/tasks/{source}/{path}")
+    assert before.status_code == 200
+    assert client.get(f"/tasks/{rerun}/{path}").content == before.content
+    assert client.delete(f"/tasks/{source}").status_code == 204
+    after = client.get(f"/tasks/{rerun}/{path}")
+    assert after.status_code == 200 and after.content == before.content

@@ -77,3 +77,22 @@ def test_packs_nobody_reads_go_with_their_task(blobs: LocalBlobStore) -> None:
         source.input_key,
         source.result_keys["mask.png"],
     }
+
+
+def test_a_rerun_gets_its_own_copy_of_the_image_tile_pack(blobs: LocalBlobStore) -> None:
+    """A re-run shows the same image: the source's pack is copied to it when it is made (its
+    worker then does not make it again); a source without one, or whose pack went, gives none."""
+    from types import SimpleNamespace
+
+    from api.routes.common import copy_image_views
+
+    svc = SimpleNamespace(blobs=blobs)
+    source_id, rerun_id, bare_id = uuid4(), uuid4(), uuid4()
+    keys = stored(blobs, source_id, ["input", PACKS[0]])
+    source = Task(id=source_id, input_key=keys.pop("input"), result_keys=keys)
+    copy_image_views(svc, source, rerun_id)
+    assert blobs.get_bytes(f"tasks/{rerun_id}/{PACKS[0]}") == b"x"
+    blobs.delete_prefix(f"tasks/{source_id}/{PACKS[0]}")
+    copy_image_views(svc, source, bare_id)  # gone meanwhile: the worker makes its own
+    copy_image_views(svc, Task(id=source_id, input_key="k", result_keys={}), bare_id)
+    assert list(blobs.list_keys(f"tasks/{bare_id}/")) == []
