@@ -3,16 +3,23 @@
 nothing is lost on Back, a reload or a closed tab. The API stores the bytes as they come; it
 checks only the PNG's header (8-bit gray, the task's size) and never decodes a pixel. Whatever
 the page keeps beside the pixels (its boxes, whether the draft was sent to a fine-tune) travels
-in the PNG's own text chunks."""
+in the PNG's own text chunks.
+
+Two tabs on one task must not overwrite each other's work unseen: GET and PUT give the draft's
+ETag (a hash of its bytes), and PUT or DELETE with `If-Match` (or `If-None-Match: *` where the
+page saw no draft) answers 412 `draft-changed` when the draft is no longer the one the page
+last saw. This is a check, not a lock: two writes in the same instant can still both pass."""
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import tempfile
 from pathlib import Path
+from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
 from api.deps import Services, ServicesDep, require_api_key
@@ -38,6 +45,10 @@ _PNG_BODY = {
 }
 
 
+IF_MATCH = "Store only if the draft is still the one with this ETag (else 412)"
+IF_NONE_MATCH = 'With "*": store only if the task has no draft yet (else 412)'
+
+
 def draft_key(task: Task) -> str:
     return task_prefix(task.id) + DRAFT_NAME
 
@@ -49,19 +60,29 @@ def draft_key(task: Task) -> str:
     openapi_extra=_PNG_BODY,
     responses={
         404: PROBLEM_RESPONSE,
+        412: PROBLEM_RESPONSE,
         413: PROBLEM_RESPONSE,
         415: PROBLEM_RESPONSE,
         422: PROBLEM_RESPONSE,
     },
 )
-async def put_corrections(request: Request, svc: ServicesDep, task_id: str) -> Response:
-    """Any task status; the body is checked from its header only and stored as it is."""
+async def put_corrections(
+    request: Request,
+    svc: ServicesDep,
+    task_id: str,
+    if_match: Annotated[str | None, Header(description=IF_MATCH)] = None,
+    if_none_match: Annotated[str | None, Header(description=IF_NONE_MATCH)] = None,
+) -> Response:
+    """Any task status; the body is checked from its header only and stored as it is. The
+    new draft's ETag comes back."""
     task = await anyio.to_thread.run_sync(load_task, svc, task_id)
     with tempfile.TemporaryDirectory(prefix="amseg-draft-") as scratch:
         received = await receive_upload(request, Path(scratch))
         await anyio.to_thread.run_sync(_check_draft, received, task)
+        await anyio.to_thread.run_sync(_check_unchanged, svc, task, if_match, if_none_match)
         await anyio.to_thread.run_sync(_store, svc, task, received.path)
-    return Response(status_code=204)
+        etag = _quoted(_file_hash(received.path))
+    return Response(status_code=204, headers={"ETag": etag})
 
 
 @router.get(
@@ -71,27 +92,81 @@ async def put_corrections(request: Request, svc: ServicesDep, task_id: str) -> R
     responses={200: {"content": {"image/png": {}}}, 404: PROBLEM_RESPONSE},
 )
 def get_corrections(svc: ServicesDep, task_id: str) -> StreamingResponse:
-    """404 `no-corrections` when the task has none. Never cached: a draft changes."""
+    """404 `no-corrections` when the task has none. Never cached: a draft changes. Its ETag
+    is what `If-Match` takes on the next PUT or DELETE."""
     task = load_task(svc, task_id)
+    etag = _draft_hash(svc, task)
     try:
         chunks = svc.blobs.iter_chunks(draft_key(task))  # raises now, not mid-stream
     except BlobNotFoundError:
-        raise _no_draft(task) from None
-    return StreamingResponse(chunks, media_type="image/png", headers={"Cache-Control": "no-store"})
+        etag = None
+    if etag is None:
+        raise _no_draft(task)
+    headers = {"Cache-Control": "no-store", "ETag": _quoted(etag)}
+    return StreamingResponse(chunks, media_type="image/png", headers=headers)
 
 
 @router.delete(
     "/tasks/{task_id}/corrections",
     status_code=204,
     summary="Drop the draft corrections of a task",
-    responses={404: PROBLEM_RESPONSE},
+    responses={404: PROBLEM_RESPONSE, 412: PROBLEM_RESPONSE},
 )
-def delete_corrections(svc: ServicesDep, task_id: str) -> Response:
+def delete_corrections(
+    svc: ServicesDep,
+    task_id: str,
+    if_match: Annotated[str | None, Header(description=IF_MATCH)] = None,
+) -> Response:
     """404 `no-corrections` when there was none."""
     task = load_task(svc, task_id)
+    _check_unchanged(svc, task, if_match, None)
     if not svc.blobs.delete_prefix(draft_key(task)):
         raise _no_draft(task)
     return Response(status_code=204)
+
+
+def _file_hash(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()[:32]
+
+
+def _draft_hash(svc: Services, task: Task) -> str | None:
+    """The stored draft's hash (read piece by piece), or None when there is none."""
+    digest = hashlib.sha256()
+    try:
+        for chunk in svc.blobs.iter_chunks(draft_key(task)):
+            digest.update(chunk)
+    except BlobNotFoundError:
+        return None
+    return digest.hexdigest()[:32]
+
+
+def _quoted(etag: str) -> str:
+    return f'"{etag}"'
+
+
+def _check_unchanged(
+    svc: Services, task: Task, if_match: str | None, if_none_match: str | None
+) -> None:
+    """A 412 problem when the request's precondition says the page saw another draft than
+    the one stored (see the module's docstring)."""
+    if if_match is None and if_none_match is None:
+        return
+    stored = _draft_hash(svc, task)
+    if if_none_match is not None:
+        if if_none_match.strip() != "*":
+            raise Problem(400, 'If-None-Match takes only "*" here', kind="bad-precondition")
+        changed = stored is not None
+    else:
+        seen = {tag.strip().removeprefix("W/") for tag in if_match.split(",")}
+        changed = not (stored is not None and ("*" in seen or _quoted(stored) in seen))
+    if changed:
+        raise Problem(
+            412,
+            "the draft corrections of this task were changed elsewhere (another tab or window) "
+            "since this page loaded them",
+            kind="draft-changed",
+        )
 
 
 def _no_draft(task: Task) -> Problem:

@@ -2,6 +2,8 @@
 // a labels PNG as a fine-tune takes it, with the boxes and whether it was sent in a tEXt chunk),
 // so that Back, a reload or a closed tab lose nothing: saved a second after the last change, when
 // the tab is hidden and before the viewer is left; restored when the task is opened again.
+// Each save names the draft this page last saw (its ETag): when another tab or window saved
+// other corrections meanwhile, the server says so (412) and the person chooses whose to keep.
 
 import { ApiError, apiFetch } from "./api.js";
 import { encodeLabels } from "./labelspng.js";
@@ -11,7 +13,13 @@ import { el, formatTime, say, shortId } from "./ui.js";
 const SAVE_AFTER_MS = 1000;
 const RETRY_AFTER_MS = 5000;
 // The toolbar's short word for the draft's state (the panel says it in full).
-const CHIPS = { saved: "✓ saved", sent: "✓ saved, sent", unsaved: "● unsaved", error: "⚠ not saved" };
+const CHIPS = {
+  saved: "✓ saved",
+  sent: "✓ saved, sent",
+  unsaved: "● unsaved",
+  error: "⚠ not saved",
+  conflict: "⚠ changed elsewhere",
+};
 
 export class DraftKeeper {
   constructor(taskId, image, editor, show) {
@@ -25,17 +33,25 @@ export class DraftKeeper {
     this.error = null;
     this.timer = 0;
     this.saving = null; // the save in flight
+    this.etag = null; // the server's draft this page last saw (null: none)
+    this.conflict = false; // another tab or window saved other corrections meanwhile
+    this.force = false; // the person chose to keep this page's corrections over those
   }
 
-  // Restore the task's draft, if it has one; says what came back.
+  // Restore the task's draft, if it has one; says what came back. False when there is none.
   async load() {
     let response;
     try {
       response = await apiFetch(this.path);
     } catch (error) {
-      if (error instanceof ApiError && error.status === 404) return this.render();
+      if (error instanceof ApiError && error.status === 404) {
+        this.etag = null;
+        this.render();
+        return false;
+      }
       throw error;
     }
+    this.etag = response.headers.get("ETag");
     const { boxes, meta } = await readDraft(await response.blob(), this.image.width, this.image.height);
     this.restoring = true; // what comes back is what the server has: nothing to save
     try {
@@ -51,6 +67,7 @@ export class DraftKeeper {
       say(`Your corrections${when} are back: ${boxes.length} box${boxes.length > 1 ? "es" : ""}`);
     }
     this.render();
+    return true;
   }
 
   get unsaved() {
@@ -62,6 +79,7 @@ export class DraftKeeper {
     if (this.restoring || !this.unsaved) return;
     this.sent = null; // what is drawn now is no longer what was sent
     clearTimeout(this.timer);
+    if (this.conflict) return this.render(); // kept here until the person chooses
     this.timer = setTimeout(() => this.flush(), SAVE_AFTER_MS);
     this.render();
   }
@@ -70,7 +88,7 @@ export class DraftKeeper {
   async flush() {
     clearTimeout(this.timer);
     while (this.saving) await this.saving;
-    if (!this.unsaved || this.editor.loading) return;
+    if (!this.unsaved || this.editor.loading || this.conflict) return;
     this.saving = this.save().finally(() => (this.saving = null));
     await this.saving;
   }
@@ -82,9 +100,14 @@ export class DraftKeeper {
       await this.write();
       this.savedVersion = version;
       this.error = null;
+      this.force = false;
     } catch (error) {
-      this.error = error.message;
-      this.timer = setTimeout(() => this.flush(), RETRY_AFTER_MS);
+      if (error instanceof ApiError && error.status === 412) {
+        this.conflict = true;
+      } else {
+        this.error = error.message;
+        this.timer = setTimeout(() => this.flush(), RETRY_AFTER_MS);
+      }
     }
     this.render();
     if (this.unsaved && !this.error) this.changed(); // drawn on while it saved
@@ -93,24 +116,57 @@ export class DraftKeeper {
   async write() {
     const boxes = this.editor.boxes.filter((box) => !box.loading);
     if (!boxes.length) {
-      await apiFetch(this.path, { method: "DELETE" }).catch((error) => {
+      await apiFetch(this.path, { method: "DELETE", headers: this.precondition() }).catch((error) => {
         if (!(error instanceof ApiError && error.status === 404)) throw error;
       });
       this.savedAt = null;
+      this.etag = null;
       return;
     }
     const savedAt = new Date().toISOString();
     const meta = { boxes: boxes.map((b) => [b.x0, b.y0, b.x1, b.y1]), saved_at: savedAt, sent: this.sent };
     const texts = { [DRAFT_KEYWORD]: JSON.stringify(meta) };
     const body = await encodeLabels(this.image.width, this.image.height, boxes, texts);
-    await apiFetch(this.path, { method: "PUT", body, headers: { "Content-Type": "image/png" } });
+    const headers = { "Content-Type": "image/png", ...this.precondition() };
+    const response = await apiFetch(this.path, { method: "PUT", body, headers });
     this.savedAt = savedAt;
+    this.etag = response.headers.get("ETag");
+  }
+
+  // What the server must still hold for this save to replace it: the draft this page last
+  // saw, or none; nothing once the person chose to keep this page's corrections.
+  precondition() {
+    if (this.force) return {};
+    return this.etag ? { "If-Match": this.etag } : { "If-None-Match": "*" };
+  }
+
+  // After a conflict: show the corrections saved elsewhere (this page's are dropped)...
+  async takeTheirs() {
+    this.conflict = false;
+    if (await this.load()) return;
+    this.restoring = true; // theirs went meanwhile (cleared elsewhere): show none either
+    try {
+      this.editor.restore([]);
+    } finally {
+      this.restoring = false;
+    }
+    this.savedVersion = this.editor.version;
+    this.render();
+  }
+
+  // ...or save this page's over them.
+  async keepMine() {
+    this.conflict = false;
+    this.force = true;
+    await this.flush();
   }
 
   // The viewer now shows another task of the same image (numbered again): the corrections go
   // with it; the earlier task keeps the draft it had.
   moveTo(taskId) {
     this.path = `/tasks/${taskId}/corrections`;
+    this.etag = null;
+    this.conflict = false;
     if (!this.editor.boxes.length) return;
     this.savedVersion = -1;
     this.changed();
@@ -126,6 +182,7 @@ export class DraftKeeper {
 
   // Why leaving now would lose something, or null.
   unsavedReason() {
+    if (this.conflict) return "Your corrections are not saved: another tab or window changed this task's draft.";
     if (!this.unsaved && !this.saving) return null;
     const why = this.error ? ` (the last try failed: ${this.error})` : "";
     return `Your corrections are not saved on the server yet${why}.`;
@@ -135,6 +192,7 @@ export class DraftKeeper {
     const boxes = this.editor.boxes.length;
     let text;
     let kind = "note";
+    if (this.conflict) return this.renderConflict();
     if (doing === "saving") text = "Saving your corrections…";
     else if (this.error) [text, kind] = [`Not saved: ${this.error}. Trying again…`, "error"];
     else if (this.unsaved) text = "Changed; saving in a moment…";
@@ -143,6 +201,19 @@ export class DraftKeeper {
     else text = `Saved on the server${this.savedAt ? ` ${formatTime(this.savedAt)}` : ""}; kept if you leave.`;
     const state = this.error ? "error" : this.unsaved || doing === "saving" ? "unsaved" : this.sent ? "sent" : "saved";
     this.show(el("span", { class: kind, dataset: { draft: state } }, text), boxes || state !== "saved" ? CHIPS[state] : "");
+  }
+
+  renderConflict() {
+    const line = el(
+      "span",
+      { class: "error", dataset: { draft: "conflict" } },
+      "Another tab or window saved other corrections for this task since this page loaded them; yours are not saved. ",
+      el("button", { type: "button", class: "link", dataset: { draftChoice: "theirs" }, onclick: () => this.takeTheirs() }, "Show theirs"),
+      " (yours are dropped) or ",
+      el("button", { type: "button", class: "link", dataset: { draftChoice: "mine" }, onclick: () => this.keepMine() }, "keep yours"),
+      " (theirs are replaced).",
+    );
+    this.show(line, CHIPS.conflict);
   }
 
   destroy() {

@@ -50,9 +50,13 @@ def draft_png(
     return buffer.getvalue()
 
 
-def put(client: httpx.Client, task_id: str, body: bytes, content_type: str = "image/png"):
+def put(
+    client: httpx.Client, task_id: str, body: bytes, content_type: str = "image/png", **headers
+):
     return client.put(
-        f"/tasks/{task_id}/corrections", content=body, headers={"Content-Type": content_type}
+        f"/tasks/{task_id}/corrections",
+        content=body,
+        headers={"Content-Type": content_type, **headers},
     )
 
 
@@ -71,6 +75,36 @@ def test_a_draft_is_kept_as_sent_and_replaced(client: httpx.Client) -> None:
     second = draft_png(text='{"boxes": [], "sent_model": "m"}')
     assert put(client, task_id, second).status_code == 204
     assert client.get(f"/tasks/{task_id}/corrections").content == second
+
+
+def test_two_tabs_do_not_overwrite_each_other_unseen(client: httpx.Client) -> None:
+    """Each tab saves with the ETag of the draft it last saw: the one that saw an older draft
+    (or none) is told so (412) instead of replacing the other's work, and may then keep its
+    own on purpose (no precondition)."""
+    task_id = new_task(client)
+    mine, theirs = draft_png(text="mine"), draft_png(text="theirs")
+    created = put(client, task_id, mine, **{"If-None-Match": "*"})  # tab A: no draft yet
+    assert created.status_code == 204
+    tag_a = created.headers["etag"]
+    assert client.get(f"/tasks/{task_id}/corrections").headers["etag"] == tag_a
+    late = put(client, task_id, theirs, **{"If-None-Match": "*"})  # tab B opened before A saved
+    assert late.status_code == 412 and late.json()["type"].endswith("draft-changed")
+    assert "another tab" in late.json()["detail"]
+    replaced = put(client, task_id, theirs, **{"If-Match": tag_a})  # B loaded A's draft
+    assert replaced.status_code == 204
+    tag_b = replaced.headers["etag"]
+    assert tag_b != tag_a
+    stale = put(client, task_id, mine, **{"If-Match": tag_a})  # A goes on drawing
+    assert stale.status_code == 412
+    stale_delete = client.delete(f"/tasks/{task_id}/corrections", headers={"If-Match": tag_a})
+    assert stale_delete.status_code == 412
+    assert client.get(f"/tasks/{task_id}/corrections").content == theirs  # nothing lost
+    assert put(client, task_id, mine).status_code == 204  # A keeps its own, on purpose
+    assert client.get(f"/tasks/{task_id}/corrections").content == mine
+    tag = client.get(f"/tasks/{task_id}/corrections").headers["etag"]
+    deleted = client.delete(f"/tasks/{task_id}/corrections", headers={"If-Match": tag})
+    assert deleted.status_code == 204
+    assert put(client, task_id, mine, **{"If-None-Match": "a"}).status_code == 400
 
 
 def test_drafts_that_are_not_labels_of_the_image_are_refused(client: httpx.Client) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from store.blobs import LocalBlobStore
 from store.database import create_db_engine, create_session_factory
@@ -122,6 +122,74 @@ def test_corrections_come_back_after_a_reload(
     wait_for(lambda: css(browser, "#view-canvas[data-marks]"), 60, "the viewer again")
     wait_for(lambda: editor_summary(browser) == drawn, 10, "the corrections restored again")
     assert not severe_errors(browser, allowed=(NO_DRAFT,))
+
+
+def draft_from_elsewhere(box: tuple[int, int, int, int]) -> bytes:
+    """What another tab saves: one box labelled background, in the page's own format."""
+    labels = np.full((512, 512), 128, np.uint8)
+    x0, y0, x1, y1 = box
+    labels[y0:y1, x0:x1] = 0
+    info = PngImagePlugin.PngInfo()
+    info.add_text("amseg", json.dumps({"boxes": [list(box)], "saved_at": "2026-12-07T10:00:00Z"}))
+    buffer = io.BytesIO()
+    Image.fromarray(labels).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def test_two_tabs_do_not_overwrite_each_other_unseen(
+    browser, service: RunningService, screenshots: Path
+) -> None:
+    task_id = upload(service, CROP.read_bytes(), "two-tabs.png")
+    assert wait_over(service, task_id)["status"] == "FINISHED"
+    open_viewer(browser, service, task_id)
+    draw_box_and_stroke(browser)
+    wait_for(lambda: draft_state(browser) == "saved", 10, "the draft saved")
+    path = f"{service.base_url}/tasks/{task_id}/corrections"
+
+    def saved_elsewhere(box) -> None:  # another tab (or window, or person) saves its own
+        headers = {"Content-Type": "image/png"}
+        assert (
+            httpx.put(path, content=draft_from_elsewhere(box), headers=headers).status_code == 204
+        )
+
+    def draw_on() -> None:
+        css(browser, "#view-canvas").send_keys("d")
+        drag(browser, [(x, 160) for x in range(315, 346, 5)])
+
+    saved_elsewhere((40, 40, 120, 120))
+    draw_on()
+    wait_for(lambda: draft_state(browser) == "conflict", 10, "the conflict")
+    assert css(browser, "#draft-chip").text == "⚠ changed elsewhere"
+    assert "Another tab or window saved other corrections" in css(browser, "#draft-state").text
+    assert leave_prompted(browser)  # this page's corrections are not on the server
+    assert json.loads(Image.open(io.BytesIO(httpx.get(path).content)).text["amseg"])["boxes"] == [
+        [40, 40, 120, 120]
+    ]  # theirs were not overwritten
+    shoot(browser, screenshots, "26-draft-changed-elsewhere")
+    mine = editor_summary(browser)
+    css(browser, "[data-draft-choice='mine']").click()
+    wait_for(lambda: draft_state(browser) == "saved", 10, "this page's draft saved")
+    (box,) = json.loads(Image.open(io.BytesIO(httpx.get(path).content)).text["amseg"])["boxes"]
+    assert np.abs(np.subtract(box, BOX)).max() <= 2 and editor_summary(browser) == mine
+    assert not leave_prompted(browser)
+
+    saved_elsewhere((60, 300, 200, 420))
+    draw_on()
+    wait_for(lambda: draft_state(browser) == "conflict", 10, "the second conflict")
+    css(browser, "[data-draft-choice='theirs']").click()
+    theirs = {"boxes": 1, "area": 140 * 120, "marked": 0}
+    wait_for(lambda: editor_summary(browser) == theirs, 10, "their corrections shown")
+    assert draft_state(browser) == "saved" and not leave_prompted(browser)
+    # Drawing on now saves over theirs: this page has seen them.
+    css(browser, "#view-canvas").send_keys("b")
+    x0, y0, x1, y1 = BOX
+    drag(browser, [(x0, y0), ((x0 + x1) / 2, (y0 + y1) / 2), (x1, y1)])
+    wait_for(lambda: editor_summary(browser)["boxes"] == 2, 10, "a second box")
+    wait_for(lambda: draft_state(browser) == "saved", 10, "saved after theirs")
+    boxes = json.loads(Image.open(io.BytesIO(httpx.get(path).content)).text["amseg"])["boxes"]
+    assert len(boxes) == 2 and [60, 300, 200, 420] in boxes
+    refused = "corrections - Failed to load resource: the server responded with a status of 412"
+    assert not severe_errors(browser, allowed=(NO_DRAFT, refused))
 
 
 def test_undo_redo_and_clear(browser, service: RunningService, finished: str) -> None:
