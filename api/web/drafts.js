@@ -104,6 +104,7 @@ export class DraftKeeper {
     } catch (error) {
       if (error instanceof ApiError && error.status === 412) {
         this.conflict = true;
+        say("Another tab or window saved other corrections for this task: choose in the panel whose to keep", "error");
       } else {
         this.error = error.message;
         this.timer = setTimeout(() => this.flush(), RETRY_AFTER_MS);

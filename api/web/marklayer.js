@@ -88,6 +88,9 @@ export function describe(item) {
   if (item.kind === "mark") {
     return `Mark ${item.id} · row ${item.row}, column ${item.col} · ${item.area} px`;
   }
+  if (item.kind === "missing" && item.inside === false) {
+    return `Missing mark ${item.id} · row ${item.row}, column ${item.col}: this node lies outside the image (the grid given is larger than the image shows)`;
+  }
   if (item.kind === "missing") {
     return `Missing mark ${item.id} · row ${item.row}, column ${item.col}: no mark found at this node`;
   }
@@ -101,8 +104,18 @@ function estimatePitch(marks) {
   return sizes[Math.floor(sizes.length / 2)] * 2;
 }
 
-// One path for all, so thousands of nodes still draw within a frame.
+// One path for each kind, so thousands of nodes still draw within a frame. Nodes off the image
+// (a grid larger than the image shows) are dashed: nothing could be found there.
 function drawMissing(ctx, viewer, nodes, pitch) {
+  const outside = nodes.filter((node) => node.inside === false);
+  drawMissingPath(ctx, viewer, nodes.filter((node) => node.inside !== false), pitch);
+  ctx.setLineDash([4, 4]);
+  drawMissingPath(ctx, viewer, outside, pitch);
+  ctx.setLineDash([]);
+}
+
+function drawMissingPath(ctx, viewer, nodes, pitch) {
+  if (!nodes.length) return;
   const radius = Math.max(5, pitch * 0.3 * viewer.scale);
   ctx.strokeStyle = MISSING_COLOUR;
   ctx.beginPath();

@@ -41,9 +41,11 @@ export function renderQc(page, qc, record) {
   const share = qc.expected ? Math.round((100 * qc.found) / qc.expected) : 0;
   const missing = qc.missing ?? qc.missing_ids.length;
   const extra = qc.extra ?? record.extra_total;
+  // Nodes of the grid given that lie off the image: it is larger than the image shows.
+  const offImage = record.missing.filter((node) => node.inside === false).length;
   const facts = [
     ["Marks found", `${qc.found} of ${qc.expected} (${share} %)`],
-    ["Missing nodes", `${missing}`],
+    ["Missing nodes", `${missing}${offImage ? ` (${offImage} outside the image)` : ""}`],
     ["Extra marks (no id)", `${extra}`],
     ...(qc.small_objects !== undefined ? [["Smaller objects (dust)", `${qc.small_objects}`]] : []),
     ["Pitch", `${qc.pitch_px.map((p) => p.toFixed(1)).join(" × ")} px`],

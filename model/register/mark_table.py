@@ -61,9 +61,13 @@ def mark_records(marks: list[dict]) -> list[MarkRecord]:
     ]
 
 
-def missing_nodes(marks: list[dict], missing_ids: list[int], cols: int) -> list[dict]:
+def missing_nodes(
+    marks: list[dict], missing_ids: list[int], cols: int, shape: tuple[int, ...] | None = None
+) -> list[dict]:
     """Where each missing id's node lies: the affine map (row, col) -> (x, y) fitted to the
-    registered marks by least squares; x and y are None when the marks do not fix a plane."""
+    registered marks by least squares; x and y are None when the marks do not fix a plane.
+    `inside`: whether the node lies on the image of `shape` (height, width); a node off it
+    means the grid given is larger than the image shows (None: position or shape unknown)."""
     fit = None
     if len(marks) >= 3:
         design = np.array([[1.0, m["col"], m["row"]] for m in marks])
@@ -73,10 +77,12 @@ def missing_nodes(marks: list[dict], missing_ids: list[int], cols: int) -> list[
     nodes = []
     for mark_id in missing_ids:
         row, col = divmod(mark_id - 1, cols)
-        x = y = None
+        x = y = inside = None
         if fit is not None:
             x, y = (round(float(v), 1) for v in np.array([1.0, col, row]) @ fit)
-        nodes.append({"id": mark_id, "row": row, "col": col, "x": x, "y": y})
+            if shape is not None:
+                inside = bool(0 <= x < shape[1] and 0 <= y < shape[0])
+        nodes.append({"id": mark_id, "row": row, "col": col, "x": x, "y": y, "inside": inside})
     return nodes
 
 
@@ -142,7 +148,7 @@ def marks_record(ams_csv: str, qc: dict, mask: np.ndarray, labels: np.ndarray) -
         "expected": rows * cols,
         "found": len(marks),
         "marks": marks,
-        "missing": missing_nodes(marks, list(qc.get("missing_ids", [])), cols),
+        "missing": missing_nodes(marks, list(qc.get("missing_ids", [])), cols, mask.shape),
         "extra": extra,
         "extra_total": extra_total,
     }

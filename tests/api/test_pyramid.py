@@ -137,13 +137,16 @@ def test_the_mark_table_and_where_missing_nodes_are() -> None:
     assert marks[0] == {
         "id": 1, "row": 0, "col": 0, "x": 10.0, "y": 20.0, "area": 30, "bbox": [5, 15, 15, 25],
     }  # fmt: skip
-    nodes = missing_nodes(marks, [3, 4], cols=3)
+    nodes = missing_nodes(marks, [3, 4], cols=3, shape=(60, 60))
     assert nodes == [
-        {"id": 3, "row": 0, "col": 2, "x": 50.0, "y": 20.0},
-        {"id": 4, "row": 1, "col": 0, "x": 10.0, "y": 40.0},
+        {"id": 3, "row": 0, "col": 2, "x": 50.0, "y": 20.0, "inside": True},
+        {"id": 4, "row": 1, "col": 0, "x": 10.0, "y": 40.0, "inside": True},
     ]
-    assert missing_nodes(marks[:2], [3], cols=3) == [
-        {"id": 3, "row": 0, "col": 2, "x": None, "y": None}
+    # On a 45 x 30 px image node 3 lies right of it and node 4 below it: the grid is larger.
+    off = missing_nodes(marks, [3, 4], cols=3, shape=(30, 45))
+    assert [node["inside"] for node in off] == [False, False]
+    assert missing_nodes(marks[:2], [3], cols=3, shape=(60, 60)) == [
+        {"id": 3, "row": 0, "col": 2, "x": None, "y": None, "inside": None}
     ]
 
 

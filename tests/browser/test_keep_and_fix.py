@@ -139,9 +139,14 @@ def draft_from_elsewhere(box: tuple[int, int, int, int]) -> bytes:
 def test_two_tabs_do_not_overwrite_each_other_unseen(
     browser, service: RunningService, screenshots: Path
 ) -> None:
-    task_id = upload(service, CROP.read_bytes(), "two-tabs.png")
+    task_id = upload(service, CROP.read_bytes(), "two-tabs.png", rows=ROWS, cols=COLS)
     assert wait_over(service, task_id)["status"] == "FINISHED"
     open_viewer(browser, service, task_id)
+    # The 7 x 4 grid is larger than the crop shows: the nodes off the image are counted apart.
+    marks = httpx.get(f"{service.base_url}/tasks/{task_id}/marks").json()
+    off_image = [node for node in marks["missing"] if node["inside"] is False]
+    assert off_image and all(node["inside"] for node in marks["missing"] if node not in off_image)
+    assert f"({len(off_image)} outside the image)" in css(browser, "#qc").text
     draw_box_and_stroke(browser)
     wait_for(lambda: draft_state(browser) == "saved", 10, "the draft saved")
     path = f"{service.base_url}/tasks/{task_id}/corrections"
@@ -165,7 +170,9 @@ def test_two_tabs_do_not_overwrite_each_other_unseen(
     assert json.loads(Image.open(io.BytesIO(httpx.get(path).content)).text["amseg"])["boxes"] == [
         [40, 40, 120, 120]
     ]  # theirs were not overwritten
-    shoot(browser, screenshots, "26-draft-changed-elsewhere")
+    assert "choose in the panel whose to keep" in css(browser, "#status").text
+    browser.execute_script("arguments[0].scrollIntoView()", css(browser, "#draft-state"))
+    shoot(browser, screenshots, "27-draft-changed-elsewhere")
     mine = editor_summary(browser)
     css(browser, "[data-draft-choice='mine']").click()
     wait_for(lambda: draft_state(browser) == "saved", 10, "this page's draft saved")
