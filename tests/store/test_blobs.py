@@ -51,6 +51,7 @@ def test_task_blob_keys_are_deterministic() -> None:
         "overlay.png", "qc.json", "diff.png", "views/image.tiles", "views/mask.tiles",
         "views/outline.tiles", "views/diff.tiles", "views/marks.json", "exports/marks.geojson",
         "exports/labels.tiff", "train_mask.png", "model.safetensors", "model_card.json",
+        "openvino/manifest.json", "openvino/fp32/model.xml", "openvino/fp32/model.bin",
     ]  # fmt: skip
     assert TaskBlob.QC.content_type == "application/json"
     assert TaskBlob.LABELS_TIFF.content_type == "image/tiff"
