@@ -49,7 +49,8 @@ def run_segment(
         image = download_image(context, task.input_key, scratch_dir / "input", "the uploaded image")
         grid = _grid_before_segmenting(context, task, scratch_dir, image.shape)
         progress(PROGRESS_LOADED, "segmenting")
-        log.info("task %s: segmenting a %d x %d px image", task.id, image.shape[1], image.shape[0])
+        log.info("task %s: segmenting a %d x %d px image with %s", task.id, image.shape[1],
+                 image.shape[0], describe_segmenter(segmenter))  # fmt: skip
         # The viewer's image tiles are made and stored while the network runs.
         with image_views_meanwhile(context, task.id, image, scratch_dir) as image_views:
             options = SegmentOptions(
@@ -103,6 +104,12 @@ def _grid_before_segmenting(
     grid = grid_request(context, task, scratch_dir)
     check_grid_fits(*grid.grid(), width=shape[1], height=shape[0])
     return grid
+
+
+def describe_segmenter(segmenter: Segmenter) -> str:
+    """Which model and runtime a task runs (a log line's end): the model's own words."""
+    describe = getattr(segmenter, "describe", None)
+    return describe() if describe is not None else type(segmenter).__name__
 
 
 def warm_up_segmenter(segmenter: Segmenter) -> bool:

@@ -142,9 +142,10 @@ class TorchSegmenter:
         return False
 
     def describe(self) -> str:
-        """One line for logs: model, backend, precision, device."""
+        """One line for logs: model, backend, precision, device, and where the network came
+        from (the shipped or cached IR, or torch)."""
         where = f" from {self.model_dir}" if self.model_dir is not None else ""
-        return f"{self.encoder} U-Net{where} via {self.runtime.describe()}"
+        return f"{self.encoder} U-Net{where} via {self.runtime.describe()}, {self.ir_source}"
 
     def device_pipeline(self) -> DevicePipeline | None:
         """The whole-image pass on the network's torch device where it is on
