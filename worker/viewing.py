@@ -66,7 +66,12 @@ def image_views_meanwhile(
     on leaving, whatever happened, so that the scratch folder outlives it. A re-run's pack,
     copied from its source's when the task was made, is used as it is."""
     key = task_blob_key(task_id, TaskBlob.VIEW_IMAGE)
-    if context.blobs.exists(key):
+    try:
+        copied = context.blobs.exists(key)
+    except Exception as error:  # e.g. S3 answering 403 for a missing key: make the pack
+        log.warning("task %s: could not ask for a copied image pack (%s)", task_id, error)
+        copied = False
+    if copied:
         yield lambda: {TaskBlob.VIEW_IMAGE.value: key}
         return
 

@@ -45,6 +45,7 @@ _PNG_BODY = {
 }
 
 
+ETAG_CHARS = 32  # of the draft's sha256, hex
 IF_MATCH = "Store only if the draft is still the one with this ETag (else 412)"
 IF_NONE_MATCH = 'With "*": store only if the task has no draft yet (else 412)'
 
@@ -81,8 +82,7 @@ async def put_corrections(
         await anyio.to_thread.run_sync(_check_draft, received, task)
         await anyio.to_thread.run_sync(_check_unchanged, svc, task, if_match, if_none_match)
         await anyio.to_thread.run_sync(_store, svc, task, received.path)
-        etag = _quoted(_file_hash(received.path))
-    return Response(status_code=204, headers={"ETag": etag})
+    return Response(status_code=204, headers={"ETag": _quoted(received.sha256[:ETAG_CHARS])})
 
 
 @router.get(
@@ -116,18 +116,15 @@ def delete_corrections(
     svc: ServicesDep,
     task_id: str,
     if_match: Annotated[str | None, Header(description=IF_MATCH)] = None,
+    if_none_match: Annotated[str | None, Header(description=IF_NONE_MATCH)] = None,
 ) -> Response:
-    """404 `no-corrections` when there was none."""
+    """404 `no-corrections` when there was none. With `If-None-Match: *` (the page saw no
+    draft) a draft saved meanwhile elsewhere is kept: 412."""
     task = load_task(svc, task_id)
-    _check_unchanged(svc, task, if_match, None)
+    _check_unchanged(svc, task, if_match, if_none_match)
     if not svc.blobs.delete_prefix(draft_key(task)):
         raise _no_draft(task)
     return Response(status_code=204)
-
-
-def _file_hash(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()[:32]
 
 
 def _draft_hash(svc: Services, task: Task) -> str | None:
@@ -138,7 +135,7 @@ def _draft_hash(svc: Services, task: Task) -> str | None:
             digest.update(chunk)
     except BlobNotFoundError:
         return None
-    return digest.hexdigest()[:32]
+    return digest.hexdigest()[:ETAG_CHARS]
 
 
 def _quoted(etag: str) -> str:

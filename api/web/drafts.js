@@ -88,7 +88,7 @@ export class DraftKeeper {
   async flush() {
     clearTimeout(this.timer);
     while (this.saving) await this.saving;
-    if (!this.unsaved || this.editor.loading || this.conflict) return;
+    if (!this.unsaved || this.editor.loading || this.conflict || this.resolving) return;
     this.saving = this.save().finally(() => (this.saving = null));
     await this.saving;
   }
@@ -104,6 +104,7 @@ export class DraftKeeper {
     } catch (error) {
       if (error instanceof ApiError && error.status === 412) {
         this.conflict = true;
+        this.error = null;
         say("Another tab or window saved other corrections for this task: choose in the panel whose to keep", "error");
       } else {
         this.error = error.message;
@@ -111,13 +112,14 @@ export class DraftKeeper {
       }
     }
     this.render();
-    if (this.unsaved && !this.error) this.changed(); // drawn on while it saved
+    if (this.unsaved && !this.error && !this.conflict) this.changed(); // drawn on while it saved
   }
 
   async write() {
+    const path = this.path;
     const boxes = this.editor.boxes.filter((box) => !box.loading);
     if (!boxes.length) {
-      await apiFetch(this.path, { method: "DELETE", headers: this.precondition() }).catch((error) => {
+      await apiFetch(path, { method: "DELETE", headers: this.precondition() }).catch((error) => {
         if (!(error instanceof ApiError && error.status === 404)) throw error;
       });
       this.savedAt = null;
@@ -129,9 +131,9 @@ export class DraftKeeper {
     const texts = { [DRAFT_KEYWORD]: JSON.stringify(meta) };
     const body = await encodeLabels(this.image.width, this.image.height, boxes, texts);
     const headers = { "Content-Type": "image/png", ...this.precondition() };
-    const response = await apiFetch(this.path, { method: "PUT", body, headers });
+    const response = await apiFetch(path, { method: "PUT", body, headers });
     this.savedAt = savedAt;
-    this.etag = response.headers.get("ETag");
+    if (path === this.path) this.etag = response.headers.get("ETag"); // not moved meanwhile
   }
 
   // What the server must still hold for this save to replace it: the draft this page last
@@ -143,15 +145,23 @@ export class DraftKeeper {
 
   // After a conflict: show the corrections saved elsewhere (this page's are dropped)...
   async takeTheirs() {
-    this.conflict = false;
-    if (await this.load()) return;
-    this.restoring = true; // theirs went meanwhile (cleared elsewhere): show none either
+    this.resolving = true; // no save until theirs are here
     try {
-      this.editor.restore([]);
+      if (!(await this.load())) {
+        this.restoring = true; // theirs went meanwhile (cleared elsewhere): show none either
+        try {
+          this.editor.restore([]);
+        } finally {
+          this.restoring = false;
+        }
+        this.savedVersion = this.editor.version;
+      }
+      this.conflict = false;
+    } catch (error) {
+      say(`Their corrections could not be loaded: ${error.message}`, "error");
     } finally {
-      this.restoring = false;
+      this.resolving = false;
     }
-    this.savedVersion = this.editor.version;
     this.render();
   }
 
@@ -164,7 +174,9 @@ export class DraftKeeper {
 
   // The viewer now shows another task of the same image (numbered again): the corrections go
   // with it; the earlier task keeps the draft it had.
-  moveTo(taskId) {
+  async moveTo(taskId) {
+    clearTimeout(this.timer);
+    while (this.saving) await this.saving; // its answer belongs to the task it was sent to
     this.path = `/tasks/${taskId}/corrections`;
     this.etag = null;
     this.conflict = false;

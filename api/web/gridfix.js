@@ -266,7 +266,7 @@ async function moveTo(page, task) {
   page.taskId = task.id;
   page.task = task;
   moveAddress(`#/tasks/${task.id}`);
-  page.drafts.moveTo(task.id);
+  await page.drafts.moveTo(task.id);
   renderTask(page);
   await showResults(page);
   const { rows, cols } = task.parameters;

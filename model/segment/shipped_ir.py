@@ -112,6 +112,8 @@ def build_shipped_ir(model_dir: Path, kinds: tuple[str, ...] = KINDS) -> Path:
     from model.segment.network import load_model
     from model.segment.torch_runtime import ProbabilityNet, export_openvino
 
+    if "fp32" not in kinds:
+        raise ValueError("the fp32 IR is what every other is made from: kinds must hold it")
     if "int8" in kinds:
         from model.segment.quantize import require_nncf
 

@@ -98,6 +98,9 @@ def test_two_tabs_do_not_overwrite_each_other_unseen(client: httpx.Client) -> No
     assert stale.status_code == 412
     stale_delete = client.delete(f"/tasks/{task_id}/corrections", headers={"If-Match": tag_a})
     assert stale_delete.status_code == 412
+    # A page that saw no draft and clears its boxes does not delete theirs either.
+    unseen = client.delete(f"/tasks/{task_id}/corrections", headers={"If-None-Match": "*"})
+    assert unseen.status_code == 412
     assert client.get(f"/tasks/{task_id}/corrections").content == theirs  # nothing lost
     assert put(client, task_id, mine).status_code == 204  # A keeps its own, on purpose
     assert client.get(f"/tasks/{task_id}/corrections").content == mine
