@@ -4,7 +4,9 @@
 Marks are the 8-connected components of each mask, matched by overlap. A mark of `before` that
 overlaps nothing in `after` was removed; a mark of `after` that overlaps nothing in `before` was
 added; a pair that overlaps only each other is unchanged while their IoU is at least
-`changed_iou`, else changed; a mark that split or merged with others is changed. The diff image
+`changed_iou`, else changed; a mark that split or merged with others is changed, and the
+merges and splits are counted too (they are why `after` can differ from `before` by more than
+added minus removed: fragments of one mark joined into it, say). The diff image
 codes each pixel that tells of a counted change (pixels of marks that barely moved stay 0), with
 codes spaced so a picture of it is readable and a max-pooled view keeps whole marks over parts.
 """
@@ -40,11 +42,16 @@ class MaskComparison:
     grown: int
     shrunk: int
     unchanged: int
+    merged: int  # marks of `before` that merged with others ...
+    merged_into: int  # ... into this many marks of `after`
+    split: int  # marks of `before` that split ...
+    split_into: int  # ... into this many marks of `after`
     diff: np.ndarray
 
     def counts(self) -> dict[str, int]:
         """The counts as a task's summary keeps them."""
-        names = ("before", "after", "added", "removed", "changed", "grown", "shrunk", "unchanged")
+        names = ("before", "after", "added", "removed", "changed", "grown", "shrunk",
+                 "unchanged", "merged", "merged_into", "split", "split_into")  # fmt: skip
         return {name: getattr(self, name) for name in names}
 
 
@@ -111,6 +118,8 @@ def compare_masks(
         old, new, removed | changed_old, added | changed_new, removed, added, band_rows
     )
     changed = int(changed_old.sum())
+    merging = partners_of_new[a] >= 2  # pairs whose new mark has several old partners
+    splitting = partners_of_old[b] >= 2
     return MaskComparison(
         before=old.count,
         after=new.count,
@@ -120,6 +129,10 @@ def compare_masks(
         grown=int(grown.sum()),
         shrunk=changed - int(grown.sum()),
         unchanged=old.count - int(removed.sum()) - changed,
+        merged=int(np.unique(b[merging]).size),
+        merged_into=int(np.unique(a[merging]).size),
+        split=int(np.unique(b[splitting]).size),
+        split_into=int(np.unique(a[splitting]).size),
         diff=diff,
     )
 

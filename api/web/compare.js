@@ -7,10 +7,14 @@ import { apiJson } from "./api.js";
 import { finetuneFigures } from "./figures.js";
 import { el, shortId, taskName } from "./ui.js";
 
-// "+12 marks, −3, 41 changed (30 grown, 11 shrunk)"
+// "+12 marks, −3, 41 changed (30 grown, 11 shrunk; 6 merged into 3)"
 export function changesText(changes) {
   const changed = `${changes.changed} changed`;
-  const detail = changes.changed ? ` (${changes.grown} grown, ${changes.shrunk} shrunk)` : "";
+  const parts = [];
+  if (changes.merged) parts.push(`${changes.merged} merged into ${changes.merged_into}`);
+  if (changes.split) parts.push(`${changes.split} split into ${changes.split_into}`);
+  const more = parts.length ? `; ${parts.join(", ")}` : "";
+  const detail = changes.changed ? ` (${changes.grown} grown, ${changes.shrunk} shrunk${more})` : "";
   return `+${changes.added} marks, −${changes.removed}, ${changed}${detail}`;
 }
 

@@ -49,7 +49,24 @@ def test_marks_added_removed_and_changed_are_counted() -> None:
         "grown": 3,  # the grown disc; each merged bar is now part of a larger one
         "shrunk": 2,  # the shrunk disc; the split bar lost its middle
         "unchanged": 1,
+        "merged": 2,  # the two bars ...
+        "merged_into": 1,  # ... are one now
+        "split": 1,  # the bar ...
+        "split_into": 2,  # ... is two
     }
+
+
+def test_merged_fragments_explain_a_falling_count() -> None:
+    """A mark found in three pieces before and whole after: no mark added or removed, yet two
+    marks fewer; the counts say why: three merged into one."""
+    before = np.zeros(SIZE, np.uint8)
+    for x in (20, 40, 60):
+        cv2.rectangle(before, (x, 20), (x + 12, 40), 255, -1)
+    after = cv2.rectangle(np.zeros(SIZE, np.uint8), (20, 20), (72, 40), 255, -1)
+    counts = compare_masks(before, after).counts()
+    assert (counts["before"], counts["after"], counts["added"], counts["removed"]) == (3, 1, 0, 0)
+    assert (counts["merged"], counts["merged_into"], counts["split"]) == (3, 1, 0)
+    assert counts["before"] - counts["merged"] + counts["merged_into"] == counts["after"]
 
 
 def test_the_diff_image_codes_what_changed_where() -> None:

@@ -91,6 +91,10 @@ def test_a_rerun_is_compared_with_its_source(context: WorkerContext, tmp_path: P
         "grown": 0,
         "shrunk": 0,
         "unchanged": 1,
+        "merged": 0,
+        "merged_into": 0,
+        "split": 0,
+        "split_into": 0,
     }
     diff = read_image(outputs[TaskBlob.DIFF])
     assert diff.shape == SHAPE
