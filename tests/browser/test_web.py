@@ -195,6 +195,8 @@ def what_changed(driver, service: RunningService, model: dict, shots: Path) -> N
     minus = "\N{MINUS SIGN}"  # as the page writes it
     assert counts.text.startswith(f"+{changes['added']} marks, {minus}{changes['removed']}, ")
     assert f"{changes['changed']} changed" in counts.text
+    if changes["merged"]:  # the count of marks fell or rose without one added or removed
+        assert f"{changes['merged']} merged into {changes['merged_into']}" in counts.text
     figures = css(driver, "#finetune-figures").text
     assert "on the labels it held back" in figures.lower() and " → " in figures, figures
     assert css(driver, "#show-changes").is_selected()
