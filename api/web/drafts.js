@@ -36,6 +36,7 @@ export class DraftKeeper {
     this.etag = null; // the server's draft this page last saw (null: none)
     this.conflict = false; // another tab or window saved other corrections meanwhile
     this.force = false; // the person chose to keep this page's corrections over those
+    this.resolving = false; // "Show theirs" is loading them: nothing is saved meanwhile
   }
 
   // Restore the task's draft, if it has one; says what came back. False when there is none.

@@ -184,9 +184,9 @@ def check_shipped_ir(model_dir: Path) -> list[str]:
 
     card = read_card(model_dir)
     fingerprint = directory_fingerprint(model_dir)
-    manifest = read_manifest(model_dir) or {}
+    shipped = (read_manifest(model_dir) or {}).get("irs", {"fp32": None})  # none: say so below
     lines = []
-    for kind in [kind for kind in KINDS if kind in manifest.get("irs", {"fp32": None})]:
+    for kind in [kind for kind in KINDS if kind in shipped]:
         xml = shipped_ir(model_dir, kind, fingerprint)
         if xml is None:
             raise AmsegError(f"{model_dir}: no {kind} IR shipped for these weights and card")
