@@ -156,10 +156,33 @@ def level_path(directory: Path, level: int) -> Path:
 
 
 def create_level(directory: Path, level: int, width: int, height: int) -> np.ndarray:
-    """A new, writable, memory-mapped level file."""
-    return np.lib.format.open_memmap(
-        level_path(directory, level), mode="w+", dtype=np.uint8, shape=(height, width)
-    )
+    """A new, writable, memory-mapped level file, its disk space reserved before it is mapped:
+    a write into a mapped page the disk has no room for kills the whole process (SIGBUS), while
+    a reservation that fails raises OSError (ENOSPC), which fails only the work at hand."""
+    path = level_path(directory, level)
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+        "fortran_order": False,
+        "shape": (height, width),
+    }
+    with open(path, "wb") as file:
+        np.lib.format.write_array_header_1_0(file, header)
+        size = file.tell() + width * height
+        try:
+            _reserve(file.fileno(), size)
+        except OSError:
+            file.close()
+            path.unlink()
+            raise
+    return np.lib.format.open_memmap(path, mode="r+")
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate `size` bytes of disk for the file (zeros), or raise OSError."""
+    if hasattr(os, "posix_fallocate"):  # Linux; macOS has none
+        os.posix_fallocate(fd, 0, size)
+    else:
+        os.ftruncate(fd, size)  # sparse: a full disk can still end the process there
 
 
 def build_levels(
