@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import struct
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from tempfile import SpooledTemporaryFile
 from typing import Annotated
 
 import anyio
@@ -46,6 +48,8 @@ _PNG_BODY = {
 
 
 ETAG_CHARS = 32  # of the draft's sha256, hex
+SPOOL_BYTES = 8 * 1024**2  # a GET's copy of the draft stays in memory up to this size
+CHUNK_BYTES = 1024**2
 IF_MATCH = "Store only if the draft is still the one with this ETag (else 412)"
 IF_NONE_MATCH = 'With "*": store only if the task has no draft yet (else 412)'
 
@@ -95,15 +99,9 @@ def get_corrections(svc: ServicesDep, task_id: str) -> StreamingResponse:
     """404 `no-corrections` when the task has none. Never cached: a draft changes. Its ETag
     is what `If-Match` takes on the next PUT or DELETE."""
     task = load_task(svc, task_id)
-    etag = _draft_hash(svc, task)
-    try:
-        chunks = svc.blobs.iter_chunks(draft_key(task))  # raises now, not mid-stream
-    except BlobNotFoundError:
-        etag = None
-    if etag is None:
-        raise _no_draft(task)
+    draft, etag = _read_draft(svc, task)
     headers = {"Cache-Control": "no-store", "ETag": _quoted(etag)}
-    return StreamingResponse(chunks, media_type="image/png", headers=headers)
+    return StreamingResponse(_drain(draft), media_type="image/png", headers=headers)
 
 
 @router.delete(
@@ -136,6 +134,31 @@ def _draft_hash(svc: Services, task: Task) -> str | None:
     except BlobNotFoundError:
         return None
     return digest.hexdigest()[:ETAG_CHARS]
+
+
+def _read_draft(svc: Services, task: Task) -> tuple[SpooledTemporaryFile, str]:
+    """The stored draft, read once: a copy of its bytes (in memory up to SPOOL_BYTES, then on
+    disk) and their hash, so that the ETag is always the body's even when a PUT lands while
+    the draft is read. A 404 problem when there is none."""
+    copy = SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 (_drain closes it)
+    digest = hashlib.sha256()
+    try:
+        for chunk in svc.blobs.iter_chunks(draft_key(task)):
+            digest.update(chunk)
+            copy.write(chunk)
+    except BaseException as error:
+        copy.close()
+        if isinstance(error, BlobNotFoundError):
+            raise _no_draft(task) from None
+        raise
+    copy.seek(0)
+    return copy, digest.hexdigest()[:ETAG_CHARS]
+
+
+def _drain(copy: SpooledTemporaryFile) -> Iterator[bytes]:
+    with copy:
+        while chunk := copy.read(CHUNK_BYTES):
+            yield chunk
 
 
 def _quoted(etag: str) -> str:
