@@ -4,7 +4,7 @@ on the part it was not shown, and tuned on the very pixels it was shown.
     PYTHONPATH=. .venv/bin/python benchmarks/finetune_dev.py [--crops notebook_crop,...]
         [--protocols top,left,one-box,two-box] [--minutes 5] [--threads T] [--busy]
         [--set steps=300 --set encoder=frozen ...] [--base MODEL_DIR] [--json out.json]
-        [--overlays /tmp/dev] [--flips]
+        [--overlays /tmp/dev] [--flips] [--int8]
 
 Protocols (a user labels part of a crop, tunes, and looks at the whole crop):
 - top / left: the top (left) half labelled, judged on the bottom (right) half it never saw;
@@ -12,11 +12,13 @@ Protocols (a user labels part of a crop, tunes, and looks at the whole crop):
 - grid: no labels, the label-free mode on the rows x cols the crop shows, judged everywhere.
 "labelled" is the Dice on the labelled part itself (what the person said: it should come back).
 Dice is pixel Dice over the labelled pixels (128 = cannot tell is left out). `--busy` keeps one
-core busy in another process while tuning (a shared worker); `--flips` also scores the tuned
-model with test-time flips (four mirror images' probabilities averaged). Crops: the three real
-crops, and variants with the same pixels: `notebook_crop_inverted` (dark filled marks on a
-bright matrix) and `*_wide` (labels that draw rims and tails as marks: a person's convention the
-shipped model does not share, zero-shot ~0.81, so tuning has to learn it).
+core busy in another process while tuning (a shared worker); `--int8` makes the int8 IR as
+`amseg finetune` does (its check on the labels given) and scores int8 against fp32 on the unseen
+part; `--flips` also scores the tuned model with test-time flips (four mirror images'
+probabilities averaged). Crops: the three real crops, and variants with the same pixels:
+`notebook_crop_inverted` (dark filled marks on a bright matrix) and `*_wide` (labels that draw
+rims and tails as marks: a person's convention the shipped model does not share, zero-shot
+~0.81, so tuning has to learn it).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from model.segment.single_pass import SegmentOptions, remove_small_components
 from model.train.finetune import FinetuneOptions, finetune
 from model.train.finetune_job import FinetuneJob
 from model.train.run_finetune import run_job
+from model.train.tuned_ir import ship_tuned_irs
 
 HERE = Path(__file__).resolve().parent
 LABELS = HERE / "data" / "real"
@@ -123,12 +126,17 @@ def dice_on(mask: np.ndarray, labels: np.ndarray, where: np.ndarray) -> float:
 
 
 def predict(
-    model_dir: Path | None, image: np.ndarray, threads: int | None, flips: bool = False
+    model_dir: Path | None,
+    image: np.ndarray,
+    threads: int | None,
+    flips: bool = False,
+    precision: str = "auto",
 ) -> np.ndarray:
-    """The mask as `amseg predict --runtime torch` makes it (auto scale, second looks); with
-    `flips`, test-time flips: the probabilities of the image and its three mirror images
-    averaged, then thresholded as predict does."""
-    segmenter = TorchSegmenter.from_model_dir(model_dir, runtime=RuntimeChoice(threads=threads))
+    """The mask as `amseg predict` makes it (auto scale, second looks); with `flips`,
+    test-time flips: the probabilities of the image and its three mirror images averaged,
+    then thresholded as predict does."""
+    runtime = RuntimeChoice(threads=threads, precision=precision)
+    segmenter = TorchSegmenter.from_model_dir(model_dir, runtime=runtime)
     options = SegmentOptions(tile_size=segmenter.tile_size)
     if not flips:
         return predict_image(image, segmenter, options).mask
@@ -184,6 +192,7 @@ def run(name: str, protocol: str, args, work: Path, base_mask: np.ndarray) -> di
             on_progress=_pace, options=options,
         )  # fmt: skip
     seconds = time.perf_counter() - begin
+    int8 = int8_row(out, image, given, labels, shown, args.threads) if args.int8 else {}
     tuned = predict(out, image, args.threads)
     flipped = predict(out, image, args.threads, flips=True) if args.flips else None
     if args.overlays:
@@ -206,6 +215,22 @@ def run(name: str, protocol: str, args, work: Path, base_mask: np.ndarray) -> di
         "stopped": result.stopped,
         "held_out": [result.held_out_dice_base, result.held_out_dice],
         "options": args.options,
+    } | int8
+
+
+def int8_row(out: Path, image, given, labels, shown, threads) -> dict:
+    """What `amseg finetune` adds after tuning (model/train/tuned_ir.py): the int8 IR and its
+    check on the labels the person gave; then int8 and fp32 judged on the unseen part."""
+    begin = time.perf_counter()
+    irs = ship_tuned_irs(out, [image], [given])
+    made = time.perf_counter() - begin
+    fp32, int8 = (predict(out, image, threads, precision=p) for p in ("fp32", "int8"))
+    return {
+        "int8_check": irs.int8_check,
+        "int8_seconds": made,
+        "fp32_unseen": dice_on(fp32, labels, ~shown),
+        "int8_unseen": dice_on(int8, labels, ~shown),
+        "int8_vs_fp32": dice_from_counts(dice_counts(int8, fp32)),
     }
 
 
@@ -235,6 +260,9 @@ def line_of(row: dict) -> str:
         f"steps (best {row['best_step']}, {row['stopped']})"
         + (f"  flips {text(row['tuned_unseen_flips'])} / {text(row['tuned_labelled_flips'])}"
            if row["tuned_unseen_flips"] is not None else "")
+        + (f"  int8: check {row['int8_check']} in {row['int8_seconds']:.0f} s; unseen fp32 "
+           f"{row['fp32_unseen']:.4f} int8 {row['int8_unseen']:.4f}, int8 vs fp32 "
+           f"{row['int8_vs_fp32']:.4f}" if "int8_check" in row else "")
     )  # fmt: skip
 
 
@@ -250,6 +278,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--busy", action="store_true", help="keep one core busy meanwhile")
     parser.add_argument("--flips", action="store_true", help="also score test-time flips")
+    parser.add_argument(
+        "--int8", action="store_true",
+        help="also make the int8 IR as amseg finetune does, and score int8 against fp32",
+    )  # fmt: skip
     parser.add_argument("--base", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--overlays", type=Path, default=None)

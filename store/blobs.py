@@ -67,6 +67,9 @@ class TaskBlob(StrEnum):
     MODEL_IR_MANIFEST = "openvino/manifest.json"
     MODEL_IR_XML = "openvino/fp32/model.xml"
     MODEL_IR_BIN = "openvino/fp32/model.bin"
+    # ... and its int8 IR, where the fine-tune made one (model/train/tuned_ir.py)
+    MODEL_IR_INT8_XML = "openvino/int8/model.xml"
+    MODEL_IR_INT8_BIN = "openvino/int8/model.bin"
 
     @property
     def content_type(self) -> str | None:
@@ -87,6 +90,7 @@ TASK_INPUTS = (TaskBlob.INPUT, TaskBlob.IMZML, TaskBlob.TRAIN_MASK)
 SEGMENT_RESULTS = (TaskBlob.MASK, TaskBlob.LABELS, TaskBlob.AMS, TaskBlob.OVERLAY, TaskBlob.QC)
 MODEL_RESULTS = (TaskBlob.MODEL_WEIGHTS, TaskBlob.MODEL_CARD)
 MODEL_IR = (TaskBlob.MODEL_IR_MANIFEST, TaskBlob.MODEL_IR_XML, TaskBlob.MODEL_IR_BIN)
+MODEL_IR_INT8 = (TaskBlob.MODEL_IR_INT8_XML, TaskBlob.MODEL_IR_INT8_BIN)
 # What a register task reads where its source stored it (not copied): the image, the mask and
 # their tile packs. They stay while any task reads them (api.routes.common.delete_blobs).
 SHARED_RESULTS = (TaskBlob.MASK, TaskBlob.VIEW_IMAGE, TaskBlob.VIEW_MASK, TaskBlob.VIEW_OUTLINE)

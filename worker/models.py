@@ -11,7 +11,14 @@ from pathlib import Path
 
 from model.errors import AmsegError
 from model.segment.shipped_ir import SHIPPED_DIR
-from store.blobs import MODEL_IR, MODEL_RESULTS, BlobNotFoundError, BlobStore, task_blob_key
+from store.blobs import (
+    MODEL_IR,
+    MODEL_IR_INT8,
+    MODEL_RESULTS,
+    BlobNotFoundError,
+    BlobStore,
+    task_blob_key,
+)
 from store.model_refs import resolve_model
 from store.settings import Settings
 
@@ -55,13 +62,20 @@ class ModelDirectories:
             shutil.rmtree(staging, ignore_errors=True)
 
     def _fetch_ir(self, model_id: str, staging: Path) -> None:
-        """The model's OpenVINO IR, when its fine-tune stored one (whole or not at all):
-        without it, a worker without PyTorch cannot run the model."""
+        """The model's OpenVINO IRs, when its fine-tune stored them, each whole or not at all:
+        without the fp32 one a worker without PyTorch cannot run the model; without the int8
+        one, it runs in bf16 or fp32 (or quantizes it, where NNCF is installed)."""
         try:
             for blob in MODEL_IR:
                 self._download(task_blob_key(model_id, blob), staging / blob.value)
         except BlobNotFoundError:
             shutil.rmtree(staging / SHIPPED_DIR, ignore_errors=True)
+            return
+        try:
+            for blob in MODEL_IR_INT8:
+                self._download(task_blob_key(model_id, blob), staging / blob.value)
+        except BlobNotFoundError:
+            shutil.rmtree(staging / SHIPPED_DIR / "int8", ignore_errors=True)
 
     def _download(self, key: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,12 @@ export function finetuneFigures(summary) {
     const sure = summary.rounds.at(-1).sure_marks;
     parts.push(`learned from ${Number(sure).toLocaleString()} sure marks of the grid`);
   }
+  const int8 = summary.int8_check;
+  if (int8) {
+    const agree = `masks agree with fp32 at ${Number(int8.int8_mask_dice).toFixed(3)}`;
+    parts.push(int8.passed ? `int8 checked on your labels (${agree}): runs at int8's speed`
+      : `int8 failed its check on your labels (${agree}): runs in bf16 or fp32`);
+  }
   if (known(summary.steps) && known(summary.seconds)) {
     const why = summary.stopped ? ` (stopped: ${summary.stopped})` : "";
     parts.push(`${summary.steps} step${summary.steps === 1 ? "" : "s"} in ${Math.round(summary.seconds)} s${why}`);

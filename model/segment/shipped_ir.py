@@ -5,8 +5,9 @@ A model directory may hold `openvino/` beside its weights and card:
 
     openvino/manifest.json        what the IRs were made from and by
     openvino/fp32/model.{xml,bin} the export (fp32 and bf16 compile it)
-    openvino/int8/model.{xml,bin} its int8 quantization (model/segment/quantize.py); the
-                                  shipped model has it, a fine-tune only the fp32 IR
+    openvino/int8/model.{xml,bin} its int8 quantization (model/segment/quantize.py); a
+                                  fine-tune has it where its check on the labels was
+                                  made (model/train/tuned_ir.py)
 
 An IR is used only while the manifest matches the directory: the same fingerprint (weights and
 the card's fields the graph depends on: runtime.directory_fingerprint), export version and, for
@@ -35,7 +36,6 @@ from model.segment.runtime import (
     cache_root,
     directory_fingerprint,
     is_cached,
-    openvino_available,
     openvino_version,
     package_version,
 )
@@ -158,21 +158,6 @@ def build_shipped_ir(model_dir: Path, kinds: tuple[str, ...] = KINDS) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return model_dir / SHIPPED_DIR / MANIFEST_FILE
-
-
-def ship_fp32_ir(model_dir: Path) -> str | None:
-    """Give a freshly trained model directory its fp32 IR (a few seconds), so that it runs
-    where PyTorch is not installed (the lean install, a slim worker) and its first run exports
-    nothing; bf16 compiles it too. int8 is left out: it needs the model's own agreement check.
-    Returns why it could not be made (OpenVINO not installed, a failed export), else None:
-    the model works without it, through PyTorch or an export on first use."""
-    if not openvino_available():
-        return "OpenVINO is not installed"
-    try:
-        build_shipped_ir(model_dir, kinds=("fp32",))
-    except Exception as error:  # the weights are written; the IR is only a head start
-        return f"{type(error).__name__}: {error}"
-    return None
 
 
 def check_shipped_ir(model_dir: Path) -> list[str]:

@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from model.errors import AmsegError, RegistrationError
-from model.segment.shipped_ir import ship_fp32_ir
 from model.train.finetune import FinetuneOptions, FinetuneProgress, FinetuneResult, finetune
 from model.train.finetune_job import FinetuneJob
 from model.train.grid_labels import finetune_from_grid
+from model.train.tuned_ir import makes_int8, ship_tuned_irs
 
 log = logging.getLogger(__name__)
+IR_STAGE = "making the OpenVINO network"
+INT8_STAGE = "making the OpenVINO networks, int8 checked on the labels"
 
 
 def run_job(
@@ -29,16 +31,22 @@ def run_job(
     on_progress: Callable[[FinetuneProgress], None] | None = None,
     on_round: Callable | None = None,
     options: FinetuneOptions | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> tuple[FinetuneResult, dict]:
     """Run the job; the last result and the summary a person reads (see `job_summary`). The
-    model directory written carries its OpenVINO IR, so it runs without PyTorch too."""
+    model directory written carries its OpenVINO IRs (model/train/tuned_ir.py): it runs
+    without PyTorch too, and in int8 where its check on the labels passed. `on_stage` hears
+    when training is over and the IRs are being made (with int8, ~30 s)."""
+    options = options or FinetuneOptions()
     result, summary = _tune(
         job, images, masks, out_dir, base, device, seed, on_progress, on_round, options
     )
-    why_not = ship_fp32_ir(result.out_dir)
-    if why_not:
-        log.warning("%s has no OpenVINO IR (%s): it runs where PyTorch is installed",
-                    result.out_dir, why_not)  # fmt: skip
+    if on_stage is not None:
+        on_stage(INT8_STAGE if makes_int8(options.int8, masks) else IR_STAGE)
+    irs = ship_tuned_irs(result.out_dir, images, masks, int8=options.int8)
+    for note in irs.notes:
+        log.warning("%s: %s", result.out_dir, note)
+    summary["int8_check"] = irs.int8_check
     return result, summary
 
 
@@ -52,10 +60,9 @@ def _tune(
     seed: int,
     on_progress: Callable[[FinetuneProgress], None] | None,
     on_round: Callable | None,
-    options: FinetuneOptions | None,
+    options: FinetuneOptions,
 ) -> tuple[FinetuneResult, dict]:
     job.check()
-    options = options or FinetuneOptions()
     if job.labelled:
         result = finetune(
             images, masks, out_dir, base, job.minutes, device, seed, on_progress, options

@@ -7,10 +7,11 @@ import httpx
 import numpy as np
 import pytest
 
+from model.segment.runtime import nncf_available
 from model.synth.grid import fit_grid_inside
 from model.synth.slide import generate_slide
 from model.synth.styles import random_spec
-from store.blobs import MODEL_IR, task_blob_key, task_prefix
+from store.blobs import MODEL_IR, MODEL_IR_INT8, task_blob_key, task_prefix
 from tests.service_stack import ServiceStack, png_bytes, read_png
 
 pytestmark = pytest.mark.slow
@@ -70,6 +71,10 @@ def test_a_model_tuned_on_labels_is_used_by_a_later_task(
         # Its OpenVINO IR is stored with it: a worker without PyTorch can run it.
         stored = set(stack.blobs().list_keys(task_prefix(model["id"])))
         assert {task_blob_key(model["id"], blob) for blob in MODEL_IR} <= stored
+        # ... and, where NNCF is installed, its int8 IR, checked on the labels it was given.
+        int8_stored = {task_blob_key(model["id"], blob) for blob in MODEL_IR_INT8} <= stored
+        assert int8_stored == nncf_available()
+        assert (state["summary"]["int8_check"] is not None) == nncf_available()
         # The model is not a task, and a task is not a model.
         assert client.get(f"/tasks/{model['id']}").status_code == 404
         assert client.get(f"/models/{finished_task}").status_code == 404

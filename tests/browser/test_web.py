@@ -199,6 +199,10 @@ def what_changed(driver, service: RunningService, model: dict, shots: Path) -> N
         assert f"{changes['merged']} merged into {changes['merged_into']}" in counts.text
     figures = css(driver, "#finetune-figures").text
     assert "on the labels it held back" in figures.lower() and " → " in figures, figures
+    check = model["summary"]["int8_check"]  # where NNCF is installed, the int8 check in words
+    if check is not None:
+        verdict = "int8 checked on your labels" if check["passed"] else "int8 failed its check"
+        assert verdict in figures and f"{check['int8_mask_dice']:.3f}" in figures, figures
     assert css(driver, "#show-changes").is_selected()
     wait_for(
         lambda: driver.execute_script(

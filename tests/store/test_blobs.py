@@ -52,6 +52,7 @@ def test_task_blob_keys_are_deterministic() -> None:
         "views/outline.tiles", "views/diff.tiles", "views/marks.json", "exports/marks.geojson",
         "exports/labels.tiff", "train_mask.png", "model.safetensors", "model_card.json",
         "openvino/manifest.json", "openvino/fp32/model.xml", "openvino/fp32/model.bin",
+        "openvino/int8/model.xml", "openvino/int8/model.bin",
     ]  # fmt: skip
     assert TaskBlob.QC.content_type == "application/json"
     assert TaskBlob.LABELS_TIFF.content_type == "image/tiff"

@@ -1,5 +1,5 @@
 """`ModelDirectories`: a fine-tuned model fetched from the blob store into a local directory,
-its OpenVINO IR with it when the fine-tune stored one (whole or not at all)."""
+its OpenVINO IRs with it when the fine-tune stored them (each whole or not at all)."""
 
 import uuid
 from pathlib import Path
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from model.errors import AmsegError
-from store.blobs import MODEL_IR, MODEL_RESULTS, LocalBlobStore, task_blob_key
+from store.blobs import MODEL_IR, MODEL_IR_INT8, MODEL_RESULTS, LocalBlobStore, task_blob_key
 from store.settings import Settings
 from worker.models import ModelDirectories
 
@@ -41,6 +41,16 @@ def test_a_model_with_its_ir_arrives_whole(models: ModelDirectories) -> None:
         b"openvino/fp32/model.bin bytes"
     )
     assert models(model_id) == directory  # fetched once
+
+
+def test_its_int8_ir_arrives_whole_or_not_at_all(models: ModelDirectories) -> None:
+    whole = models(store_model(models, MODEL_RESULTS + MODEL_IR + MODEL_IR_INT8))
+    assert files_in(whole) == {blob.value for blob in MODEL_RESULTS + MODEL_IR + MODEL_IR_INT8}
+    half = models(store_model(models, MODEL_RESULTS + MODEL_IR + MODEL_IR_INT8[:1]))
+    assert files_in(half) == {blob.value for blob in MODEL_RESULTS + MODEL_IR}
+    assert not (half / "openvino" / "int8").exists()
+    without_fp32 = models(store_model(models, MODEL_RESULTS + MODEL_IR_INT8))
+    assert files_in(without_fp32) == {blob.value for blob in MODEL_RESULTS}
 
 
 def test_a_model_without_an_ir_or_with_half_of_one_arrives_without(

@@ -18,11 +18,18 @@ from model.cli.app import app
 from model.errors import AmsegError
 from model.image.io import read_image, write_png
 from model.metrics import dice_counts, dice_from_counts
-from model.segment.card import ModelCard
+from model.segment.card import ModelCard, read_card
 from model.segment.network import build_from_card, load_model, save_model
 from model.segment.neural import TorchSegmenter
 from model.segment.predict import predict_image
-from model.segment.runtime import RuntimeChoice, openvino_available
+from model.segment.runtime import (
+    INT8_DICE_DROP_METRIC,
+    INT8_DICE_METRIC,
+    RuntimeChoice,
+    int8_check_passed,
+    nncf_available,
+    openvino_available,
+)
 from model.segment.shipped_ir import shipped_ir
 from model.segment.single_pass import SegmentOptions
 from model.train.finetune import FinetuneOptions, finetune, make_learner, masked_loss
@@ -36,7 +43,7 @@ from model.train.finetune_labels import (
 )
 from model.train.grid_labels import finetune_from_grid, labels_from_grid
 from model.train.run_finetune import run_job
-from store.blobs import MODEL_IR
+from store.blobs import MODEL_IR, MODEL_IR_INT8
 from tests.model.scenes import disc_grid_scene
 from tests.test_lean_install import amseg, run_lean
 
@@ -362,6 +369,24 @@ def test_cli_finetunes_and_reports(base_dir, scene, tmp_path):
     assert "done:" in text and "held-out Dice" in text and str(out) in text
     card = load_model(out)[1]
     assert card.data["finetuned_on"][0]["image"] == str(tmp_path / "slide.png")
+    if nncf_available():  # the int8 check in words, as the card records it
+        verdict = "passed" if int8_check_passed(card.metrics) else "did not pass"
+        assert f"int8 {verdict} its check" in text
+        assert f"Dice {card.metrics[INT8_DICE_METRIC]:.4f}" in text
+
+
+def test_cli_makes_no_int8_network_when_told_not_to(base_dir, scene, tmp_path):
+    image, truth = scene
+    write_png(tmp_path / "slide.png", image)
+    write_png(tmp_path / "labels.png", top_half_labels(truth))
+    args = ["finetune", "--image", tmp_path / "slide.png", "--mask", tmp_path / "labels.png",
+            "-o", tmp_path / "m", "--model", base_dir, "--minutes", "0.1", "--device", "cpu",
+            "--threads", "1", "--no-int8"]  # fmt: skip
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "int8 " not in result.output
+    assert INT8_DICE_METRIC not in read_card(tmp_path / "m").metrics
+    assert not (tmp_path / "m" / "openvino" / "int8").exists()
 
 
 @pytest.mark.parametrize(
@@ -413,10 +438,12 @@ def test_a_grid_without_sure_marks_is_refused_in_words(base_dir, tmp_path):
 def test_a_labelled_job_summarises_what_it_learnt(base_dir, scene, tmp_path):
     image, truth = scene
     job = FinetuneJob(minutes=10)
-    options = replace(FAST, steps=6, eval_every=3, min_final_steps=2)
+    options = replace(FAST, steps=6, eval_every=3, min_final_steps=2, int8=False)
     result, summary = run_job(job, [image], [top_half_labels(truth)], tmp_path / "m", base_dir,
                               "cpu", options=options)  # fmt: skip
     assert summary["mode"] == "labelled" and summary["steps"] == result.steps == 6 + 3
+    assert summary["int8_check"] is None  # not asked for
+    assert shipped_ir(tmp_path / "m", "int8") is None and shipped_ir(tmp_path / "m", "fp32")
     assert summary["labelled_dice"] == round(result.labelled_dice, 4)
     assert summary["held_out_dice_base"] == round(result.held_out_dice_base, 4)
 
@@ -424,15 +451,23 @@ def test_a_labelled_job_summarises_what_it_learnt(base_dir, scene, tmp_path):
 @pytest.mark.skipif(not openvino_available(), reason="OpenVINO is not installed")
 def test_a_finished_job_carries_its_ir_and_runs_where_torch_is_not(base_dir, scene, tmp_path):
     """A fine-tune's model directory holds its fp32 OpenVINO IR, so a lean install or slim
-    worker (no PyTorch) runs it; its masks are the PyTorch network's."""
+    worker (no PyTorch) runs it; its masks are the PyTorch network's. With NNCF it also holds
+    the int8 IR, with the check on the labels in its card, as `auto` reads it."""
     image, truth = scene
     options = replace(FAST, steps=6, eval_every=3, min_final_steps=2)
     out = tmp_path / "m"
-    run_job(FinetuneJob(minutes=10), [image], [top_half_labels(truth)], out, base_dir, "cpu",
-            options=options)  # fmt: skip
+    _, summary = run_job(FinetuneJob(minutes=10), [image], [top_half_labels(truth)], out,
+                         base_dir, "cpu", options=options)  # fmt: skip
     assert shipped_ir(out, "fp32") == out / "openvino" / "fp32" / "model.xml"
-    assert shipped_ir(out, "int8") is None  # int8 would need the model's own check
-    assert all((out / blob.value).is_file() for blob in MODEL_IR)  # what a fine-tune task stores
+    stored = MODEL_IR + (MODEL_IR_INT8 if nncf_available() else ())
+    assert all((out / blob.value).is_file() for blob in stored)  # what a fine-tune task stores
+    if nncf_available():
+        assert shipped_ir(out, "int8") == out / "openvino" / "int8" / "model.xml"
+        metrics, check = read_card(out).metrics, summary["int8_check"]
+        for key in (INT8_DICE_METRIC, INT8_DICE_DROP_METRIC):  # the card says what was checked
+            assert check[key] == metrics[key]
+        assert check["passed"] == int8_check_passed(metrics)
+        assert 0.0 <= metrics[INT8_DICE_METRIC] <= 1.0 and "labelled" in metrics["int8_check"]
     write_png(tmp_path / "slide.png", image)
     args = ["predict", str(tmp_path / "slide.png"), "-o", str(tmp_path / "lean"), "--model",
             str(out), "--precision", "fp32", "--scale", "1"]  # fmt: skip
