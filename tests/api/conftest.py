@@ -1,5 +1,6 @@
 """The running service: uvicorn + Celery workers on Postgres, Redis and S3 (moto over HTTP)."""
 
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,13 +13,17 @@ from tests.service_stack import ServiceStack, stack_environment
 
 @pytest.fixture(scope="module")
 def make_stack(
+    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     make_postgres_database: Callable[[], str],
     redis_server: RedisServer,
     s3_endpoint_url: str,
 ) -> Iterator[Callable[..., ServiceStack]]:
-    """Builds stacks on a fresh database, bucket and queue each; stops them all at the end."""
+    """Builds stacks on a fresh database, bucket and queue each; stops them all at the end, and
+    removes their files unless a test of the module failed (some hold gigabytes, and the whole
+    suite's would fill a small disk)."""
     stacks: list[ServiceStack] = []
+    failed_before = request.session.testsfailed
 
     def make(
         *, workers: int = 1, database_url: str | None = None, **overrides: str
@@ -44,6 +49,9 @@ def make_stack(
     yield make
     for stack in stacks:
         stack.stop()
+    if request.session.testsfailed == failed_before:
+        for stack in stacks:
+            shutil.rmtree(stack.directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
