@@ -23,6 +23,7 @@ from typing import Annotated
 import anyio
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from api.deps import Services, ServicesDep, require_api_key
 from api.problems import Problem
@@ -101,7 +102,13 @@ def get_corrections(svc: ServicesDep, task_id: str) -> StreamingResponse:
     task = load_task(svc, task_id)
     draft, etag = _read_draft(svc, task)
     headers = {"Cache-Control": "no-store", "ETag": _quoted(etag)}
-    return StreamingResponse(_drain(draft), media_type="image/png", headers=headers)
+    # Closed by _drain, or here when the client left before the body began.
+    return StreamingResponse(
+        _drain(draft),
+        media_type="image/png",
+        headers=headers,
+        background=BackgroundTask(draft.close),
+    )
 
 
 @router.delete(

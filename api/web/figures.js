@@ -21,9 +21,11 @@ export function finetuneFigures(summary) {
   }
   const int8 = summary.int8_check;
   if (int8) {
-    const agree = `masks agree with fp32 at ${Number(int8.int8_mask_dice).toFixed(3)}`;
-    parts.push(int8.passed ? `int8 checked on your labels (${agree}): runs at int8's speed`
-      : `int8 failed its check on your labels (${agree}): runs in bf16 or fp32`);
+    const drop = -Number(int8.int8_dice_drop);
+    const figures = `masks agree with fp32 at ${Number(int8.int8_mask_dice).toFixed(4)}, `
+      + `Dice on your labels ${drop >= 0 ? "+" : "−"}${Math.abs(drop).toFixed(4)} from fp32's`;
+    parts.push(int8.passed ? `int8 checked on your labels (${figures}): CPUs that run int8 faster use it`
+      : `int8 failed its check on your labels (${figures}): it runs in bf16 or fp32`);
   }
   if (known(summary.steps) && known(summary.seconds)) {
     const why = summary.stopped ? ` (stopped: ${summary.stopped})` : "";

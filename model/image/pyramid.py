@@ -10,6 +10,7 @@ last column and row may be smaller). Levels are built strip by strip.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -178,11 +179,17 @@ def create_level(directory: Path, level: int, width: int, height: int) -> np.nda
 
 
 def _reserve(fd: int, size: int) -> None:
-    """Allocate `size` bytes of disk for the file (zeros), or raise OSError."""
-    if hasattr(os, "posix_fallocate"):  # Linux; macOS has none
-        os.posix_fallocate(fd, 0, size)
-    else:
-        os.ftruncate(fd, size)  # sparse: a full disk can still end the process there
+    """Allocate `size` bytes of disk for the file (zeros), or raise OSError. Where the system
+    or file system cannot (macOS, some FUSE and ZFS), the file is made sparse: a full disk can
+    then still end the process there."""
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, size)
+            return
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+    os.ftruncate(fd, size)
 
 
 def build_levels(

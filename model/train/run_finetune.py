@@ -43,7 +43,7 @@ def run_job(
     )
     if on_stage is not None:
         on_stage(INT8_STAGE if makes_int8(options.int8, masks) else IR_STAGE)
-    irs = ship_tuned_irs(result.out_dir, images, masks, int8=options.int8)
+    irs = ship_tuned_irs(result.out_dir, images, masks, int8=options.int8, threads=options.threads)
     for note in irs.notes:
         log.warning("%s: %s", result.out_dir, note)
     summary["int8_check"] = irs.int8_check

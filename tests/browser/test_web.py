@@ -202,7 +202,7 @@ def what_changed(driver, service: RunningService, model: dict, shots: Path) -> N
     check = model["summary"]["int8_check"]  # where NNCF is installed, the int8 check in words
     if check is not None:
         verdict = "int8 checked on your labels" if check["passed"] else "int8 failed its check"
-        assert verdict in figures and f"{check['int8_mask_dice']:.3f}" in figures, figures
+        assert verdict in figures and f"{check['int8_mask_dice']:.4f}" in figures, figures
     assert css(driver, "#show-changes").is_selected()
     wait_for(
         lambda: driver.execute_script(

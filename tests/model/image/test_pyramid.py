@@ -147,3 +147,17 @@ def test_a_level_the_disk_has_no_room_for_raises_and_leaves_no_file(
     with pytest.raises(OSError, match="No space left"):
         create_level(tmp_path, 0, 3000, 2000)
     assert not (tmp_path / "level_0.npy").exists()
+
+
+def test_a_file_system_without_fallocate_gets_a_sparse_level(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unsupported(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr("os.posix_fallocate", unsupported)
+    level = create_level(tmp_path, 0, 300, 200)
+    level[-1, -1] = 9
+    level.flush()
+    del level
+    assert np.load(tmp_path / "level_0.npy")[-1, -1] == 9

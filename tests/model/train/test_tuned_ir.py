@@ -94,3 +94,22 @@ def test_when_nncf_fails_the_fp32_ir_is_still_made(model_dir, image_and_labels, 
     assert irs.int8_check is None
     assert irs.notes == ["no int8 network (RuntimeError: quantization broke)"]
     assert shipped_ir(model_dir, "fp32") is not None and shipped_ir(model_dir, "int8") is None
+
+
+@pytest.mark.skipif(not nncf_available(), reason="NNCF is not installed")
+@pytest.mark.usefixtures("few_calibration_tiles")
+def test_a_check_that_breaks_keeps_the_model_without_int8(model_dir, image_and_labels, monkeypatch):
+    image, labels = image_and_labels
+
+    def out_of_memory(*args):
+        raise MemoryError("the slide is too large")
+
+    monkeypatch.setattr(tuned_ir, "int8_check", out_of_memory)
+    irs = ship_tuned_irs(model_dir, [image], [labels])
+    assert irs.int8_check is None
+    assert irs.notes == [
+        "int8 not checked (MemoryError: the slide is too large): the model runs in bf16 or fp32"
+    ]
+    assert shipped_ir(model_dir, "fp32") is not None and shipped_ir(model_dir, "int8") is None
+    assert not (model_dir / "openvino" / "int8").exists()
+    assert INT8_DICE_METRIC not in read_card(model_dir).metrics
