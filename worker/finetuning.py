@@ -13,7 +13,7 @@ from store.tasks import Task
 from worker.jobs import TaskStopped, WorkerContext, download_image, progress_reporter, store_results
 
 # The progress bar's shares: the inputs, then training (45-80 s), then the model's OpenVINO
-# networks (with int8 and its check, ~30 s), then storing.
+# networks (with int8 and its check, ~25 s), then storing.
 PROGRESS_LOADED = 0.05
 PROGRESS_TRAINED = 0.75
 PROGRESS_NETWORKS = 0.95

@@ -64,7 +64,7 @@ def finetune(
         True,
         "--int8/--no-int8",
         help="With --mask: also make the int8 network and check it on your labels (NNCF, "
-        "~30 s); where it passes, --precision auto runs the model at int8's speed.",
+        "~25 s); where it passes, --precision auto runs the model at int8's speed.",
     ),
 ) -> None:
     """Fine-tune the segmentation model on your own slide and write a model directory.

@@ -87,7 +87,7 @@ class FinetuneOptions:
     # evaluation (steps.spare_cores: threads that share a busy core slow training down 2-5x).
     threads: int | None = None
     # Also quantize the tuned model to int8 and check it on the labels (model/train/tuned_ir.py;
-    # NNCF, where installed): ~30 s more, for predictions at int8's speed where it passes.
+    # NNCF, where installed): ~20 s more, for predictions at int8's speed where it passes.
     int8: bool = True
 
     def check(self) -> None:

@@ -36,7 +36,7 @@ def run_job(
     """Run the job; the last result and the summary a person reads (see `job_summary`). The
     model directory written carries its OpenVINO IRs (model/train/tuned_ir.py): it runs
     without PyTorch too, and in int8 where its check on the labels passed. `on_stage` hears
-    when training is over and the IRs are being made (with int8, ~30 s)."""
+    when training is over and the IRs are being made (with int8, ~25 s)."""
     options = options or FinetuneOptions()
     result, summary = _tune(
         job, images, masks, out_dir, base, device, seed, on_progress, on_round, options
