@@ -26,6 +26,7 @@ from model.segment.runtime import (
     INT8_DICE_DROP_METRIC,
     INT8_DICE_METRIC,
     RuntimeChoice,
+    cpu_int8_faster,
     int8_check_passed,
     nncf_available,
     openvino_available,
@@ -43,6 +44,7 @@ from model.train.finetune_labels import (
 )
 from model.train.grid_labels import finetune_from_grid, labels_from_grid
 from model.train.run_finetune import run_job
+from model.train.tuned_ir import record_int8_check
 from store.blobs import MODEL_IR, MODEL_IR_INT8
 from tests.model.scenes import disc_grid_scene
 from tests.test_lean_install import amseg, run_lean
@@ -478,3 +480,12 @@ def test_a_finished_job_carries_its_ir_and_runs_where_torch_is_not(base_dir, sce
     assert eager.exit_code == 0, eager.output
     lean, eager = (read_image(tmp_path / run / "slide_mask.png") > 0 for run in ("lean", "eager"))
     assert eager.any() and dice_from_counts(dice_counts(lean, eager)) > 0.99
+    if nncf_available() and cpu_int8_faster():
+        # A passed check (written here: this tiny net's own may fail) makes `auto` take the
+        # model's int8 IR, also where NNCF is not installed.
+        record_int8_check(out, {INT8_DICE_METRIC: 0.999, INT8_DICE_DROP_METRIC: 0.0})
+        auto = run_lean(amseg(*args[:3], str(tmp_path / "auto"), *args[4:6], "--scale", "1"),
+                        tmp_path)  # fmt: skip
+        assert auto.returncode == 0, auto.stderr
+        said = " ".join((auto.stdout + auto.stderr).split())
+        assert "via openvino int8" in said and "shipped IR" in said  # (rich folds long paths)
