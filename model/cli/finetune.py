@@ -81,8 +81,25 @@ def finetune(
 
     require_torch("amseg finetune")
     from model.train.finetune import FinetuneOptions
-    from model.train.finetune_job import FinetuneJob
     from model.train.run_finetune import run_job
+
+    job = _job(images, masks, rows, cols, rounds, minutes)
+    options = FinetuneOptions(threads=threads, steps=steps, int8=int8)
+    with FinetuneBar() as bar:
+        result, summary = run_job(
+            job, images, masks, out, model_dir, device, seed, on_progress=bar.update,
+            on_round=bar.new_round, options=options, on_stage=bar.stage,
+        )  # fmt: skip
+    console.print(f"[bold green]done:[/] {summary_line(result)}", soft_wrap=True)
+    if summary["int8_check"] is not None:
+        console.print(int8_line(summary["int8_check"]), soft_wrap=True)
+
+
+def _job(images: list, masks: list, rows: int | None, cols: int | None, rounds: int,
+         minutes: float):  # fmt: skip
+    """The job the options ask for: labelled (a --mask per --image) or label-free (--rows and
+    --cols), or a clear error."""
+    from model.train.finetune_job import FinetuneJob
 
     label_free = rows is not None or cols is not None
     if label_free and masks:
@@ -94,16 +111,7 @@ def finetune(
             f"give one --mask per --image (got {len(images)} image(s), {len(masks)} mask(s)), "
             "or --rows and --cols for the label-free mode"
         )
-    job = FinetuneJob(not label_free, rows, cols, rounds, minutes)
-    options = FinetuneOptions(threads=threads, steps=steps, int8=int8)
-    with FinetuneBar() as bar:
-        result, summary = run_job(
-            job, images, masks, out, model_dir, device, seed, on_progress=bar.update,
-            on_round=bar.new_round, options=options, on_stage=bar.stage,
-        )  # fmt: skip
-    console.print(f"[bold green]done:[/] {summary_line(result)}", soft_wrap=True)
-    if summary["int8_check"] is not None:
-        console.print(int8_line(summary["int8_check"]), soft_wrap=True)
+    return FinetuneJob(not label_free, rows, cols, rounds, minutes)
 
 
 def int8_line(check: dict) -> str:
